@@ -1,0 +1,241 @@
+"""Pet breed recognition: one Gradio app around the ONNX classifier in model/.
+
+    python app.py          # serves on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
+
+Every action is a named API endpoint; see README.md for a `gradio_client` example.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+import preprocess
+from inference import PetClassifier, readable_name
+
+log = logging.getLogger("app")
+
+HERE = Path(__file__).parent
+EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
+MAX_FILE_SIZE = "20mb"
+MAX_BATCH_FILES = 32
+
+classifier = PetClassifier()
+
+
+class ImageUpload(gr.Image):
+    """An image input that hands the uploaded file to `preprocess.load_image` untouched, so that every
+    bad upload (non-image, truncated, bomb) gets the loader's specific message, not a decoder crash."""
+
+    def preprocess(self, payload: Any) -> str | bytes | None:
+        if payload is None:
+            return None
+        if payload.path is None and payload.url and payload.url.startswith("data:"):
+            return base64.b64decode(payload.url.split(",", 1)[1])
+        return payload.path
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn the loader's and transforms' errors into a `gr.Error` the user sees; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except preprocess.PreprocessError as error:
+            raise gr.Error(str(error)) from None
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error("Something went wrong while processing this request; please try another image.") from None
+
+    return wrapper
+
+
+def _require(image: Any) -> Image.Image:
+    if image is None:
+        raise gr.Error("Upload a photo first.")
+    return preprocess.load_image(image)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+@user_errors
+def predict(image: Any) -> dict[str, float]:
+    """The five most likely breeds with their probabilities."""
+    return classifier.predict(_require(image)).as_label()
+
+
+def species_line(label: dict | None) -> str:
+    if not label or not label.get("label"):
+        return ""
+    index = classifier.names.index(label["label"])
+    return f"Looks like a **{classifier.species[index]}**: most likely a {label['label']}."
+
+
+@user_errors
+def predict_batch(files: list[Any] | None) -> list[list[Any]]:
+    """One row per file: file, top-1 breed, its probability, the top-5; unreadable files say why."""
+    files = files or []
+    if len(files) > MAX_BATCH_FILES:
+        raise gr.Error(f"At most {MAX_BATCH_FILES} files per batch, got {len(files)}.")
+    rows: dict[int, list[Any]] = {}
+    images: dict[int, Image.Image] = {}
+    names = [Path(getattr(f, "name", f)).name for f in files]
+    for i, file in enumerate(files):
+        try:
+            images[i] = preprocess.load_image(getattr(file, "name", file))
+        except preprocess.PreprocessError as error:
+            rows[i] = [names[i], "", None, f"error: {error}"]
+    for i, prediction in zip(images, classifier.predict_batch(list(images.values())), strict=True):
+        top1, probability = prediction.top[0]
+        rows[i] = [names[i], top1, round(probability, 4), ", ".join(f"{n} ({p:.1%})" for n, p in prediction.top)]
+    return [rows[i] for i in range(len(files))]
+
+
+def classes() -> list[dict[str, str]]:
+    """The 37 breeds the model knows: dataset label, readable name and species."""
+    return [
+        {"label": label, "name": readable_name(label), "species": species}
+        for label, species in zip(classifier.labels, classifier.species, strict=True)
+    ]
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def transform(name: str) -> Callable:
+    """An endpoint for one transform of `preprocess`: image first, then the transform's parameters."""
+    op = preprocess.TRANSFORMS[name]
+
+    @user_errors
+    def run(image: Any, *params: Any) -> Image.Image:
+        return op(_require(image), *params)
+
+    run.__name__ = name
+    run.__doc__ = op.__doc__
+    return run
+
+
+@user_errors
+def pipeline(image: Any, steps: str) -> Image.Image:
+    """Apply a JSON list of steps, e.g. [{"op": "resize", "width": 256}, {"op": "grayscale"}]."""
+    return preprocess.pipeline(_require(image), steps)
+
+
+TRANSFORM_CONTROLS: dict[str, Callable[[], list[gr.components.Component]]] = {
+    "resize": lambda: [gr.Number(label="width (1–4096, empty: keep ratio)"), gr.Number(label="height (1–4096)")],
+    "crop": lambda: [
+        gr.Number(label="width", value=200),
+        gr.Number(label="height", value=200),
+        gr.Number(label="left (empty: centre)"),
+        gr.Number(label="top (empty: centre)"),
+    ],
+    "grayscale": lambda: [],
+    "rotate": lambda: [
+        gr.Number(label="angle (degrees, counter-clockwise)", value=90),
+        gr.Checkbox(label="expand", value=True),
+    ],
+    "flip": lambda: [gr.Radio(["horizontal", "vertical"], value="horizontal", label="direction")],
+    "blur": lambda: [gr.Number(label="radius (0–50)", value=4)],
+    "normalize": lambda: [gr.Number(label="cutoff percent (0–49)", value=1)],
+}
+"""Each transform's parameters as components, in the order its endpoint takes them."""
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def card_markdown(card: dict) -> str:
+    test, val = card["metrics"]["test"], card["metrics"]["val"]
+    species = ", ".join(f"{k} {v:.1%}" for k, v in test["per_species"].items())
+    spec = card["preprocess"]
+    return "\n".join(
+        [
+            f"**Backbone** `{card['model']['backbone']}` · head `{card['model']['head']}` · "
+            f"fine-tuned layers {card['model']['finetune_blocks']} · ONNX {card['model']['bytes'] / 1e6:.1f} MB",
+            f"**Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
+            f"**MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
+            f"(alias `{card['mlflow']['alias']}`), run `{card['mlflow']['run_id']}`",
+            "",
+            "| split | images | top-1 | top-5 |",
+            "|---|---|---|---|",
+            f"| validation | {card['data']['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |",
+            f"| test | {test['images']} | {test['accuracy']:.1%} | {test['top5_accuracy']:.1%} |",
+            "",
+            f"Test accuracy per species: {species}. Data digest `{card['data']['digest'][:12]}`, "
+            f"missing images skipped: {card['data']['missing']}.",
+        ]
+    )
+
+
+def per_class_rows(card: dict) -> list[list[Any]]:
+    per_class = card["metrics"]["test"]["per_class"]
+    return [[readable_name(k), round(v, 3)] for k, v in sorted(per_class.items(), key=lambda item: item[1])]
+
+
+# --------------------------------------------------------------------------- the app
+
+
+with gr.Blocks(title="Pet breed recognition") as demo:
+    gr.Markdown("# 🐾 Pet breed recognition\nThe breed of a cat or dog in a photo, among the 37 of Oxford-IIIT Pet.")
+    with gr.Tab("Identify"):
+        with gr.Row():
+            photo = ImageUpload(label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath")
+            with gr.Column():
+                breeds = gr.Label(label="Top 5 breeds", num_top_classes=5)
+                species = gr.Markdown()
+        identify = gr.Button("Identify", variant="primary")
+        gr.Examples(EXAMPLES, inputs=photo)
+        with gr.Accordion("Several photos at once", open=False):
+            files = gr.File(file_count="multiple", label="Photos")
+            table = gr.Dataframe(headers=["file", "top-1", "probability", "top-5"], label="Predictions")
+            gr.Button("Identify all").click(predict_batch, files, table, api_name="predict_batch")
+    identify.click(predict, photo, breeds, api_name="predict").success(
+        species_line, breeds, species, api_visibility="private"
+    )
+
+    with gr.Tab("Transform"):
+        with gr.Row():
+            source = ImageUpload(label="Image", type="filepath")
+            result = gr.Image(label="Result", type="pil", format="png")
+        for name, make_controls in TRANSFORM_CONTROLS.items():
+            with gr.Tab(name):
+                controls = make_controls()
+                gr.Button(f"Apply {name}").click(transform(name), [source, *controls], result, api_name=name)
+        with gr.Tab("pipeline"):
+            steps = gr.Code(json.dumps([{"op": "resize", "width": 256}, {"op": "grayscale"}]), language="json")
+            gr.Button("Apply pipeline").click(pipeline, [source, steps], result, api_name="pipeline")
+
+    with gr.Tab("Model"):
+        gr.Markdown(card_markdown(classifier.card))
+        with gr.Row():
+            gr.Dataframe(per_class_rows(classifier.card), headers=["breed", "test accuracy"], label="Per class")
+            confusion = HERE / "model" / "confusion_matrix_test.png"
+            gr.Image(str(confusion) if confusion.is_file() else None, label="Test confusion matrix")
+        with gr.Accordion("The 37 breeds", open=False):
+            gr.JSON(classes())
+        gr.api(classes, api_name="classes")
+
+demo.queue(default_concurrency_limit=2, max_size=64)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        max_file_size=MAX_FILE_SIZE,
+        show_error=False,
+    )

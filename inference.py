@@ -1,0 +1,143 @@
+"""The breed classifier the Space embeds: ONNX Runtime, the shipped `model/` folder, no torch.
+
+python inference.py photo.jpg [more.jpg ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_input
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
+
+
+class ModelError(RuntimeError):
+    """The model folder is missing, incomplete or inconsistent."""
+
+
+def readable_name(label: str) -> str:
+    """Dataset stem to display name: "great_pyrenees" -> "Great Pyrenees", "Maine_Coon" -> "Maine Coon"."""
+    return " ".join(word[:1].upper() + word[1:] for word in label.split("_"))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    top: list[tuple[str, float]]  # (readable breed, probability), most likely first
+    species: str  # of the most likely breed
+
+    def as_label(self) -> dict[str, float]:
+        """The payload of a `gr.Label`."""
+        return dict(self.top)
+
+
+class PetClassifier:
+    """Loads `model.onnx`, `labels.json` and `card.json` once; predicts breeds for images."""
+
+    def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None) -> None:
+        model_dir = Path(model_dir)
+        for name in ("model.onnx", "labels.json", "card.json"):
+            if not (model_dir / name).is_file():
+                raise ModelError(
+                    f"{model_dir / name} is missing. Restore model/ from git, or train one: "
+                    "python -m train sweep ..., then python -m train select."
+                )
+        self.labels: list[str] = json.loads((model_dir / "labels.json").read_text())
+        self.card: dict = json.loads((model_dir / "card.json").read_text())
+        self.spec = InputSpec.from_dict(self.card["preprocess"])
+        self.species: list[str] = self.card["species"]
+        self.names = [readable_name(label) for label in self.labels]
+        self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
+        if sha256_file(model_dir / "model.onnx") != self.card["model"]["sha256"]:
+            raise ModelError("model.onnx does not match the sha256 in card.json: the model folder is inconsistent.")
+        self.session = ort.InferenceSession(
+            str(model_dir / "model.onnx"), self._options(threads), providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.card["model"]["input_name"]
+        outputs = self.session.get_outputs()[0].shape[-1]
+        if outputs != len(self.labels) or len(self.species) != len(self.labels):
+            raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(self.labels)} classes.")
+
+    @staticmethod
+    def _options(threads: int | None) -> ort.SessionOptions:
+        """Intra-op threads from the argument, else PETS_THREADS, else ONNX Runtime's choice (0)."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads if threads is not None else int(os.environ.get("PETS_THREADS", "0"))
+        options.inter_op_num_threads = 1
+        return options
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw logits for an N×3×H×W batch that `preprocess.model_input` made."""
+        return self.session.run(None, {self.input_name: batch})[0]
+
+    def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
+        batch = np.concatenate([model_input(load_image(image), self.spec) for image in images])
+        return softmax(self.logits(batch) / self.temperature)
+
+    def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
+        return self.predict_batch([image], top_k)[0]
+
+    def predict_batch(self, images: Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
+        """All images in one session call; each gets its top-k breeds, most likely first."""
+        if not images:
+            return []
+        top_k = max(1, min(int(top_k), len(self.labels)))
+        predictions = []
+        for row in self.probabilities(images):
+            order = np.argsort(-row, kind="stable")[:top_k]
+            top = [(self.names[i], float(row[i])) for i in order]
+            predictions.append(Prediction(top, self.species[order[0]]))
+        return predictions
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Name the breed of the cat or dog in each photo.")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
+    parser.add_argument("--top-k", type=int, default=5)
+    args = parser.parse_args(argv)
+    classifier = PetClassifier(args.model_dir)
+    failed = 0
+    for path in args.images:
+        try:
+            prediction = classifier.predict(path, args.top_k)
+        except PreprocessError as error:
+            failed += 1
+            print(f"{path}: {error}", file=sys.stderr)
+            continue
+        if args.json:
+            top = [{"breed": name, "probability": round(p, 6)} for name, p in prediction.top]
+            print(json.dumps({"file": str(path), "species": prediction.species, "top": top}))
+        else:
+            print(f"{path} ({prediction.species})")
+            for name, probability in prediction.top:
+                print(f"  {probability:7.2%}  {name}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

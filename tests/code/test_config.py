@@ -1,0 +1,68 @@
+"""train.config: TOML in, validated dataclass out; unknown keys and bad values are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from train.config import Config, ConfigError, load_config, load_sweep, parse_override
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path) -> None:
+    config = load_config(write(tmp_path, 'backbone = "efficientnet_lite2"\nlr = 1'), ["epochs=3", "head=mlp"])
+    assert config == Config(backbone="efficientnet_lite2", lr=1.0, epochs=3, head="mlp")
+
+
+def test_unknown_key_is_named(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="Unknown config key 'learning_rate'"):
+        load_config(write(tmp_path, "learning_rate = 0.1"))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("lr = -1.0", "lr"),
+        ('head = "transformer"', "head"),
+        ("epochs = 0", "epochs"),
+        ('epochs = "ten"', "epochs"),
+        ("val_fraction = 1.5", "val_fraction"),
+        ("views = true", "views"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(write(tmp_path, text))
+
+
+def test_override_parsing() -> None:
+    assert parse_override("lr=3e-4") == ("lr", 3e-4)
+    assert parse_override("backbone=efficientnet_lite1") == ("backbone", "efficientnet_lite1")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("lr")
+
+
+def test_sweep_expands_the_grid(tmp_path) -> None:
+    path = write(tmp_path, '[base]\nepochs = 5\n[grid]\nlr = [0.1, 0.01]\nhead = ["linear", "mlp"]\n')
+    configs = load_sweep(path)
+    assert len(configs) == 4
+    assert {(c.lr, c.head) for c in configs} == {(0.1, "linear"), (0.1, "mlp"), (0.01, "linear"), (0.01, "mlp")}
+    assert all(c.epochs == 5 for c in configs)
+
+
+def test_sweep_rejects_unknown_tables_and_keys(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="Unknown sweep table"):
+        load_sweep(write(tmp_path, "[grids]\nlr = [1.0]"))
+    with pytest.raises(ConfigError, match="Unknown config key 'rate'"):
+        load_sweep(write(tmp_path, "[grid]\nrate = [1.0]"))
+
+
+def test_missing_file_and_bad_toml(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "lr = = 1"))

@@ -1,0 +1,172 @@
+"""The training pipeline end to end on a tiny real dataset: real Lite0 weights, a real MLflow SQLite
+store, real ONNX export and ONNX Runtime. No network, no ../shared."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from inference import PetClassifier, sha256_file
+from preprocess import load_image
+from tests.conftest import REPO, write_tiny_dataset
+from train.__main__ import main as train_main
+from train.config import Config
+from train.data import load_dataset
+from train.export import REGISTERED_MODEL
+from train.features import view_input
+from train.fit import fit, input_spec
+
+pytestmark = pytest.mark.slow
+
+SWEEP = """
+[base]
+backbone = "efficientnet_lite0"
+epochs = 25
+patience = 25
+val_fraction = 0.25
+cache_dir = "{cache}"
+[grid]
+lr = [0.003, 0.00001]
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """One sweep of two configurations, then select (which exports and tests the champion)."""
+    root = tmp_path_factory.mktemp("training")
+    data_dir = write_tiny_dataset(root / "oxford-iiit-pet")
+    (data_dir / "images" / "Checks_1.jpg").unlink()  # a listed image that is absent
+    sweep = root / "sweep.toml"
+    sweep.write_text(SWEEP.format(cache=root / "cache"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        assert train_main(["--data-dir", str(data_dir), "sweep", "--config", str(sweep)]) == 0
+        assert train_main(["--data-dir", str(data_dir), "select", "--model-dir", str(root / "model")]) == 0
+        yield {
+            "root": root,
+            "data": data_dir,
+            "model": root / "model",
+            "client": MlflowClient(),
+            "cache": root / "cache",
+        }
+    mlflow.set_tracking_uri(None)
+
+
+def child_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name("pet-breeds")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [run for run in runs if "mlflow.parentRunId" in run.data.tags]
+
+
+def test_sweep_logs_child_runs_with_params_metrics_and_artifacts(trained) -> None:
+    client = trained["client"]
+    runs = child_runs(client)
+    assert len(runs) == 2
+    run = runs[0]
+    params = run.data.params
+    assert params["backbone"] == "efficientnet_lite0" and params["spec.crop"] == "224"
+    assert params["missing.trainval"] == "1" and params["images.train"] == "17"
+    assert params["git_commit"] and params["version.torch"].startswith("2.14")
+    history = client.get_metric_history(run.info.run_id, "epoch_val_loss")
+    assert len(history) == 25
+    artifacts = {
+        a.path for folder in ("evaluation", "labels", "config") for a in client.list_artifacts(run.info.run_id, folder)
+    }
+    assert {
+        "evaluation/curves.png",
+        "evaluation/confusion_matrix_val.png",
+        "evaluation/per_class_accuracy_val.csv",
+        "labels/labels.json",
+        "config/sweep.toml",
+    } <= artifacts
+    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.name == "oxford-iiit-pet"
+
+
+def test_the_model_learns_the_tiny_dataset(trained) -> None:
+    accuracies = sorted(run.data.metrics["val_accuracy"] for run in child_runs(trained["client"]))
+    assert accuracies[-1] == 1.0
+    card = json.loads((trained["model"] / "card.json").read_text())
+    assert card["metrics"]["test"]["accuracy"] >= 0.9
+
+
+def test_second_run_reuses_the_feature_cache(trained) -> None:
+    first, second = child_runs(trained["client"])
+    assert first.data.metrics["feature_images_computed"] > 0
+    assert second.data.metrics["feature_images_computed"] == 0
+    assert second.data.metrics["feature_cache_hits"] == 3  # two training views and validation
+
+
+def test_select_picks_the_best_version_and_sets_the_alias(trained) -> None:
+    client = trained["client"]
+    best = max(child_runs(client), key=lambda run: run.data.metrics["val_accuracy"])
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert champion.run_id == best.info.run_id
+    assert "test_accuracy" in client.get_run(champion.run_id).data.metrics
+
+
+def test_export_writes_what_serving_reads(trained) -> None:
+    model = trained["model"]
+    card = json.loads((model / "card.json").read_text())
+    assert json.loads((model / "labels.json").read_text()) == ["Stripes", "dots", "Checks"]
+    assert card["model"]["sha256"] == sha256_file(model / "model.onnx")
+    assert card["model"]["parity"]["max_abs_logit_delta"] <= 1e-3
+    assert card["preprocess"] == {"resize_shorter": 256, "crop": 224, "mean": [0.498] * 3, "std": [0.502] * 3}
+    assert card["mlflow"]["alias"] == "champion" and card["data"]["missing"] == {"trainval": 1, "test": 0}
+    assert 0 <= card["metrics"]["test"]["accuracy"] <= 1
+    classifier = PetClassifier(model)
+    import onnx
+
+    graph = onnx.load(model / "model.onnx")
+    assert graph.opset_import[0].version >= 18
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch axis
+    batch = np.zeros((3, 3, 224, 224), dtype=np.float32)
+    assert classifier.logits(batch).shape == (3, 3)
+
+
+def test_training_and_serving_see_the_identical_tensor(trained) -> None:
+    """Training's cached evaluation view and the app's input are the same array, bit for bit."""
+    classifier = PetClassifier(trained["model"])
+    data = load_dataset(trained["data"], 0.25, 0)
+    spec = input_spec(Config())
+    assert spec == classifier.spec
+    for sample in data.splits["val"][:3]:
+        served = __import__("preprocess").model_input(load_image(sample.path), classifier.spec)
+        assert np.array_equal(view_input(load_image(sample.path), spec, 0, sample.name), served)
+
+
+def test_same_seed_gives_the_same_metrics(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(trained["root"])
+    config = Config(epochs=5, val_fraction=0.25, cache_dir=str(trained["cache"]), seed=3)
+    first, second = fit(config, trained["data"]), fit(config, trained["data"])
+    assert first.val_loss == second.val_loss and first.val_accuracy == second.val_accuracy
+
+
+def test_fine_tuning_the_last_blocks_exports_with_parity(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    from train.export import export
+
+    monkeypatch.chdir(trained["root"])
+    config = Config(finetune_blocks=2, views=3, epochs=3, val_fraction=0.25, cache_dir=str(trained["cache"]))
+    result = fit(config, trained["data"])
+    card = export(version=result.version, out_dir=trained["root"] / "finetuned", data_dir=trained["data"])
+    assert card["model"]["finetune_blocks"] == 2
+    assert card["model"]["parity"]["max_abs_logit_delta"] <= 1e-3
+
+
+def test_bad_config_key_fails_with_its_name(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("learning_rate = 0.1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "fit", "--config", str(config)], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert "Unknown config key 'learning_rate'" in done.stderr

@@ -1,0 +1,81 @@
+"""python -m train {fit,sweep,select,export,evaluate} — see README.md "Training"."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from train.config import ConfigError, load_config, load_sweep
+
+
+def sweep(path: str, overrides: list[str], data_dir: str | None) -> None:
+    import mlflow
+
+    from train import tracking
+    from train.fit import fit
+
+    configs = load_sweep(path, overrides)
+    tracking.start(configs[0].experiment)
+    with mlflow.start_run(run_name=f"sweep:{path}"):
+        mlflow.log_param("sweep.size", len(configs))
+        mlflow.log_artifact(path, "config")
+        results = [fit(config, data_dir, path) for config in configs]
+        best = max(results, key=lambda r: (r.val_accuracy, -r.val_loss))
+        mlflow.log_metrics({"best_val_accuracy": best.val_accuracy})
+    for result in results:
+        print(f"{result.run_id}\tversion {result.version}\tval_accuracy {result.val_accuracy:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
+    parser.add_argument("--data-dir", help="Oxford-IIIT Pet root (default: $PETS_DATA_DIR or data/oxford-iiit-pet)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("fit", "sweep"):
+        command = commands.add_parser(name)
+        command.add_argument("--config", required=True)
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    commands.add_parser("select").add_argument("--model-dir", default="model")
+    export = commands.add_parser("export")
+    export.add_argument("--version")
+    export.add_argument("--alias")
+    export.add_argument("--model-dir", default="model")
+    evaluate = commands.add_parser("evaluate")
+    evaluate.add_argument("--model", default="model")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.command == "fit":
+        from train.fit import fit
+
+        result = fit(load_config(args.config, args.set), args.data_dir, args.config)
+        print(f"{result.run_id}\tversion {result.version}\tval_accuracy {result.val_accuracy:.4f}")
+    elif args.command == "sweep":
+        sweep(args.config, args.set, args.data_dir)
+    elif args.command == "select":
+        from train.select import print_card, select
+
+        print_card(select(args.model_dir, args.data_dir))
+    elif args.command == "export":
+        from train.export import export
+
+        print(json.dumps(export(args.version, args.alias, args.model_dir, args.data_dir)["model"], indent=2))
+    elif args.command == "evaluate":
+        from train.evaluate import evaluate
+
+        summary = evaluate(args.model, args.split, args.data_dir)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion", "logits", "labels")}, indent=2))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Training configuration: one dataclass of defaults, filled from TOML and `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override names an unknown key or holds a bad value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 0  # centre-crop size; 0 = the backbone's own
+    crop_ratio: float = 0.875  # crop / resize_shorter, as in ImageNet evaluation
+    val_fraction: float = 0.15
+    seed: int = 0
+    head: str = "linear"  # "linear" or "mlp"
+    hidden: int = 512  # mlp head width
+    dropout: float = 0.2
+    finetune_blocks: int = 0  # trailing backbone layers to train; 0 = frozen backbone
+    views: int = 2  # cached training views: centre, mirror, then random resized crops
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    patience: int = 6  # early stopping on validation loss
+    experiment: str = "pet-breeds"
+    registered_model: str = "pet-breed-classifier"
+    cache_dir: str = "cache/features"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "image_size": self.image_size == 0 or 32 <= self.image_size <= 1024,
+            "crop_ratio": 0.3 <= self.crop_ratio <= 1.0,
+            "val_fraction": 0.0 < self.val_fraction < 0.9,
+            "head": self.head in ("linear", "mlp"),
+            "hidden": self.hidden >= 1,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "finetune_blocks": 0 <= self.finetune_blocks <= 50,
+            "views": 1 <= self.views <= 32,
+            "epochs": 1 <= self.epochs <= 10_000,
+            "batch_size": 1 <= self.batch_size <= 4096,
+            "lr": 0.0 < self.lr < 10.0,
+            "weight_decay": 0.0 <= self.weight_decay < 1.0,
+            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
+            "patience": self.patience >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"Bad value for '{key}': {getattr(self, key)!r}.")
+
+    def as_params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELD_TYPES = {field.name: type(getattr(Config(), field.name)) for field in fields(Config)}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key not in FIELD_TYPES:
+        raise ConfigError(f"Unknown config key '{key}'. Known keys: {', '.join(FIELD_TYPES)}.")
+    kind = FIELD_TYPES[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"Config key '{key}' must be {kind.__name__}, got {value!r}.")
+    return value
+
+
+def make_config(values: dict[str, Any]) -> Config:
+    try:
+        return Config(**{key: _coerce(key, value) for key, value in values.items()})
+    except TypeError as error:
+        raise ConfigError(str(error)) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as TOML (numbers, booleans, quoted or bare strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"Override '{text}' must look like key=value.")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"Config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    values = read_toml(path)
+    values.update(parse_override(text) for text in overrides)
+    return make_config(values)
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> list[Config]:
+    """A sweep file has a [base] table of settings and a [grid] table of lists; one config per combination."""
+    data = read_toml(path)
+    unknown = set(data) - {"base", "grid"}
+    if unknown:
+        raise ConfigError(f"Unknown sweep table(s) {sorted(unknown)}: a sweep has only [base] and [grid].")
+    base = make_config(data.get("base", {}) | dict(parse_override(text) for text in overrides))
+    grid = data.get("grid", {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"Sweep grid key '{key}' must be a non-empty list.")
+    keys = list(grid)
+    return [
+        replace(base, **{key: _coerce(key, value) for key, value in zip(keys, combo, strict=True)})
+        for combo in itertools.product(*(grid[key] for key in keys))
+    ]

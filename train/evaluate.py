@@ -1,0 +1,39 @@
+"""Evaluate an exported model folder through the serving code, so the numbers are what the Space serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from inference import PetClassifier
+from preprocess import load_image, model_input
+from train import metrics
+from train.data import load_dataset
+
+BATCH = 32
+
+
+def evaluate(model_dir: str | Path = "model", split: str = "test", data_dir: str | Path | None = None) -> dict:
+    """Top-1, top-5, per-species and per-class accuracy on a split; writes confusion_matrix_<split>.png."""
+    classifier = PetClassifier(model_dir)
+    card = classifier.card
+    data = load_dataset(data_dir, card["data"]["val_fraction"], card["data"]["seed"])
+    if data.classes != classifier.labels:
+        raise ValueError("The dataset's classes differ from the model's labels.json.")
+    samples = data.splits[split]
+    logits = np.concatenate(
+        [
+            classifier.logits(
+                np.concatenate([model_input(load_image(s.path), classifier.spec) for s in samples[i : i + BATCH]])
+            )
+            for i in range(0, len(samples), BATCH)
+        ]
+    )
+    labels = np.array([s.label for s in samples])
+    summary = metrics.summarize(logits, labels, data.classes, data.species)
+    plot = Path(model_dir) / f"confusion_matrix_{split}.png"
+    metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(samples)} images)", plot)
+    summary["confusion_matrix_png"] = str(plot)
+    summary["logits"], summary["labels"] = logits, labels
+    return summary

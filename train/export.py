@@ -1,0 +1,149 @@
+"""Registered MLflow model -> model/model.onnx, labels.json, card.json, with a parity check against torch."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import torch
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from inference import sha256_file
+from preprocess import InputSpec, load_image, model_input
+from train.data import Sample, load_dataset
+from train.tracking import git_commit
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+PARITY_IMAGES = 32
+PARITY_TOLERANCE = 1e-3
+REGISTERED_MODEL = "pet-breed-classifier"
+
+
+class ExportError(RuntimeError):
+    """The ONNX model does not reproduce the torch model, or the version cannot be found."""
+
+
+def model_version(version: str | None = None, alias: str | None = None) -> ModelVersion:
+    client = MlflowClient()
+    try:
+        if alias:
+            return client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+        if version:
+            return client.get_model_version(REGISTERED_MODEL, version)
+    except mlflow.exceptions.MlflowException as error:
+        raise ExportError(f"No {REGISTERED_MODEL} version {alias or version}: {error.message}") from None
+    raise ExportError("Say which model to export: --version N or --alias champion.")
+
+
+def parity_samples(run_params: dict, data_dir: str | Path | None) -> list[Sample]:
+    """Validation images of the run's own split, topped up with training images to PARITY_IMAGES."""
+    data = load_dataset(data_dir, float(run_params["val_fraction"]), int(run_params["seed"]))
+    return (data.splits["val"] + data.splits["train"])[:PARITY_IMAGES]
+
+
+def to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path) -> None:
+    example = torch.zeros(2, 3, spec.crop, spec.crop)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(
+        model.eval(),
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=OPSET,
+        dynamo=True,
+        dynamic_shapes=({0: batch},),
+        external_data=False,
+    )
+
+
+def check_parity(model: torch.nn.Module, path: Path, spec: InputSpec, samples: list[Sample]) -> float:
+    batch = np.concatenate([model_input(load_image(s.path), spec) for s in samples])
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(batch)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+    delta = float(np.abs(expected - got).max())
+    if delta > PARITY_TOLERANCE or (expected.argmax(1) != got.argmax(1)).any():
+        raise ExportError(f"ONNX parity failed on {len(samples)} images: max |Δlogit| = {delta:.2e}.")
+    return delta
+
+
+def export(
+    version: str | None = None,
+    alias: str | None = None,
+    out_dir: str | Path = "model",
+    data_dir: str | Path | None = None,
+) -> dict:
+    """Write the three files serving reads; returns the card."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = model_version(version, alias)
+    run = MlflowClient().get_run(chosen.run_id)
+    model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{chosen.version}")
+    spec = InputSpec.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/input_spec.json"))
+    classes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/classes.json")
+    onnx_path = out_dir / "model.onnx"
+    to_onnx(model, spec, onnx_path)
+    samples = parity_samples(run.data.params, data_dir)
+    delta = check_parity(model, onnx_path, spec, samples)
+    log.info("parity on %d images: max |Δlogit| = %.2e", len(samples), delta)
+    (out_dir / "labels.json").write_text(json.dumps(classes["classes"], indent=1) + "\n")
+    card = make_card(chosen, run, spec, classes["species"], onnx_path, delta, len(samples))
+    write_card(card, out_dir)
+    return card
+
+
+def make_card(
+    chosen: ModelVersion, run, spec: InputSpec, species: list[str], onnx_path: Path, delta: float, parity_images: int
+) -> dict:
+    params, found = run.data.params, run.data.metrics
+    splits = ("train", "val", "test")
+    return {
+        "model": {
+            "backbone": params["backbone"],
+            "head": params["head"],
+            "finetune_blocks": int(params["finetune_blocks"]),
+            "sha256": sha256_file(onnx_path),
+            "bytes": onnx_path.stat().st_size,
+            "input_name": "image",
+            "output_name": "logits",
+            "opset": OPSET,
+            "parity": {"images": parity_images, "max_abs_logit_delta": delta},
+        },
+        "preprocess": spec.to_dict(),
+        "species": species,
+        "mlflow": {
+            "run_id": run.info.run_id,
+            "registered_model": REGISTERED_MODEL,
+            "version": int(chosen.version),
+            "alias": "champion" if "champion" in chosen.aliases else None,
+        },
+        "data": {
+            "digest": params["data.digest"],
+            "val_fraction": float(params["val_fraction"]),
+            "seed": int(params["seed"]),
+            "images": {s: int(params[f"images.{s}"]) for s in splits},
+            "missing": {s: int(params[f"missing.{s}"]) for s in ("trainval", "test")},
+        },
+        "metrics": {
+            "val": {
+                "accuracy": found["val_accuracy"],
+                "top5_accuracy": found["val_top5_accuracy"],
+                "loss": found["val_loss"],
+            }
+        },
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+    }
+
+
+def write_card(card: dict, out_dir: Path) -> None:
+    (Path(out_dir) / "card.json").write_text(json.dumps(card, indent=2) + "\n")

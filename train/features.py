@@ -1,0 +1,96 @@
+"""The feature cache: activations of the frozen part of a backbone, computed once per
+(backbone, input spec, cut point, dataset digest, view) and reused by every run that needs them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+
+from preprocess import InputSpec, load_image, model_input, to_tensor
+from train.data import Sample
+
+log = logging.getLogger(__name__)
+
+EXTRACT_BATCH = 32
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    computed_images: int = 0
+    seconds: float = 0.0
+
+
+def view_input(image: Image.Image, spec: InputSpec, view: int, name: str) -> np.ndarray:
+    """View 0 is exactly the serving tensor; 1 is its mirror; from 2 on, a seeded random resized crop."""
+    if view == 0:
+        return model_input(image, spec)
+    if view == 1:
+        return model_input(ImageOps.mirror(image), spec)
+    rng = random.Random(f"{name}:{view}")
+    area = image.width * image.height * rng.uniform(0.35, 1.0)
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    w = min(image.width, round(np.sqrt(area * ratio)))
+    h = min(image.height, round(np.sqrt(area / ratio)))
+    left, top = rng.randint(0, image.width - w), rng.randint(0, image.height - h)
+    patch = image.resize((spec.crop, spec.crop), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
+    return to_tensor(ImageOps.mirror(patch) if rng.random() < 0.5 else patch, spec)
+
+
+def _cache_key(backbone: str, spec: InputSpec, cut: int, view: int, digest: str, samples: list[Sample]) -> str:
+    names = hashlib.sha256("\n".join(s.name for s in samples).encode()).hexdigest()
+    identity = {"backbone": backbone, "spec": spec.to_dict(), "cut": cut, "view": view, "data": digest, "names": names}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def _extract(prefix: nn.Module, spec: InputSpec, samples: list[Sample], view: int, pool: bool) -> torch.Tensor:
+    outputs = []
+    for start in range(0, len(samples), EXTRACT_BATCH):
+        batch = samples[start : start + EXTRACT_BATCH]
+        x = np.concatenate([view_input(load_image(s.path), spec, view, s.name) for s in batch])
+        y = prefix(torch.from_numpy(x))
+        outputs.append(y.mean((2, 3), keepdim=True) if pool else y.half())
+        log.info("view %d: %d/%d images", view, start + len(batch), len(samples))
+    return torch.cat(outputs)
+
+
+def activations(
+    prefix: nn.Module,
+    backbone: str,
+    spec: InputSpec,
+    samples: list[Sample],
+    view: int,
+    digest: str,
+    cache_dir: Path,
+    stats: CacheStats,
+    pool: bool,
+) -> torch.Tensor:
+    """The prefix's output for every sample, from the cache when this exact input was seen before.
+
+    With `pool` (the prefix is the whole backbone) maps are averaged to 1×1 before storing: the head's
+    average pool is then the identity, and a frozen run's cache is a few MB. Larger maps are stored
+    as float16 to halve memory and disk."""
+    path = Path(cache_dir) / f"{_cache_key(backbone, spec, len(prefix), view, digest, samples)}.pt"
+    if path.is_file():
+        stats.hits += 1
+        return torch.load(path)["x"].float()
+    started = time.perf_counter()
+    x = _extract(prefix, spec, samples, view, pool)
+    stats.seconds += time.perf_counter() - started
+    stats.computed_images += len(samples)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save({"x": x, "names": [s.name for s in samples]}, temporary)
+    temporary.rename(path)
+    return x.float()

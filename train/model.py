@@ -1,0 +1,41 @@
+"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from train.config import Config
+
+
+def make_head(config: Config, channels: int, num_classes: int) -> nn.Module:
+    """Global average pooling, dropout and a linear (or one-hidden-layer MLP) classifier."""
+    if config.head == "linear":
+        classifier = nn.Linear(channels, num_classes)
+    else:
+        classifier = nn.Sequential(
+            nn.Linear(channels, config.hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, num_classes),
+        )
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.dropout), classifier)
+
+
+def split_layers(layers: list[nn.Module], finetune_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The last `finetune_blocks` layers train; the rest stay frozen and can be cached."""
+    cut = len(layers) - min(finetune_blocks, len(layers) - 1)
+    prefix, tail = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
+    prefix.eval().requires_grad_(False)
+    return prefix, tail
+
+
+class PetNet(nn.Module):
+    """What is registered in MLflow and exported to ONNX: normalized image in, logits out."""
+
+    def __init__(self, prefix: nn.Sequential, tail: nn.Sequential, head: nn.Module) -> None:
+        super().__init__()
+        self.prefix, self.tail, self.head = prefix, tail, head
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail(self.prefix(image)))

@@ -1,0 +1,80 @@
+"""What a run records in MLflow, in one place: parameters, the dataset, artifacts and the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from preprocess import InputSpec
+from train.data import PetData
+
+PACKAGES = ("torch", "torchvision", "mlflow", "onnx", "onnxruntime", "numpy", "pillow", "efficientnet-lite-pytorch")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            found[f"version.{name}"] = "absent"
+    return found
+
+
+def start(experiment: str) -> None:
+    """Use MLFLOW_TRACKING_URI when set, else MLflow's default (./mlflow.db with ./mlruns artifacts)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_experiment(experiment)
+
+
+def log_run_inputs(params: dict, spec: InputSpec, data: PetData, config_path: str | None) -> None:
+    mlflow.log_params(params | {f"spec.{k}": v for k, v in spec.to_dict().items()})
+    mlflow.log_params({f"images.{split}": n for split, n in data.counts().items()})
+    mlflow.log_params({f"missing.{split}": n for split, n in data.missing_totals().items()})
+    mlflow.log_params({"git_commit": git_commit(), "data.digest": data.digest, **package_versions()})
+    mlflow.log_dict(data.missing, "data/missing_per_class.json")
+    mlflow.log_dict({"classes": data.classes, "species": data.species}, "labels/classes.json")
+    mlflow.log_text(json.dumps(data.classes), "labels/labels.json")
+    mlflow.log_dict(spec.to_dict(), "labels/input_spec.json")
+    if config_path:
+        mlflow.log_artifact(config_path, "config")
+    rows = [(s.name, data.classes[s.label], split) for split, samples in data.splits.items() for s in samples]
+    frame = pd.DataFrame(rows, columns=["image", "label", "split"])
+    dataset = mlflow.data.from_pandas(frame, source=str(data.root), name="oxford-iiit-pet", digest=data.digest[:16])
+    mlflow.log_input(dataset, context="training")
+
+
+def log_files(files: dict[str, callable]) -> None:
+    """Write each artifact with its writer into a temporary folder, then log it."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, write in files.items():
+            mlflow.log_artifact(str(write(Path(folder) / name)), "evaluation")
+
+
+def log_model(model: torch.nn.Module, registered_model: str) -> str:
+    """Log the whole torch module and register it; `export` turns it into ONNX without retraining."""
+    info = mlflow.pytorch.log_model(
+        model.eval(),
+        name="model",
+        serialization_format="pickle",
+        registered_model_name=registered_model,
+        pip_requirements=[f"torch=={version('torch')}", "efficientnet-lite-pytorch==0.1.0"],
+    )
+    return str(info.registered_model_version)
