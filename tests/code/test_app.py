@@ -1,0 +1,173 @@
+"""The live Space: `python app.py` in a subprocess, every named endpoint called through gradio_client."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from tests.conftest import CHELSEA, REPO
+
+pytestmark = pytest.mark.slow
+
+ENDPOINTS = {
+    "/predict",
+    "/predict_batch",
+    "/resize",
+    "/crop",
+    "/grayscale",
+    "/rotate",
+    "/flip",
+    "/blur",
+    "/normalize",
+    "/pipeline",
+    "/classes",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=REPO,
+        env=os.environ | {"GRADIO_SERVER_PORT": str(port)} | (env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited early:\n{process.stdout.read()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.3)
+        else:
+            raise RuntimeError("app.py did not start in time")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with running_app() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> Client:
+    return Client(server, verbose=False)
+
+
+def opened(path: str) -> Image.Image:
+    return Image.open(path)
+
+
+def test_every_named_endpoint_is_exposed(client: Client) -> None:
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ENDPOINTS
+
+
+def test_predict_returns_five_confidences(client: Client) -> None:
+    result = client.predict(handle_file(CHELSEA), api_name="/predict")
+    confidences = [c["confidence"] for c in result["confidences"]]
+    assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True)
+    assert result["label"] == result["confidences"][0]["label"]
+
+
+def test_predict_batch_reports_each_file(client: Client, tmp_path: Path) -> None:
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    table = client.predict([handle_file(CHELSEA), handle_file(text)], api_name="/predict_batch")
+    assert table["headers"] == ["file", "top-1", "probability", "top-5"]
+    good, bad = table["data"]
+    assert good[0] == "chelsea.jpg" and good[1] and 0 < good[2] <= 1 and good[3].count("%") == 5
+    assert bad[0] == "notes.jpg" and bad[3].startswith("error: This file is not an image")
+
+
+@pytest.mark.parametrize(
+    ("api_name", "args", "size"),
+    [
+        ("/resize", (100, None), (100, 67)),
+        ("/crop", (50, 40, None, None), (50, 40)),
+        ("/crop", (50, 40, 0, 0), (50, 40)),
+        ("/grayscale", (), (451, 300)),
+        ("/rotate", (90, True), (300, 451)),
+        ("/flip", ("vertical",), (451, 300)),
+        ("/blur", (3,), (451, 300)),
+        ("/normalize", (2,), (451, 300)),
+        ("/pipeline", ('[{"op": "resize", "height": 150}, {"op": "rotate", "angle": 90}]',), (150, 226)),
+    ],
+)
+def test_transforms(client: Client, api_name: str, args: tuple, size: tuple[int, int]) -> None:
+    assert opened(client.predict(handle_file(CHELSEA), *args, api_name=api_name)).size == size
+
+
+def test_classes(client: Client) -> None:
+    breeds = client.predict(api_name="/classes")
+    assert len(breeds) == 37
+    assert {"label": "great_pyrenees", "name": "Great Pyrenees", "species": "dog"} in breeds
+    assert sum(b["species"] == "cat" for b in breeds) == 12
+
+
+@pytest.mark.parametrize(
+    ("api_name", "args", "message"),
+    [
+        ("/predict", (), "not an image"),
+        ("/resize", (0, None), "width must be between 1 and 4096"),
+        ("/blur", (1e6,), "radius must be between 0 and 50"),
+        ("/crop", (50, 50, 1000, 0), "left must be between"),
+        ("/pipeline", ('[{"op": "explode"}]',), "unknown operation 'explode'"),
+    ],
+)
+def test_bad_input_gets_the_specific_error_and_the_app_keeps_serving(
+    client: Client, tmp_path: Path, api_name: str, args: tuple, message: str
+) -> None:
+    source = CHELSEA
+    if api_name == "/predict":
+        source = tmp_path / "page.jpg"
+        source.write_text("<html>not an image</html>")
+    with pytest.raises(AppError, match=message) as error:
+        client.predict(handle_file(source), *args, api_name=api_name)
+    assert "Traceback" not in str(error.value) and str(REPO) not in str(error.value)
+    assert client.predict(handle_file(CHELSEA), api_name="/predict")["label"]
+
+
+def readme_client_example() -> str:
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- client-example -->\s*```python\n(.*?)```", readme, re.S)
+    assert match, "README.md has no client example"
+    return match.group(1)
+
+
+def test_readme_client_example_runs(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = readme_client_example().replace("http://127.0.0.1:7860/", server)
+    monkeypatch.chdir(REPO)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(compile(code, "README.md", "exec"), {})
+    assert re.search(r"^[A-Z][\w ]+ \d\.\d+$", output.getvalue().strip(), re.M), output.getvalue()

@@ -1,0 +1,93 @@
+"""Behaviour of the committed model/ through inference.py: what the Space serves."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference import ModelError, PetClassifier, readable_name, sha256_file
+from tests.conftest import CHELSEA, MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def classifier() -> PetClassifier:
+    return PetClassifier(MODEL_DIR)
+
+
+def test_model_folder_is_consistent() -> None:
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    labels = json.loads((MODEL_DIR / "labels.json").read_text())
+    assert len(labels) == 37 and len(set(labels)) == 37
+    assert {"Abyssinian", "american_pit_bull_terrier", "great_pyrenees", "Maine_Coon"} <= set(labels)
+    assert card["model"]["sha256"] == sha256_file(MODEL_DIR / "model.onnx")
+    assert (MODEL_DIR / "model.onnx").stat().st_size <= 25e6
+    for split in ("val", "test"):
+        assert 0 <= card["metrics"][split]["accuracy"] <= card["metrics"][split]["top5_accuracy"] <= 1
+
+
+def test_readable_names() -> None:
+    assert readable_name("great_pyrenees") == "Great Pyrenees"
+    assert readable_name("Maine_Coon") == "Maine Coon"
+    assert readable_name("american_pit_bull_terrier") == "American Pit Bull Terrier"
+
+
+def test_top5_is_sorted_probabilities(classifier: PetClassifier) -> None:
+    prediction = classifier.predict(CHELSEA)
+    probabilities = [p for _, p in prediction.top]
+    assert len(prediction.top) == 5
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(0 <= p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
+    assert prediction.species == "cat"
+    assert all(name in classifier.names for name, _ in prediction.top)
+    assert len(classifier.predict(CHELSEA, top_k=37).top) == 37
+
+
+def test_batch_equals_singles_and_is_deterministic(classifier: PetClassifier) -> None:
+    photo = Image.open(CHELSEA)
+    images = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), photo.resize((200, 300)), CHELSEA]
+    batch = classifier.predict_batch(images)
+    for image, together in zip(images, batch, strict=True):
+        alone = classifier.predict(image)
+        assert [n for n, _ in alone.top] == [n for n, _ in together.top]
+        assert np.allclose([p for _, p in alone.top], [p for _, p in together.top], atol=1e-5)
+    assert classifier.predict(CHELSEA) == classifier.predict(CHELSEA)
+    assert classifier.predict_batch([]) == []
+
+
+def test_exif_rotated_photo_predicts_like_the_upright_one(classifier: PetClassifier) -> None:
+    photo = Image.open(CHELSEA)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # viewers turn it 90° counter-clockwise
+    buffer = io.BytesIO()
+    photo.rotate(-90, expand=True).save(buffer, "JPEG", exif=exif, quality=100)
+    upright = io.BytesIO()
+    photo.save(upright, "JPEG", quality=100)
+    rotated, straight = classifier.predict(buffer.getvalue()), classifier.predict(upright.getvalue())
+    assert [n for n, _ in rotated.top[:3]] == [n for n, _ in straight.top[:3]]
+
+
+def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PETS_THREADS", "1")
+    assert PetClassifier(MODEL_DIR).session.get_session_options().intra_op_num_threads == 1
+
+
+def test_missing_model_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(ModelError, match=r"model\.onnx is missing"):
+        PetClassifier(tmp_path)
+
+
+def test_mismatched_model_folder_is_refused(tmp_path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    (folder / "labels.json").write_text(json.dumps(["only", "two"]))
+    with pytest.raises(ModelError, match=r"outputs but labels\.json lists 2"):
+        PetClassifier(folder)
+    with open(folder / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        PetClassifier(folder)
