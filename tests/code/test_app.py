@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from bench.common import running_app
 from tests.conftest import CHELSEA, REPO
 
 pytestmark = pytest.mark.slow
@@ -38,44 +33,9 @@ ENDPOINTS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_app(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=REPO,
-        env=os.environ | {"GRADIO_SERVER_PORT": str(port)} | (env or {}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited early:\n{process.stdout.read()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.3)
-        else:
-            raise RuntimeError("app.py did not start in time")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    with running_app() as url:
+    with running_app() as (url, _):
         yield url
 
 

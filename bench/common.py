@@ -1,0 +1,99 @@
+"""Helpers shared by benchmarks and live-server tests: start app.py, call it over plain HTTP, summarize."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "oxford-iiit-pet"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python app.py` on a free port; yields its URL and process once it answers, stops it afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    process = subprocess.Popen(
+        [sys.executable, "app.py"],
+        cwd=REPO,
+        env=os.environ | {"GRADIO_SERVER_PORT": str(port)} | (env or {}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited early:\n{process.stderr.read()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("app.py did not start in time")
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def rest_call(http: httpx.Client, url: str, api_name: str, image: Path) -> object:
+    """What curl does: upload the file, start the call, read the event stream to its `complete` event."""
+    with open(image, "rb") as handle:
+        uploaded = http.post(url + "gradio_api/upload", files={"files": (image.name, handle)}).json()[0]
+    data = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}]
+    event = http.post(f"{url}gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
+    with http.stream("GET", f"{url}gradio_api/call/{api_name}/{event}") as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and kind in ("complete", "error"):
+                if kind == "error":
+                    raise RuntimeError(f"{api_name} failed: {line}")
+                return json.loads(line[5:])
+    raise RuntimeError(f"{api_name}: the stream ended without an answer")
+
+
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+        "max_ms": round(ordered[-1], 2),
+        "n": len(ordered),
+    }
+
+
+def timed(fn, repeats: int) -> list[float]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples

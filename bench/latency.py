@@ -1,0 +1,99 @@
+"""Latency of the shipped model and of the app, printed as JSON.
+
+    python -m bench.latency [--repeats 200]
+
+Model only (ONNX Runtime on a prepared tensor) at 1 and 2 threads; throughput at batch 8 and 32; the app's
+/predict end to end through plain REST and through gradio_client, each beside a no-op endpoint measured the
+same way in the same run (the floor); cold start; the app's resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+
+from bench.common import REPO, percentiles, resident_mb, rest_call, running_app, timed
+from inference import PetClassifier
+from preprocess import load_image, model_input
+
+PHOTO = REPO / "examples" / "chelsea.jpg"
+
+
+def model_at(threads: int, repeats: int) -> dict:
+    classifier = PetClassifier(threads=threads)
+    x = model_input(load_image(PHOTO), classifier.spec)
+    classifier.logits(x)
+    results = {
+        f"single_image_{threads}_thread": percentiles(timed(lambda: classifier.logits(x), repeats)),
+        f"preprocess_plus_model_{threads}_thread": percentiles(timed(lambda: classifier.predict(PHOTO), repeats // 2)),
+    }
+    for batch in (8, 32):
+        xs = np.repeat(x, batch, axis=0)
+        median = np.median(timed(lambda xs=xs: classifier.logits(xs), max(5, repeats // batch)))
+        results[f"throughput_batch{batch}_{threads}_thread_images_per_s"] = round(batch / median * 1000, 1)
+    return results
+
+
+def model_only(repeats: int) -> dict:
+    return model_at(1, repeats) | model_at(2, repeats)
+
+
+def end_to_end(repeats: int) -> dict:
+    from gradio_client import Client, handle_file
+
+    results = {}
+    with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
+        results["app_rss_mb_idle"] = round(resident_mb(process.pid), 1)
+        with httpx.Client(timeout=30) as http:
+            for name in ("noop", "predict"):
+                rest_call(http, url, name, PHOTO)
+                results[f"rest_{name}"] = percentiles(timed(lambda n=name: rest_call(http, url, n, PHOTO), repeats))
+        client = Client(url, verbose=False)
+        for name in ("noop", "predict"):
+            client.predict(handle_file(PHOTO), api_name=f"/{name}")
+            samples = timed(lambda n=name: client.predict(handle_file(PHOTO), api_name=f"/{n}"), repeats // 2)
+            results[f"client_{name}"] = percentiles(samples)
+        results["app_rss_mb_after"] = round(resident_mb(process.pid), 1)
+    for way in ("rest", "client"):
+        results[f"{way}_predict_minus_noop_p50_ms"] = round(
+            results[f"{way}_predict"]["p50_ms"] - results[f"{way}_noop"]["p50_ms"], 2
+        )
+    return results
+
+
+def cold_start(runs: int) -> dict:
+    """Process start to the first /predict answer over REST, median of several starts."""
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with running_app(timeout=120) as (url, _), httpx.Client(timeout=30) as http:
+            rest_call(http, url, "predict", PHOTO)
+            samples.append(time.perf_counter() - started)
+    return {"cold_start_s_median": round(float(np.median(samples)), 2), "cold_start_s": [round(s, 2) for s in samples]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--cold-starts", type=int, default=3)
+    args = parser.parse_args()
+    report = {
+        "machine": {"cpus": subprocess.check_output(["nproc"], text=True).strip(), "python": platform.python_version()},
+        "model": PetClassifier().card["model"]["backbone"],
+        "model_only": model_only(args.repeats),
+        "end_to_end": end_to_end(args.repeats),
+        "cold_start": cold_start(args.cold_starts),
+    }
+    json.dump(report, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
