@@ -1,10 +1,11 @@
-"""python -m train {fit,sweep,select,export,evaluate} — see README.md "Training"."""
+"""python -m train {fit,sweep,select,export,evaluate,publish} — see README.md "Training"."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 from train.config import ConfigError, load_config, load_sweep
@@ -41,20 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--version")
     export.add_argument("--alias")
     export.add_argument("--model-dir", default="model")
+    publish = commands.add_parser("publish", help="validate model/ and upload the Space (no torch needed)")
+    publish.add_argument("--space-id", default=os.environ.get("HF_SPACE_ID"))
+    publish.add_argument("--dry-run", action="store_true", help="no network: list files, message and verdict")
     evaluate = commands.add_parser("evaluate")
     evaluate.add_argument("--model", default="model")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        run(args)
+        return run(args) or 0
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    return 0
+    except RuntimeError as error:  # GateError, DataError, ExportError, ...: already a sentence for the user
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> int | None:
     if args.command == "fit":
         from train.fit import fit
 
@@ -70,6 +76,10 @@ def run(args: argparse.Namespace) -> None:
         from train.export import export
 
         print(json.dumps(export(args.version, args.alias, args.model_dir, args.data_dir)["model"], indent=2))
+    elif args.command == "publish":
+        from train.publish import publish
+
+        return publish(args.space_id, args.dry_run)
     elif args.command == "evaluate":
         from train.evaluate import evaluate
 

@@ -17,7 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from inference import sha256_file
 from preprocess import InputSpec, load_image, model_input
 from train.data import Sample, load_dataset
-from train.tracking import git_commit
+from train.provenance import git_commit
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -15,27 +14,7 @@ import torch
 
 from preprocess import InputSpec
 from train.data import PetData
-
-PACKAGES = ("torch", "torchvision", "mlflow", "onnx", "onnxruntime", "numpy", "pillow", "efficientnet-lite-pytorch")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def package_versions() -> dict[str, str]:
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[f"version.{name}"] = version(name)
-        except PackageNotFoundError:
-            found[f"version.{name}"] = "absent"
-    return found
+from train.provenance import git_commit, package_versions
 
 
 def start(experiment: str) -> None:

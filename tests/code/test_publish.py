@@ -1,0 +1,129 @@
+"""python -m train publish: the promotion gate, the exact file list, and valid workflows.
+The Hugging Face Hub cannot be reached here: the upload itself stays a thin call covered by the dry run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from train.publish import GateError, PublishConfig, publish, validate
+
+SPACE_TOP_LEVEL = {"app.py", "inference.py", "preprocess.py", "requirements.txt", "README.md"}
+
+
+@pytest.fixture
+def space_copy(tmp_path: Path) -> Path:
+    """The repository's Space files plus things that must never be uploaded."""
+    for name in SPACE_TOP_LEVEL:
+        shutil.copy(REPO / name, tmp_path / name)
+    for folder in ("model", "examples"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    for stray in (
+        "train/fit.py",
+        "tests/test_x.py",
+        "mlflow.db",
+        "mlruns/0/meta.yaml",
+        ".env",
+        "model/__pycache__/x.pyc",
+    ):
+        (tmp_path / stray).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / stray).write_text("secret")
+    return tmp_path
+
+
+def set_test_accuracy(root: Path, accuracy: float) -> None:
+    card = json.loads((root / "model" / "card.json").read_text())
+    card["metrics"]["test"]["accuracy"] = accuracy
+    (root / "model" / "card.json").write_text(json.dumps(card))
+
+
+def config(threshold: float = 0.5, regression: float = 0.01) -> PublishConfig:
+    return PublishConfig(threshold, regression, PublishConfig.load().space_files)
+
+
+def test_dry_run_lists_exactly_the_space_files(space_copy: Path, capsys: pytest.CaptureFixture) -> None:
+    set_test_accuracy(space_copy, 0.99)
+    assert publish(None, dry_run=True, root=space_copy) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = dict(line.split("\t") for line in lines[:-2])
+    expected = SPACE_TOP_LEVEL | {
+        p.relative_to(space_copy).as_posix()
+        for folder in ("model", "examples")
+        for p in (space_copy / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert set(listed) == expected
+    assert all(int(size) == (space_copy / path).stat().st_size for path, size in listed.items())
+    assert lines[-2].startswith("Deploy ") and "pet-breed-classifier version" in lines[-2]
+    assert lines[-1].startswith("gate: passed")
+
+
+def test_dry_run_reports_a_failed_gate(space_copy: Path, capsys: pytest.CaptureFixture) -> None:
+    set_test_accuracy(space_copy, 0.10)
+    assert publish(None, dry_run=True, root=space_copy) == 1
+    assert "gate: FAILED: Test accuracy 0.1000 is below the threshold" in capsys.readouterr().out
+
+
+def test_gate_refuses_a_card_below_the_threshold(space_copy: Path) -> None:
+    set_test_accuracy(space_copy, 0.80)
+    with pytest.raises(GateError, match="0.8000 is below the threshold 0.9000"):
+        validate(space_copy / "model", config(threshold=0.9), None)
+
+
+def test_gate_refuses_a_model_whose_sha256_does_not_match(space_copy: Path) -> None:
+    with open(space_copy / "model" / "model.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(GateError, match="sha256"):
+        validate(space_copy / "model", config(), None)
+
+
+def test_gate_refuses_a_labels_count_mismatch(space_copy: Path) -> None:
+    (space_copy / "model" / "labels.json").write_text('["a", "b"]')
+    with pytest.raises(GateError, match="labels.json lists 2 classes but the model has 37 outputs"):
+        validate(space_copy / "model", config(), None)
+
+
+def test_gate_compares_with_what_the_space_serves(space_copy: Path) -> None:
+    set_test_accuracy(space_copy, 0.90)
+    served = {"metrics": {"test": {"accuracy": 0.95}}}
+    with pytest.raises(GateError, match="more than 0.0100 below the 0.9500 the Space serves now"):
+        validate(space_copy / "model", config(), served)
+    assert validate(space_copy / "model", config(), {"metrics": {"test": {"accuracy": 0.905}}})
+    assert validate(space_copy / "model", config(), None)  # no Space yet: nothing to compare
+
+
+def test_publish_needs_a_space_and_a_token(space_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with pytest.raises(GateError, match="Say which Space"):
+        publish(None, dry_run=False, root=space_copy)
+    with pytest.raises(GateError, match="HF_TOKEN is not set"):
+        publish("someone/pets", dry_run=False, root=space_copy)
+
+
+def test_publish_imports_no_torch() -> None:
+    code = "import sys, train.__main__, train.publish; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "False"
+    )
+
+
+def test_workflows_are_valid() -> None:
+    actionlint = shutil.which("actionlint", path=str(Path(sys.executable).parent))
+    assert actionlint, "actionlint is installed by requirements-dev.txt"
+    workflows = sorted(str(p) for p in (REPO / ".github" / "workflows").glob("*.yml"))
+    assert len(workflows) == 2
+    done = subprocess.run([actionlint, *workflows], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_deploy_never_runs_on_pull_requests_and_holds_least_privilege() -> None:
+    deploy = (REPO / ".github" / "workflows" / "deploy.yml").read_text()
+    assert "pull_request" not in deploy
+    assert "permissions:\n  contents: read" in deploy
+    assert "concurrency:" in deploy and "secrets.HF_TOKEN" in deploy and "vars.HF_SPACE_ID" in deploy
