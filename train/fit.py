@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class RunResult:
     val_accuracy: float
     val_loss: float
     cache: CacheStats
+    train_seconds: float
+    train_images: int  # samples seen by the training loop, over all epochs
 
 
 def input_spec(config: Config) -> InputSpec:
@@ -93,6 +96,7 @@ def train_loop(
             "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
         }
         history.append(row)
+        log.info("epoch %d: " + ", ".join(f"{k} %.4f" for k in list(row)[1:]), epoch, *list(row.values())[1:])
         mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
         if row["val_loss"] < best_loss - 1e-4:
             best, best_loss, waited = copy.deepcopy((tail.state_dict(), head.state_dict())), row["val_loss"], 0
@@ -143,7 +147,12 @@ def fit(
         y = torch.tensor([s.label for s in data.splits["train"]])
         val_y = torch.tensor([s.label for s in data.splits["val"]])
         torch.manual_seed(config.seed)
+        started = time.perf_counter()
         history = train_loop(config, tail, head, views, y, val_x, val_y)
+        train_seconds = time.perf_counter() - started
+        mlflow.log_metrics(
+            {"train_seconds": train_seconds, "train_images_per_s": len(y) * len(history) / train_seconds}
+        )
 
         val_logits = evaluate_logits(tail, head, val_x)
         summary = metrics.summarize(val_logits.numpy(), val_y.numpy(), data.classes, data.species)
@@ -168,4 +177,6 @@ def fit(
         )
         version = tracking.log_model(PetNet(prefix, tail, head), config.registered_model)
         log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, summary["accuracy"], version)
-        return RunResult(run.info.run_id, version, summary["accuracy"], val_loss, stats)
+        return RunResult(
+            run.info.run_id, version, summary["accuracy"], val_loss, stats, train_seconds, len(y) * len(history)
+        )
