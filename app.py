@@ -20,7 +20,7 @@ import gradio as gr
 from PIL import Image
 
 import preprocess
-from inference import PetClassifier, readable_name
+from inference import PetClassifier, overlay, readable_name
 
 log = logging.getLogger("app")
 
@@ -77,11 +77,31 @@ def predict(image: Any) -> dict[str, float]:
     return classifier.predict(_require(image)).as_label()
 
 
-def species_line(label: dict | None) -> str:
+@user_errors
+def predict_details(image: Any) -> dict:
+    """Top-5, species, and whether the model is unsure the photo shows one of its 37 breeds."""
+    return classifier.predict(_require(image)).as_details(classifier.threshold)
+
+
+@user_errors
+def explain(image: Any) -> Image.Image:
+    """The photo with a heatmap of where the evidence for the top-1 breed lies."""
+    photo = _require(image)
+    _, heat = classifier.explain(photo)
+    return overlay(photo, heat)
+
+
+def summary_line(label: dict | None) -> str:
     if not label or not label.get("label"):
         return ""
-    index = classifier.names.index(label["label"])
-    return f"Looks like a **{classifier.species[index]}**: most likely a {label['label']}."
+    top = label["confidences"][0]
+    species = classifier.species[classifier.names.index(top["label"])]
+    if top["confidence"] < classifier.threshold:
+        return (
+            f"**Not sure** ({top['confidence']:.0%}): this photo may not show one of the 37 breeds this model "
+            "knows, or not clearly. The closest matches are listed anyway."
+        )
+    return f"Looks like a **{species}**: most likely a {top['label']} ({top['confidence']:.0%})."
 
 
 @user_errors
@@ -195,16 +215,20 @@ with gr.Blocks(title="Pet breed recognition") as demo:
             photo = ImageUpload(label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath")
             with gr.Column():
                 breeds = gr.Label(label="Top 5 breeds", num_top_classes=5)
-                species = gr.Markdown()
+                summary = gr.Markdown()
+            heatmap = gr.Image(label="What it looked at (class activation map)", type="pil", format="jpeg")
         identify = gr.Button("Identify", variant="primary")
         gr.Examples(EXAMPLES, inputs=photo)
+        with gr.Accordion("Details as JSON", open=False):
+            details = gr.JSON()
         with gr.Accordion("Several photos at once", open=False):
             files = gr.File(file_count="multiple", label="Photos")
             table = gr.Dataframe(headers=["file", "top-1", "probability", "top-5"], label="Predictions")
             gr.Button("Identify all").click(predict_batch, files, table, api_name="predict_batch")
-    identify.click(predict, photo, breeds, api_name="predict").success(
-        species_line, breeds, species, api_visibility="private"
-    )
+    predicted = identify.click(predict, photo, breeds, api_name="predict")
+    predicted.success(summary_line, breeds, summary, api_visibility="private")
+    predicted.success(explain, photo, heatmap, api_name="explain")
+    predicted.success(predict_details, photo, details, api_name="predict_details")
     if os.environ.get("PETS_BENCH_NOOP") == "1":  # the floor for bench/latency.py: same upload, no work
         gr.Button(visible=False).click(lambda image: "ok", photo, gr.Textbox(visible=False), api_name="noop")
 

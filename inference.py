@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
-from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_input
+from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_input, source_box
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 
@@ -31,8 +32,10 @@ def readable_name(label: str) -> str:
     return " ".join(word[:1].upper() + word[1:] for word in label.split("_"))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature (temperature scaling, fitted at selection)."""
+    scaled = logits / temperature
+    shifted = np.exp(scaled - scaled.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
@@ -48,6 +51,16 @@ def sha256_file(path: Path) -> str:
 class Prediction:
     top: list[tuple[str, float]]  # (readable breed, probability), most likely first
     species: str  # of the most likely breed
+    not_sure: bool = False  # top-1 probability below the card's threshold: maybe not one of the 37 breeds
+
+    def as_details(self, threshold: float) -> dict:
+        """The JSON of /predict_details."""
+        return {
+            "top": [{"breed": name, "probability": p} for name, p in self.top],
+            "species": self.species,
+            "not_sure": self.not_sure,
+            "threshold": threshold,
+        }
 
     def as_label(self) -> dict[str, float]:
         """The payload of a `gr.Label`."""
@@ -71,6 +84,7 @@ class PetClassifier:
         self.species: list[str] = self.card["species"]
         self.names = [readable_name(label) for label in self.labels]
         self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
+        self.threshold = float(self.card.get("not_sure", {}).get("threshold", 0.0))
         if sha256_file(model_dir / "model.onnx") != self.card["model"]["sha256"]:
             raise ModelError("model.onnx does not match the sha256 in card.json: the model folder is inconsistent.")
         self.session = ort.InferenceSession(
@@ -91,11 +105,11 @@ class PetClassifier:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits for an N×3×H×W batch that `preprocess.model_input` made."""
-        return self.session.run(None, {self.input_name: batch})[0]
+        return self.session.run(["logits"], {self.input_name: batch})[0]
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         batch = np.concatenate([model_input(load_image(image), self.spec) for image in images])
-        return softmax(self.logits(batch) / self.temperature)
+        return softmax(self.logits(batch), self.temperature)
 
     def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
         return self.predict_batch([image], top_k)[0]
@@ -104,13 +118,36 @@ class PetClassifier:
         """All images in one session call; each gets its top-k breeds, most likely first."""
         if not images:
             return []
+        return [self._prediction(row, top_k) for row in self.probabilities(images)]
+
+    def _prediction(self, probabilities: np.ndarray, top_k: int) -> Prediction:
         top_k = max(1, min(int(top_k), len(self.labels)))
-        predictions = []
-        for row in self.probabilities(images):
-            order = np.argsort(-row, kind="stable")[:top_k]
-            top = [(self.names[i], float(row[i])) for i in order]
-            predictions.append(Prediction(top, self.species[order[0]]))
-        return predictions
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        top = [(self.names[i], float(probabilities[i])) for i in order]
+        return Prediction(top, self.species[order[0]], bool(probabilities[order[0]] < self.threshold))
+
+    def explain(self, image: ImageSource, top_k: int = 5) -> tuple[Prediction, np.ndarray]:
+        """The prediction and, for its top-1 breed, a class activation map in [0, 1] of the photo's size
+        (rows × columns); zero outside the centre crop the model sees."""
+        photo = load_image(image)
+        logits, maps = self.session.run(["logits", "cam"], {self.input_name: model_input(photo, self.spec)})
+        prediction = self._prediction(softmax(logits, self.temperature)[0], top_k)
+        heat = maps[0, self.names.index(prediction.top[0][0])]
+        heat = np.maximum(heat - heat.mean(), 0)  # positions that raise the logit above its average
+        heat = heat / heat.max() if heat.max() > 0 else heat
+        left, top, right, bottom = (round(v) for v in source_box(photo.size, self.spec))
+        resized = Image.fromarray(heat.astype(np.float32), "F").resize((right - left, bottom - top), Image.BILINEAR)
+        canvas = np.zeros((photo.height, photo.width), dtype=np.float32)
+        canvas[top:bottom, left:right] = np.asarray(resized)[: photo.height - top, : photo.width - left]
+        return prediction, canvas
+
+
+def overlay(photo: Image.Image, heat: np.ndarray, opacity: float = 0.5) -> Image.Image:
+    """The heatmap over the photo: transparent where cold, red to yellow where hot."""
+    colour = np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], axis=-1) * 255
+    alpha = (opacity * np.clip(heat * 1.5, 0, 1))[..., None]
+    blended = np.asarray(photo, dtype=np.float32) * (1 - alpha) + colour * alpha
+    return Image.fromarray(blended.astype(np.uint8))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

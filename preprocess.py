@@ -154,16 +154,33 @@ class InputSpec:
         return {"resize_shorter": self.resize_shorter, "crop": self.crop, "mean": self.mean, "std": self.std}
 
 
+def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
+    """(width, height) after scaling so the shorter side is exactly `shorter`, keeping the aspect ratio."""
+    scale = shorter / min(size)
+    width, height = (max(shorter, round(side * scale)) for side in size)
+    return width, height
+
+
 def resize_shorter(image: Image.Image, size: int) -> Image.Image:
-    """Scale so the shorter side is exactly `size`, keeping the aspect ratio (bilinear, antialiased)."""
-    scale = size / min(image.size)
-    width, height = (max(size, round(side * scale)) for side in image.size)
-    return image.resize((width, height), Image.Resampling.BILINEAR)
+    return image.resize(shorter_side_size(image.size, size), Image.Resampling.BILINEAR)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def source_box(size: tuple[int, int], spec: InputSpec) -> tuple[float, float, float, float]:
+    """Where the model's centre crop lies in the original image (left, top, right, bottom), for heatmaps."""
+    width, height = size
+    scale = spec.resize_shorter / min(size)
+    resized_w, resized_h = (
+        max(spec.resize_shorter, round(width * scale)),
+        max(spec.resize_shorter, round(height * scale)),
+    )
+    left, top = (resized_w - spec.crop) // 2, (resized_h - spec.crop) // 2
+    sx, sy = width / resized_w, height / resized_h
+    return left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy
 
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:

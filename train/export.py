@@ -17,6 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from inference import sha256_file
 from preprocess import InputSpec, load_image, model_input
 from train.data import Sample, load_dataset
+from train.model import Explained, PetNet
 from train.provenance import git_commit
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,15 @@ def parity_samples(run_params: dict, data_dir: str | Path | None) -> list[Sample
     return (data.splits["val"] + data.splits["train"])[:PARITY_IMAGES]
 
 
-def to_onnx(model: torch.nn.Module, spec: InputSpec, path: Path) -> None:
+def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
     example = torch.zeros(2, 3, spec.crop, spec.crop)
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(
-        model.eval(),
+        Explained(model).eval(),
         (example,),
         str(path),
         input_names=["image"],
-        output_names=["logits"],
+        output_names=["logits", "cam"],
         opset_version=OPSET,
         dynamo=True,
         dynamic_shapes=({0: batch},),
@@ -69,7 +70,7 @@ def check_parity(model: torch.nn.Module, path: Path, spec: InputSpec, samples: l
     batch = np.concatenate([model_input(load_image(s.path), spec) for s in samples])
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(batch)).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": batch})[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"image": batch})[0]
     delta = float(np.abs(expected - got).max())
     if delta > PARITY_TOLERANCE or (expected.argmax(1) != got.argmax(1)).any():
         raise ExportError(f"ONNX parity failed on {len(samples)} images: max |Δlogit| = {delta:.2e}.")
@@ -115,6 +116,8 @@ def make_card(
             "bytes": onnx_path.stat().st_size,
             "input_name": "image",
             "output_name": "logits",
+            "cam_output": "cam",
+            "cam_method": "exact CAM (linear head)" if params["head"] == "linear" else "mean activation (MLP head)",
             "opset": OPSET,
             "parity": {"images": parity_images, "max_abs_logit_delta": delta},
         },

@@ -39,3 +39,26 @@ class PetNet(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.tail(self.prefix(image)))
+
+
+class Explained(nn.Module):
+    """The exported graph: logits and, per class, a map over the last feature map (CAM).
+
+    For a linear head the map of class k is W_k · F + b_k at each position, whose spatial mean is exactly
+    logit k (Zhou et al., 2016). An MLP head has no such decomposition: every class then gets the
+    class-agnostic mean activation of the feature map, and the card says so."""
+
+    def __init__(self, model: PetNet) -> None:
+        super().__init__()
+        self.model = model
+        self.linear = isinstance(model.head[-1], nn.Linear)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.tail(self.model.prefix(image))
+        logits = self.model.head(features)
+        if self.linear:
+            layer = self.model.head[-1]
+            maps = torch.einsum("nchw,kc->nkhw", features, layer.weight) + layer.bias[None, :, None, None]
+        else:
+            maps = features.mean(1, keepdim=True).expand(-1, logits.shape[1], -1, -1)
+        return logits, maps

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from inference import PetClassifier, softmax
+from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
 from train.evaluate import evaluate
 from train.export import REGISTERED_MODEL, export, write_card
 
@@ -31,24 +33,62 @@ def best_version(client: MlflowClient) -> str:
 
 
 def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) -> dict:
+    """Champion by validation accuracy -> alias, export, calibration on val, one test evaluation."""
     client = MlflowClient()
     version = best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
     log.info("champion: %s version %s", REGISTERED_MODEL, version)
+    out_dir = Path(out_dir)
     card = export(alias="champion", out_dir=out_dir, data_dir=data_dir)
+    calibrate(card, evaluate(out_dir, "val", data_dir), out_dir)
     test = evaluate(out_dir, "test", data_dir)
+    card["metrics"]["test"] = summarize_test(test, card)
+    card["not_sure"]["non_pet"] = non_pet_rate(out_dir)
+    write_card(card, out_dir)
     run_id = card["mlflow"]["run_id"]
-    for key in ("accuracy", "top5_accuracy"):
-        client.log_metric(run_id, f"test_{key}", test[key])
+    for key in ("accuracy", "top5_accuracy", "ece"):
+        client.log_metric(run_id, f"test_{key}", card["metrics"]["test"][key])
     for kind, value in test["per_species"].items():
         client.log_metric(run_id, f"test_accuracy_{kind}", value)
     client.log_artifact(run_id, test["confusion_matrix_png"], "evaluation")
-    card["metrics"]["test"] = {
-        key: test[key] for key in ("accuracy", "top5_accuracy", "images", "per_species", "per_class")
-    }
-    write_card(card, Path(out_dir))
+    client.log_dict(run_id, card, "evaluation/card.json")
     log.info("test accuracy %.4f (top-5 %.4f)", test["accuracy"], test["top5_accuracy"])
     return card
+
+
+def calibrate(card: dict, val: dict, out_dir: Path) -> None:
+    """Temperature and "not sure" threshold from validation logits, written to the card serving reads."""
+    card["calibration"] = calibration_report(val["logits"], val["labels"])
+    probabilities = softmax(val["logits"], card["calibration"]["temperature"])
+    card["not_sure"] = {"threshold": not_sure_threshold(probabilities, val["labels"]), "fitted_on": "val"}
+    write_card(card, out_dir)
+
+
+def summarize_test(test: dict, card: dict) -> dict:
+    probabilities = softmax(test["logits"], card["calibration"]["temperature"])
+    correct = probabilities.argmax(1) == test["labels"]
+    flagged = probabilities.max(1) < card["not_sure"]["threshold"]
+    return {key: test[key] for key in ("accuracy", "top5_accuracy", "images", "per_species", "per_class")} | {
+        "ece": ece(probabilities, test["labels"]),
+        "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"]),
+        "not_sure_rate": float(flagged.mean()),
+        "not_sure_rate_correct": float(flagged[correct].mean()),
+        "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
+    }
+
+
+def non_pet_rate(out_dir: Path) -> dict:
+    classifier = PetClassifier(out_dir)
+    images = non_pet_images()
+    flagged = [
+        name for name, p in zip(images, classifier.predict_batch(list(images.values())), strict=True) if p.not_sure
+    ]
+    return {
+        "images": len(images),
+        "flagged": len(flagged),
+        "rate": len(flagged) / len(images),
+        "flagged_names": flagged,
+    }
 
 
 def print_card(card: dict) -> None:

@@ -30,6 +30,8 @@ ENDPOINTS = {
     "/normalize",
     "/pipeline",
     "/classes",
+    "/explain",
+    "/predict_details",
 }
 
 
@@ -57,6 +59,16 @@ def test_predict_returns_five_confidences(client: Client) -> None:
     confidences = [c["confidence"] for c in result["confidences"]]
     assert len(confidences) == 5 and confidences == sorted(confidences, reverse=True)
     assert result["label"] == result["confidences"][0]["label"]
+
+
+def test_predict_details_and_explain(client: Client) -> None:
+    details = client.predict(handle_file(CHELSEA), api_name="/predict_details")
+    assert set(details) == {"top", "species", "not_sure", "threshold"} and len(details["top"]) == 5
+    assert details["species"] == "cat" and 0 < details["threshold"] < 1
+    before = client.predict(handle_file(CHELSEA), api_name="/predict")
+    assert opened(client.predict(handle_file(CHELSEA), api_name="/explain")).size == (451, 300)
+    assert client.predict(handle_file(CHELSEA), api_name="/predict") == before
+    assert before["label"] == details["top"][0]["breed"]
 
 
 def test_predict_batch_reports_each_file(client: Client, tmp_path: Path) -> None:

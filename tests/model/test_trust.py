@@ -1,0 +1,69 @@
+"""Calibrated confidences, the "not sure" flag and the class activation map of the shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference import PetClassifier
+from tests.conftest import CHELSEA, MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def classifier() -> PetClassifier:
+    return PetClassifier(MODEL_DIR)
+
+
+def test_card_carries_calibration_and_threshold(classifier: PetClassifier) -> None:
+    card = classifier.card
+    calibration = card["calibration"]
+    assert calibration["bins"] == 15 and calibration["temperature"] > 0
+    assert calibration["nll_after"] <= calibration["nll_before"]
+    assert classifier.temperature == calibration["temperature"]
+    assert 0 < classifier.threshold < 1 and card["not_sure"]["fitted_on"] == "val"
+    assert 0 <= card["not_sure"]["non_pet"]["rate"] <= 1
+
+
+def test_temperature_is_applied(classifier: PetClassifier) -> None:
+    from inference import softmax
+    from preprocess import load_image, model_input
+
+    logits = classifier.logits(model_input(load_image(CHELSEA), classifier.spec))
+    expected = softmax(logits, classifier.temperature)[0].max()
+    assert classifier.predict(CHELSEA).top[0][1] == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0)])
+def test_blank_images_are_flagged_not_sure(classifier: PetClassifier, colour: tuple[int, int, int]) -> None:
+    prediction = classifier.predict(Image.new("RGB", (300, 200), colour))
+    assert prediction.not_sure and len(prediction.top) == 5
+    details = prediction.as_details(classifier.threshold)
+    assert details["not_sure"] is True and details["threshold"] == classifier.threshold
+    assert json.loads(json.dumps(details)) == details
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (640, 640), (97, 61)])
+def test_heatmap_has_the_photo_size(classifier: PetClassifier, size: tuple[int, int]) -> None:
+    photo = Image.open(CHELSEA).convert("RGB").resize(size)
+    _, heat = classifier.explain(photo)
+    assert heat.shape == (size[1], size[0]) and heat.dtype == np.float32
+    assert heat.min() >= 0 and heat.max() <= 1
+
+
+def test_heat_concentrates_where_the_pet_is(classifier: PetClassifier) -> None:
+    """The cat fills the top-left quarter of a plain canvas: most heat lands in that quarter."""
+    canvas = Image.new("RGB", (600, 600), (128, 128, 128))
+    canvas.paste(Image.open(CHELSEA).convert("RGB").resize((300, 300)), (0, 0))
+    prediction, heat = classifier.explain(canvas)
+    assert prediction.species == "cat"
+    quarters = [heat[:300, :300].sum(), heat[:300, 300:].sum(), heat[300:, :300].sum(), heat[300:, 300:].sum()]
+    assert quarters[0] > 0.6 * sum(quarters), quarters
+
+
+def test_explaining_does_not_change_the_prediction(classifier: PetClassifier) -> None:
+    before = classifier.predict(CHELSEA)
+    explained, _ = classifier.explain(CHELSEA)
+    assert explained == before == classifier.predict(CHELSEA)
