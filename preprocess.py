@@ -10,6 +10,7 @@ project and no torch.
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import json
 import math
@@ -201,7 +202,9 @@ def model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
 def _number(name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise PreprocessError(f"{name} must be a number, got {value!r}.")
-    if not math.isfinite(value) or not low <= value <= high:
+    if not math.isfinite(value):
+        raise PreprocessError(f"{name} must be a finite number, got {value!r}.")
+    if not low <= value <= high:
         raise PreprocessError(f"{name} must be between {low:g} and {high:g}, got {value!r}.")
     return float(value)
 
@@ -241,7 +244,7 @@ def grayscale(image: Image.Image) -> Image.Image:
 
 def rotate(image: Image.Image, angle: float, expand: bool = True) -> Image.Image:
     """Rotate counter-clockwise by any finite angle; `expand` grows the canvas to keep the corners."""
-    degrees = _number("angle", angle, -1e9, 1e9) % 360.0
+    degrees = _number("angle", angle, -math.inf, math.inf) % 360.0
     return image.rotate(degrees, Image.Resampling.BICUBIC, expand=bool(expand), fillcolor=(255, 255, 255))
 
 
@@ -280,7 +283,10 @@ def pipeline(image: Image.Image, steps: Sequence[dict[str, Any]] | str) -> Image
         try:
             image = TRANSFORMS[step["op"]](image, **params)
         except TypeError:
-            raise PreprocessError(f"Step {number} ({step['op']}): unexpected parameters {sorted(params)}.") from None
+            takes = ", ".join(list(inspect.signature(TRANSFORMS[step["op"]]).parameters)[1:]) or "no parameters"
+            raise PreprocessError(
+                f"Step {number} ({step['op']}): got parameters {sorted(params)}, but it takes {takes}."
+            ) from None
         except PreprocessError as error:
             raise PreprocessError(f"Step {number} ({step['op']}): {error}") from None
     return image
