@@ -254,7 +254,8 @@ with gr.Blocks(title="Pet breed recognition") as demo:
             gr.JSON(classes())
         gr.api(classes, api_name="classes")
 
-demo.queue(default_concurrency_limit=2, max_size=64)
+# Two requests at a time on the Space's 2 vCPUs, up to 64 waiting: chosen with bench/load.py (README).
+demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
 
 
 if __name__ == "__main__":
