@@ -36,6 +36,8 @@ class ImageUpload(gr.Image):
     """An image input that hands the uploaded file to `preprocess.load_image` untouched, so that every
     bad upload (non-image, truncated, bomb) gets the loader's specific message, not a decoder crash."""
 
+    is_template = True  # rendered by the frontend's own Image component
+
     def preprocess(self, payload: Any) -> str | bytes | None:
         if payload is None:
             return None
@@ -212,9 +214,11 @@ with gr.Blocks(title="Pet breed recognition") as demo:
     gr.Markdown("# 🐾 Pet breed recognition\nThe breed of a cat or dog in a photo, among the 37 of Oxford-IIIT Pet.")
     with gr.Tab("Identify"):
         with gr.Row():
-            photo = ImageUpload(label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath")
+            photo = ImageUpload(
+                label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath", elem_id="photo"
+            )
             with gr.Column():
-                breeds = gr.Label(label="Top 5 breeds", num_top_classes=5)
+                breeds = gr.Label(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
                 summary = gr.Markdown()
             heatmap = gr.Image(label="What it looked at (class activation map)", type="pil", format="jpeg")
         identify = gr.Button("Identify", variant="primary")
@@ -234,8 +238,8 @@ with gr.Blocks(title="Pet breed recognition") as demo:
 
     with gr.Tab("Transform"):
         with gr.Row():
-            source = ImageUpload(label="Image", type="filepath")
-            result = gr.Image(label="Result", type="pil", format="png")
+            source = ImageUpload(label="Image", type="filepath", elem_id="transform-source")
+            result = gr.Image(label="Result", type="pil", format="png", elem_id="transform-result")
         for name, make_controls in TRANSFORM_CONTROLS.items():
             with gr.Tab(name):
                 controls = make_controls()
@@ -245,7 +249,7 @@ with gr.Blocks(title="Pet breed recognition") as demo:
             gr.Button("Apply pipeline").click(pipeline, [source, steps], result, api_name="pipeline")
 
     with gr.Tab("Model"):
-        gr.Markdown(card_markdown(classifier.card))
+        gr.Markdown(card_markdown(classifier.card), elem_id="card")
         with gr.Row():
             gr.Dataframe(per_class_rows(classifier.card), headers=["breed", "test accuracy"], label="Per class")
             confusion = HERE / "model" / "confusion_matrix_test.png"
