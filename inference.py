@@ -70,7 +70,9 @@ class Prediction:
 class PetClassifier:
     """Loads `model.onnx`, `labels.json` and `card.json` once; predicts breeds for images."""
 
-    def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None, variant: str | None = None
+    ) -> None:
         model_dir = Path(model_dir)
         for name in ("model.onnx", "labels.json", "card.json"):
             if not (model_dir / name).is_file():
@@ -85,15 +87,29 @@ class PetClassifier:
         self.names = [readable_name(label) for label in self.labels]
         self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
         self.threshold = float(self.card.get("not_sure", {}).get("threshold", 0.0))
-        if sha256_file(model_dir / "model.onnx") != self.card["model"]["sha256"]:
-            raise ModelError("model.onnx does not match the sha256 in card.json: the model folder is inconsistent.")
+        self.variant, entry = self._variant(variant)
+        if sha256_file(model_dir / entry["file"]) != entry["sha256"]:
+            raise ModelError(
+                f"{entry['file']} does not match the sha256 in card.json: the model folder is inconsistent."
+            )
         self.session = ort.InferenceSession(
-            str(model_dir / "model.onnx"), self._options(threads), providers=["CPUExecutionProvider"]
+            str(model_dir / entry["file"]), self._options(threads), providers=["CPUExecutionProvider"]
         )
         self.input_name = self.card["model"]["input_name"]
         outputs = self.session.get_outputs()[0].shape[-1]
         if outputs != len(self.labels) or len(self.species) != len(self.labels):
             raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(self.labels)} classes.")
+
+    def _variant(self, variant: str | None) -> tuple[str, dict]:
+        """ "fp32" (model.onnx) or "int8" (model.int8.onnx, shipped only when it passed its gate at export).
+        Default: PETS_MODEL_VARIANT, else int8 when the card accepted it, else fp32."""
+        int8 = self.card.get("int8", {})
+        variant = variant or os.environ.get("PETS_MODEL_VARIANT") or ("int8" if int8.get("accepted") else "fp32")
+        if variant == "fp32":
+            return variant, {"file": "model.onnx", "sha256": self.card["model"]["sha256"]}
+        if variant == "int8" and "sha256" in int8:
+            return variant, int8
+        raise ModelError(f"No model variant {variant!r} in card.json: use fp32 or an exported int8 model.")
 
     @staticmethod
     def _options(threads: int | None) -> ort.SessionOptions:

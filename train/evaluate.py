@@ -14,9 +14,11 @@ from train.data import load_dataset
 BATCH = 32
 
 
-def evaluate(model_dir: str | Path = "model", split: str = "test", data_dir: str | Path | None = None) -> dict:
+def evaluate(
+    model_dir: str | Path = "model", split: str = "test", data_dir: str | Path | None = None, variant: str = "fp32"
+) -> dict:
     """Top-1, top-5, per-species and per-class accuracy on a split; writes confusion_matrix_<split>.png."""
-    classifier = PetClassifier(model_dir)
+    classifier = PetClassifier(model_dir, variant=variant)
     card = classifier.card
     data = load_dataset(data_dir, card["data"]["val_fraction"], card["data"]["seed"])
     if data.classes != classifier.labels:
@@ -32,7 +34,7 @@ def evaluate(model_dir: str | Path = "model", split: str = "test", data_dir: str
     )
     labels = np.array([s.label for s in samples])
     summary = metrics.summarize(logits, labels, data.classes, data.species)
-    plot = Path(model_dir) / f"confusion_matrix_{split}.png"
+    plot = Path(model_dir) / f"confusion_matrix_{split}{'' if variant == 'fp32' else '_' + variant}.png"
     metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(samples)} images)", plot)
     summary["confusion_matrix_png"] = str(plot)
     summary["logits"], summary["labels"] = logits, labels

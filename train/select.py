@@ -12,6 +12,7 @@ from inference import PetClassifier, softmax
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
 from train.evaluate import evaluate
 from train.export import REGISTERED_MODEL, export, write_card
+from train.quantize import quantize
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
     for kind, value in test["per_species"].items():
         client.log_metric(run_id, f"test_accuracy_{kind}", value)
     client.log_artifact(run_id, test["confusion_matrix_png"], "evaluation")
+    card["int8"] = quantize(out_dir, data_dir)
     client.log_dict(run_id, card, "evaluation/card.json")
     log.info("test accuracy %.4f (top-5 %.4f)", test["accuracy"], test["top5_accuracy"])
     return card
