@@ -26,8 +26,8 @@ from preprocess import load_image, model_input
 PHOTO = REPO / "examples" / "chelsea.jpg"
 
 
-def model_at(threads: int, repeats: int) -> dict:
-    classifier = PetClassifier(threads=threads)
+def model_at(threads: int, repeats: int, variant: str) -> dict:
+    classifier = PetClassifier(threads=threads, variant=variant)
     x = model_input(load_image(PHOTO), classifier.spec)
     classifier.logits(x)
     results = {
@@ -42,7 +42,9 @@ def model_at(threads: int, repeats: int) -> dict:
 
 
 def model_only(repeats: int) -> dict:
-    return model_at(1, repeats) | model_at(2, repeats)
+    """Both shipped variants side by side: fp32 (model.onnx) and, when its gate accepted it, int8."""
+    variants = ["fp32"] + (["int8"] if PetClassifier().card.get("int8", {}).get("accepted") else [])
+    return {variant: model_at(1, repeats, variant) | model_at(2, repeats, variant) for variant in variants}
 
 
 def end_to_end(repeats: int) -> dict:
@@ -87,6 +89,7 @@ def main() -> None:
     report = {
         "machine": {"cpus": subprocess.check_output(["nproc"], text=True).strip(), "python": platform.python_version()},
         "model": PetClassifier().card["model"]["backbone"],
+        "served_variant": PetClassifier().variant,
         "model_only": model_only(args.repeats),
         "end_to_end": end_to_end(args.repeats),
         "cold_start": cold_start(args.cold_starts),

@@ -63,6 +63,9 @@ def validate(model_dir: Path, config: PublishConfig, served_card: dict | None) -
     card = json.loads((model_dir / "card.json").read_text())
     if sha256_file(model_dir / "model.onnx") != card["model"]["sha256"]:
         raise GateError("model.onnx does not match the sha256 in card.json: re-export the model.")
+    int8 = card.get("int8", {})
+    if int8.get("accepted") and sha256_file(model_dir / int8["file"]) != int8["sha256"]:
+        raise GateError(f"{int8['file']} does not match the sha256 in card.json: re-run select.")
     labels = json.loads((model_dir / "labels.json").read_text())
     outputs = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]).get_outputs()
     if outputs[0].shape[-1] != len(labels):

@@ -87,7 +87,9 @@ def test_mismatched_model_folder_is_refused(tmp_path) -> None:
     (folder / "labels.json").write_text(json.dumps(["only", "two"]))
     with pytest.raises(ModelError, match=r"outputs but labels\.json lists 2"):
         PetClassifier(folder)
-    with open(folder / "model.onnx", "ab") as handle:
+    (folder / "labels.json").write_text((MODEL_DIR / "labels.json").read_text())
+    served = "model.int8.onnx" if PetClassifier(folder).variant == "int8" else "model.onnx"
+    with open(folder / served, "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ModelError, match="sha256"):
         PetClassifier(folder)

@@ -67,3 +67,23 @@ def test_explaining_does_not_change_the_prediction(classifier: PetClassifier) ->
     before = classifier.predict(CHELSEA)
     explained, _ = classifier.explain(CHELSEA)
     assert explained == before == classifier.predict(CHELSEA)
+
+
+def test_int8_variant_when_shipped(classifier: PetClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    int8 = classifier.card.get("int8", {})
+    if not int8.get("accepted"):
+        assert not (MODEL_DIR / "model.int8.onnx").exists()  # a rejected model is not shipped
+        return
+    assert classifier.variant == "int8"
+    assert int8["test_accuracy_drop"] <= 0.005 and int8["speedup_1_thread"] >= 1.8
+    fp32 = PetClassifier(MODEL_DIR, variant="fp32")
+    assert fp32.predict(CHELSEA).top[0][0] == classifier.predict(CHELSEA).top[0][0]
+    monkeypatch.setenv("PETS_MODEL_VARIANT", "fp32")
+    assert PetClassifier(MODEL_DIR).variant == "fp32"
+
+
+def test_unknown_variant_is_a_clear_error() -> None:
+    from inference import ModelError
+
+    with pytest.raises(ModelError, match="No model variant 'fp16'"):
+        PetClassifier(MODEL_DIR, variant="fp16")
