@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,19 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     yield store
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """`python app.py` on a free port, one per test module that asks for it."""
+    from bench.common import running_app
+
+    with running_app() as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)

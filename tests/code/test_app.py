@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from bench.common import running_app
 from tests.conftest import CHELSEA, REPO
 
 pytestmark = pytest.mark.slow
@@ -33,17 +31,6 @@ ENDPOINTS = {
     "/explain",
     "/predict_details",
 }
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with running_app() as (url, _):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> Client:
-    return Client(server, verbose=False)
 
 
 def opened(path: str) -> Image.Image:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,6 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from bench.common import running_app
 from inference import PetClassifier
 from preprocess import PreprocessError, load_image
 from tests.conftest import CHELSEA, MODEL_DIR, REPO
@@ -55,17 +53,6 @@ def test_bomb_is_refused_fast_without_allocating_the_image() -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert elapsed < 2 and peak < 50e6  # the full image would be 400 MB
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with running_app() as (url, _):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> Client:
-    return Client(server, verbose=False)
 
 
 def test_corpus_through_the_live_server(files, client: Client) -> None:
