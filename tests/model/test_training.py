@@ -170,3 +170,32 @@ def test_bad_config_key_fails_with_its_name(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "Unknown config key 'learning_rate'" in done.stderr
+
+
+def test_evaluate_goes_through_the_serving_code(trained, capsys: pytest.CaptureFixture) -> None:
+    from train.evaluate import evaluate
+
+    assert (
+        train_main(
+            ["--data-dir", str(trained["data"]), "evaluate", "--model", str(trained["model"]), "--split", "test"]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert set(printed) >= {"accuracy", "top5_accuracy", "per_class", "per_species", "confusion_matrix_png"}
+    assert Path(printed["confusion_matrix_png"]).is_file()
+    summary = evaluate(trained["model"], "test", trained["data"])
+    classifier = PetClassifier(trained["model"], variant="fp32")
+    data = load_dataset(trained["data"], 0.25, 0)
+    served = [classifier.predict(s.path).top[0][0] for s in data.splits["test"]]
+    assert served == [classifier.names[i] for i in summary["logits"].argmax(1)]
+    assert printed["accuracy"] == summary["accuracy"]
+
+
+def test_select_calibrates_and_gates_the_int8_model(trained) -> None:
+    card = json.loads((trained["model"] / "card.json").read_text())
+    assert card["calibration"]["temperature"] > 0 and "threshold" in card["not_sure"]
+    assert card["not_sure"]["non_pet"]["images"] == 10
+    int8 = card["int8"]
+    assert int8["accepted"] == (int8["test_accuracy_drop"] <= 0.005 and int8["speedup_1_thread"] >= 1.8)
+    assert (trained["model"] / "model.int8.onnx").exists() == int8["accepted"]
