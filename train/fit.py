@@ -55,6 +55,16 @@ def evaluate_logits(tail: nn.Module, head: nn.Module, x: torch.Tensor, batch: in
         return torch.cat([head(tail(x[i : i + batch])) for i in range(0, len(x), batch)])
 
 
+def train_mode(tail: nn.Module, head: nn.Module) -> None:
+    """Train the weights but keep batch-norm statistics frozen: the pretrained ones update with momentum
+    0.01, far too slowly for a few hundred steps, and batch statistics would make training and evaluation
+    disagree."""
+    tail.train(), head.train()
+    for module in tail.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def train_loop(
     config: Config,
     tail: nn.Module,
@@ -73,7 +83,7 @@ def train_loop(
     generator = torch.Generator().manual_seed(config.seed)
     history, best, best_loss, waited = [], None, math.inf, 0
     for epoch in range(1, config.epochs + 1):
-        tail.train(), head.train()
+        train_mode(tail, head)
         order = torch.randperm(len(y), generator=generator)
         chosen = torch.randint(len(views), (len(y),), generator=generator)
         total_loss, total_correct = 0.0, 0
