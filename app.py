@@ -180,13 +180,14 @@ TRANSFORM_CONTROLS: dict[str, Callable[[], list[gr.components.Component]]] = {
 
 
 def card_markdown(card: dict) -> str:
-    test, val = card["metrics"]["test"], card["metrics"]["val"]
+    test, val, spec = card["metrics"]["test"], card["metrics"]["val"], card["preprocess"]
     species = ", ".join(f"{k} {v:.1%}" for k, v in test["per_species"].items())
-    spec = card["preprocess"]
+    calibration, not_sure = card["calibration"], card["not_sure"]
     return "\n".join(
         [
             f"**Backbone** `{card['model']['backbone']}` · head `{card['model']['head']}` · "
-            f"fine-tuned layers {card['model']['finetune_blocks']} · ONNX {card['model']['bytes'] / 1e6:.1f} MB",
+            f"fine-tuned layers {card['model']['finetune_blocks']} · serving the **{classifier.variant}** model "
+            f"({(card['int8']['bytes'] if classifier.variant == 'int8' else card['model']['bytes']) / 1e6:.1f} MB)",
             f"**Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
             f"**MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
             f"(alias `{card['mlflow']['alias']}`), run `{card['mlflow']['run_id']}`",
@@ -196,8 +197,12 @@ def card_markdown(card: dict) -> str:
             f"| validation | {card['data']['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |",
             f"| test | {test['images']} | {test['accuracy']:.1%} | {test['top5_accuracy']:.1%} |",
             "",
-            f"Test accuracy per species: {species}. Data digest `{card['data']['digest'][:12]}`, "
-            f"missing images skipped: {card['data']['missing']}.",
+            f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
+            f"{calibration['temperature']:.2f}, fitted on validation): test ECE {test['ece_uncalibrated']:.1%} → "
+            f"{test['ece']:.1%}. Below {not_sure['threshold']:.0%} the answer is marked *not sure* "
+            f"({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of non-pet images).",
+            f"Data digest `{card['data']['digest'][:12]}`; listed images missing from this copy, skipped: "
+            f"{card['data']['missing']}.",
         ]
     )
 
@@ -252,7 +257,7 @@ with gr.Blocks(title="Pet breed recognition") as demo:
         gr.Markdown(card_markdown(classifier.card), elem_id="card")
         with gr.Row():
             gr.Dataframe(per_class_rows(classifier.card), headers=["breed", "test accuracy"], label="Per class")
-            confusion = HERE / "model" / "confusion_matrix_test.png"
+            confusion = HERE / "model" / classifier.card["metrics"]["test"]["confusion_matrix"]
             gr.Image(str(confusion) if confusion.is_file() else None, label="Test confusion matrix")
         with gr.Accordion("The 37 breeds", open=False):
             gr.JSON(classes())

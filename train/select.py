@@ -34,28 +34,38 @@ def best_version(client: MlflowClient) -> str:
 
 
 def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) -> dict:
-    """Champion by validation accuracy -> alias, export, calibration on val, one test evaluation."""
+    """Champion by validation accuracy -> alias -> export -> int8 gate -> calibration on val -> test.
+
+    Calibration, the "not sure" threshold and the card's test metrics all belong to the variant that
+    serves (int8 when its gate accepts it), so the card describes what the Space answers."""
     client = MlflowClient()
     version = best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
     log.info("champion: %s version %s", REGISTERED_MODEL, version)
     out_dir = Path(out_dir)
     card = export(alias="champion", out_dir=out_dir, data_dir=data_dir)
-    calibrate(card, evaluate(out_dir, "val", data_dir), out_dir)
-    test = evaluate(out_dir, "test", data_dir)
-    card["metrics"]["test"] = summarize_test(test, card)
+    fp32_test = evaluate(out_dir, "test", data_dir, variant="fp32")
+    card["int8"] = quantize(out_dir, data_dir, fp32_test["accuracy"])
+    served = "int8" if card["int8"]["accepted"] else "fp32"
+    calibrate(card, evaluate(out_dir, "val", data_dir, variant=served), out_dir)
+    test = fp32_test if served == "fp32" else evaluate(out_dir, "test", data_dir, variant=served)
+    card["metrics"]["test"] = summarize_test(test, card) | {"variant": served}
+    card["metrics"]["test_fp32"] = {key: fp32_test[key] for key in ("accuracy", "top5_accuracy")}
     card["not_sure"]["non_pet"] = non_pet_rate(out_dir)
     write_card(card, out_dir)
+    log_test_results(client, card, test)
+    log.info("test accuracy %.4f (top-5 %.4f), served %s", test["accuracy"], test["top5_accuracy"], served)
+    return card
+
+
+def log_test_results(client: MlflowClient, card: dict, test: dict) -> None:
     run_id = card["mlflow"]["run_id"]
     for key in ("accuracy", "top5_accuracy", "ece"):
         client.log_metric(run_id, f"test_{key}", card["metrics"]["test"][key])
     for kind, value in test["per_species"].items():
         client.log_metric(run_id, f"test_accuracy_{kind}", value)
     client.log_artifact(run_id, test["confusion_matrix_png"], "evaluation")
-    card["int8"] = quantize(out_dir, data_dir)
     client.log_dict(run_id, card, "evaluation/card.json")
-    log.info("test accuracy %.4f (top-5 %.4f)", test["accuracy"], test["top5_accuracy"])
-    return card
 
 
 def calibrate(card: dict, val: dict, out_dir: Path) -> None:
@@ -76,6 +86,7 @@ def summarize_test(test: dict, card: dict) -> dict:
         "not_sure_rate": float(flagged.mean()),
         "not_sure_rate_correct": float(flagged[correct].mean()),
         "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
+        "confusion_matrix": Path(test["confusion_matrix_png"]).name,
     }
 
 
