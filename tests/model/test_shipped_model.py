@@ -93,3 +93,20 @@ def test_mismatched_model_folder_is_refused(tmp_path) -> None:
         handle.write(b"\0")
     with pytest.raises(ModelError, match="sha256"):
         PetClassifier(folder)
+
+
+def test_readme_reports_the_cards_numbers() -> None:
+    readme = (MODEL_DIR.parent / "README.md").read_text()
+    card = json.loads((MODEL_DIR / "card.json").read_text())
+    test = card["metrics"]["test"]
+    for value in (
+        test["accuracy"],
+        test["per_species"]["cat"],
+        test["per_species"]["dog"],
+        test["top5_accuracy"],
+        test["ece"],
+        card["metrics"]["val"]["accuracy"],
+        card["not_sure"]["threshold"],
+    ):
+        assert f"{100 * value:.1f} %" in readme, value
+    assert f"version {card['mlflow']['version']}" in readme and card["model"]["backbone"][-5:] in readme
