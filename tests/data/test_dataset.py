@@ -1,0 +1,59 @@
+"""train.data: the official splits, a stratified seeded validation split, and missing files counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import TINY_CLASSES
+from train.data import DataError, load_dataset
+
+
+def test_splits_and_classes(tiny_data) -> None:
+    data = load_dataset(tiny_data, val_fraction=0.25, seed=0)
+    assert data.classes == [name for name, _ in TINY_CLASSES]
+    assert data.species == ["cat", "dog", "cat"]
+    assert data.counts() == {"train": 18, "val": 6, "test": 12}
+    for label in range(3):  # stratified: every class in validation
+        assert sum(s.label == label for s in data.splits["val"]) == 2
+    names = [{s.name for s in samples} for samples in data.splits.values()]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+
+
+def test_validation_split_is_seeded(tiny_data) -> None:
+    first = load_dataset(tiny_data, 0.25, seed=1).splits["val"]
+    assert first == load_dataset(tiny_data, 0.25, seed=1).splits["val"]
+    assert first != load_dataset(tiny_data, 0.25, seed=2).splits["val"]
+
+
+def test_missing_images_are_skipped_and_counted(tiny_data) -> None:
+    for stem in ("Stripes_1", "Stripes_2", "dots_3"):  # two trainval, one test
+        (tiny_data / "images" / f"{stem}.jpg").unlink()
+    data = load_dataset(tiny_data, 0.25, 0)
+    assert data.missing["trainval"] == {"Stripes": 2, "dots": 0, "Checks": 0}
+    assert data.missing["test"] == {"Stripes": 0, "dots": 1, "Checks": 0}
+    assert data.missing_totals() == {"trainval": 2, "test": 1}
+    assert sum(data.counts().values()) == 33
+
+
+def test_digest_follows_the_files(tiny_data) -> None:
+    before = load_dataset(tiny_data).digest
+    (tiny_data / "images" / "Checks_1.jpg").unlink()
+    assert load_dataset(tiny_data).digest != before
+
+
+def test_a_class_without_training_images_is_an_error(tiny_data) -> None:
+    for path in (tiny_data / "images").glob("dots_*.jpg"):
+        path.unlink()
+    with pytest.raises(DataError, match="No training image for class\\(es\\) dots"):
+        load_dataset(tiny_data)
+
+
+def test_absent_dataset_names_the_expected_layout(tmp_path) -> None:
+    with pytest.raises(DataError, match="annotations/\\{trainval,test\\}.txt"):
+        load_dataset(tmp_path / "elsewhere")
+
+
+def test_malformed_annotation_line_is_reported(tiny_data) -> None:
+    (tiny_data / "annotations" / "test.txt").write_text("Stripes_3 one 1 1\n")
+    with pytest.raises(DataError, match="test.txt:1"):
+        load_dataset(tiny_data)
