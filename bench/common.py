@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -55,11 +56,16 @@ def running_app(env: dict[str, str] | None = None, timeout: float = 60) -> Itera
         process.wait(timeout=10)
 
 
-def rest_call(http: httpx.Client, url: str, api_name: str, image: Path) -> object:
-    """What curl does: upload the file, start the call, read the event stream to its `complete` event."""
-    with open(image, "rb") as handle:
-        uploaded = http.post(url + "gradio_api/upload", files={"files": (image.name, handle)}).json()[0]
-    data = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}]
+def rest_call(http: httpx.Client, url: str, api_name: str, image: Path, inline: bool = False) -> object:
+    """What curl does: upload the file, start the call, read the event stream to its `complete` event.
+    With `inline` the image travels in the call as a data URL instead, saving the upload round trip."""
+    if inline:
+        encoded = base64.b64encode(image.read_bytes()).decode()
+        data = [{"path": None, "url": f"data:image/jpeg;base64,{encoded}", "meta": {"_type": "gradio.FileData"}}]
+    else:
+        with open(image, "rb") as handle:
+            uploaded = http.post(url + "gradio_api/upload", files={"files": (image.name, handle)}).json()[0]
+        data = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}]
     event = http.post(f"{url}gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
     with http.stream("GET", f"{url}gradio_api/call/{api_name}/{event}") as stream:
         kind = None

@@ -54,16 +54,18 @@ def end_to_end(repeats: int) -> dict:
     with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
         results["app_rss_mb_idle"] = round(resident_mb(process.pid), 1)
         with httpx.Client(timeout=30) as http:
-            for name in ("noop", "predict"):
-                rest_call(http, url, name, PHOTO)
-                results[f"rest_{name}"] = percentiles(timed(lambda n=name: rest_call(http, url, n, PHOTO), repeats))
+            for way, inline in (("rest", False), ("rest_inline", True)):
+                for name in ("noop", "predict"):
+                    rest_call(http, url, name, PHOTO, inline)
+                    samples = timed(lambda n=name, i=inline: rest_call(http, url, n, PHOTO, i), repeats)
+                    results[f"{way}_{name}"] = percentiles(samples)
         client = Client(url, verbose=False)
         for name in ("noop", "predict"):
             client.predict(handle_file(PHOTO), api_name=f"/{name}")
             samples = timed(lambda n=name: client.predict(handle_file(PHOTO), api_name=f"/{n}"), repeats // 2)
             results[f"client_{name}"] = percentiles(samples)
         results["app_rss_mb_after"] = round(resident_mb(process.pid), 1)
-    for way in ("rest", "client"):
+    for way in ("rest", "rest_inline", "client"):
         results[f"{way}_predict_minus_noop_p50_ms"] = round(
             results[f"{way}_predict"]["p50_ms"] - results[f"{way}_noop"]["p50_ms"], 2
         )
