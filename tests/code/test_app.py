@@ -130,3 +130,15 @@ def test_readme_client_example_runs(server: str, monkeypatch: pytest.MonkeyPatch
     with contextlib.redirect_stdout(output):
         exec(compile(code, "README.md", "exec"), {})
     assert re.search(r"^[A-Z][\w ]+ \d\.\d+$", output.getvalue().strip(), re.M), output.getvalue()
+
+
+def test_plain_rest_with_upload_and_with_an_inline_image(server: str) -> None:
+    """What curl does, both ways the README documents; both give gradio_client's answer."""
+    import httpx
+
+    from bench.common import rest_call
+
+    with httpx.Client(timeout=30) as http:
+        uploaded = rest_call(http, server, "predict", CHELSEA)
+        inline = rest_call(http, server, "predict", CHELSEA, inline=True)
+    assert uploaded == inline and len(uploaded[0]["confidences"]) == 5
