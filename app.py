@@ -93,17 +93,18 @@ def explain(image: Any) -> Image.Image:
     return overlay(photo, heat)
 
 
-def summary_line(label: dict | None) -> str:
-    if not label or not label.get("label"):
+def summary_line(confidences: dict[str, float] | None) -> str:
+    """The line under the label: the species, or a "not sure" warning below the calibrated threshold."""
+    if not confidences:
         return ""
-    top = label["confidences"][0]
-    species = classifier.species[classifier.names.index(top["label"])]
-    if top["confidence"] < classifier.threshold:
+    breed, confidence = max(confidences.items(), key=lambda item: item[1])
+    if confidence < classifier.threshold:
         return (
-            f"**Not sure** ({top['confidence']:.0%}): this photo may not show one of the 37 breeds this model "
+            f"**Not sure** ({confidence:.0%}): this photo may not show one of the 37 breeds this model "
             "knows, or not clearly. The closest matches are listed anyway."
         )
-    return f"Looks like a **{species}**: most likely a {top['label']} ({top['confidence']:.0%})."
+    species = classifier.species[classifier.names.index(breed)]
+    return f"Looks like a **{species}**: most likely a {breed} ({confidence:.0%})."
 
 
 @user_errors
@@ -185,11 +186,11 @@ def card_markdown(card: dict) -> str:
     calibration, not_sure = card["calibration"], card["not_sure"]
     return "\n".join(
         [
-            f"**Backbone** `{card['model']['backbone']}` · head `{card['model']['head']}` · "
+            f"- **Backbone** `{card['model']['backbone']}` · head `{card['model']['head']}` · "
             f"fine-tuned layers {card['model']['finetune_blocks']} · serving the **{classifier.variant}** model "
             f"({(card['int8']['bytes'] if classifier.variant == 'int8' else card['model']['bytes']) / 1e6:.1f} MB)",
-            f"**Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
-            f"**MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
+            f"- **Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
+            f"- **MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
             f"(alias `{card['mlflow']['alias']}`), run `{card['mlflow']['run_id']}`",
             "",
             "| split | images | top-1 | top-5 |",
@@ -224,7 +225,7 @@ with gr.Blocks(title="Pet breed recognition") as demo:
             )
             with gr.Column():
                 breeds = gr.Label(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
-                summary = gr.Markdown()
+                summary = gr.Markdown(elem_id="summary")
             heatmap = gr.Image(label="What it looked at (class activation map)", type="pil", format="jpeg")
         identify = gr.Button("Identify", variant="primary")
         gr.Examples(EXAMPLES, inputs=photo)

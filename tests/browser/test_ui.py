@@ -48,6 +48,9 @@ def test_identify_shows_five_breeds(page) -> None:
     page.wait_for_function("document.querySelector('#breeds').innerText.split('%').length > 5", timeout=30_000)
     text = page.locator("#breeds").inner_text()
     assert text.count("%") == 5 and PetClassifier(MODEL_DIR).predict(CHELSEA).top[0][0] in text, text
+    page.wait_for_function("document.querySelector('#summary').innerText.trim().length > 0", timeout=30_000)
+    summary = page.locator("#summary").inner_text()
+    assert summary.startswith(("Not sure", "Looks like a")), summary
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "identify.png"), full_page=True)
 

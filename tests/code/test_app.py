@@ -142,3 +142,13 @@ def test_plain_rest_with_upload_and_with_an_inline_image(server: str) -> None:
         uploaded = rest_call(http, server, "predict", CHELSEA)
         inline = rest_call(http, server, "predict", CHELSEA, inline=True)
     assert uploaded == inline and len(uploaded[0]["confidences"]) == 5
+
+
+def test_summary_line_says_species_or_not_sure() -> None:
+    import app
+
+    threshold = app.classifier.threshold
+    breed = app.classifier.names[app.classifier.species.index("dog")]
+    assert app.summary_line({breed: min(1.0, threshold + 0.05), "Bengal": 0.01}).startswith("Looks like a **dog**")
+    assert app.summary_line({breed: threshold - 0.01}).startswith("**Not sure**")
+    assert app.summary_line(None) == ""
