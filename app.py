@@ -115,10 +115,11 @@ def predict_batch(files: list[Any] | None) -> list[list[Any]]:
         raise gr.Error(f"At most {MAX_BATCH_FILES} files per batch, got {len(files)}.")
     rows: dict[int, list[Any]] = {}
     images: dict[int, Image.Image] = {}
-    names = [Path(getattr(f, "name", f)).name for f in files]
-    for i, file in enumerate(files):
+    paths = [Path(getattr(file, "name", file)) for file in files]
+    names = [path.name for path in paths]
+    for i, path in enumerate(paths):
         try:
-            images[i] = preprocess.load_image(getattr(file, "name", file))
+            images[i] = preprocess.load_image(path)
         except preprocess.PreprocessError as error:
             rows[i] = [names[i], "", None, f"error: {error}"]
     for i, prediction in zip(images, classifier.predict_batch(list(images.values())), strict=True):
@@ -188,7 +189,7 @@ def card_markdown(card: dict) -> str:
         [
             f"- **Backbone** `{card['model']['backbone']}` · head `{card['model']['head']}` · "
             f"fine-tuned layers {card['model']['finetune_blocks']} · serving the **{classifier.variant}** model "
-            f"({(card['int8']['bytes'] if classifier.variant == 'int8' else card['model']['bytes']) / 1e6:.1f} MB)",
+            f"({classifier.model_file.stat().st_size / 1e6:.1f} MB)",
             f"- **Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
             f"- **MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
             f"(alias `{card['mlflow']['alias']}`), run `{card['mlflow']['run_id']}`",

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_input, source_box
+from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_batch, model_input, source_box
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 
@@ -88,12 +88,13 @@ class PetClassifier:
         self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
         self.threshold = float(self.card.get("not_sure", {}).get("threshold", 0.0))
         self.variant, entry = self._variant(variant)
-        if sha256_file(model_dir / entry["file"]) != entry["sha256"]:
+        self.model_file = model_dir / entry["file"]
+        if sha256_file(self.model_file) != entry["sha256"]:
             raise ModelError(
                 f"{entry['file']} does not match the sha256 in card.json: the model folder is inconsistent."
             )
         self.session = ort.InferenceSession(
-            str(model_dir / entry["file"]), self._options(threads), providers=["CPUExecutionProvider"]
+            str(self.model_file), self._options(threads), providers=["CPUExecutionProvider"]
         )
         self.input_name = self.card["model"]["input_name"]
         outputs = self.session.get_outputs()[0].shape[-1]
@@ -124,8 +125,7 @@ class PetClassifier:
         return self.session.run(["logits"], {self.input_name: batch})[0]
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
-        batch = np.concatenate([model_input(load_image(image), self.spec) for image in images])
-        return softmax(self.logits(batch), self.temperature)
+        return softmax(self.logits(model_batch(images, self.spec)), self.temperature)
 
     def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
         return self.predict_batch([image], top_k)[0]
@@ -147,8 +147,9 @@ class PetClassifier:
         (rows × columns); zero outside the centre crop the model sees."""
         photo = load_image(image)
         logits, maps = self.session.run(["logits", "cam"], {self.input_name: model_input(photo, self.spec)})
-        prediction = self._prediction(softmax(logits, self.temperature)[0], top_k)
-        heat = maps[0, self.names.index(prediction.top[0][0])]
+        probabilities = softmax(logits, self.temperature)[0]
+        prediction = self._prediction(probabilities, top_k)
+        heat = maps[0, int(probabilities.argmax())]
         heat = np.maximum(heat - heat.mean(), 0)  # positions that raise the logit above its average
         heat = heat / heat.max() if heat.max() > 0 else heat
         left, top, right, bottom = (round(v) for v in source_box(photo.size, self.spec))

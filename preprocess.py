@@ -196,6 +196,11 @@ def model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
     return to_tensor(center_crop(resize_shorter(image, spec.resize_shorter), spec.crop), spec)
 
 
+def model_batch(sources: Sequence[ImageSource], spec: InputSpec) -> np.ndarray:
+    """Load each source and stack their model inputs into one N×3×H×W batch."""
+    return np.concatenate([model_input(load_image(source), spec) for source in sources])
+
+
 # --------------------------------------------------------------------------- transforms
 
 

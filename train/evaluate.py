@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from inference import PetClassifier
-from preprocess import load_image, model_input
+from preprocess import model_batch
 from train import metrics
 from train.data import load_dataset
 
@@ -24,13 +24,9 @@ def evaluate(
     if data.classes != classifier.labels:
         raise ValueError("The dataset's classes differ from the model's labels.json.")
     samples = data.splits[split]
+    paths = [s.path for s in samples]
     logits = np.concatenate(
-        [
-            classifier.logits(
-                np.concatenate([model_input(load_image(s.path), classifier.spec) for s in samples[i : i + BATCH]])
-            )
-            for i in range(0, len(samples), BATCH)
-        ]
+        [classifier.logits(model_batch(paths[i : i + BATCH], classifier.spec)) for i in range(0, len(paths), BATCH)]
     )
     labels = np.array([s.label for s in samples])
     summary = metrics.summarize(logits, labels, data.classes, data.species)

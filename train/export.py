@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from inference import sha256_file
-from preprocess import InputSpec, load_image, model_input
+from preprocess import InputSpec, model_batch
 from train.data import Sample, load_dataset
 from train.model import Explained, PetNet
 from train.provenance import git_commit
@@ -67,7 +67,7 @@ def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
 
 
 def check_parity(model: torch.nn.Module, path: Path, spec: InputSpec, samples: list[Sample]) -> float:
-    batch = np.concatenate([model_input(load_image(s.path), spec) for s in samples])
+    batch = model_batch([s.path for s in samples], spec)
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(batch)).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"image": batch})[0]

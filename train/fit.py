@@ -159,10 +159,8 @@ def fit(
         torch.manual_seed(config.seed)
         started = time.perf_counter()
         history = train_loop(config, tail, head, views, y, val_x, val_y)
-        train_seconds = time.perf_counter() - started
-        mlflow.log_metrics(
-            {"train_seconds": train_seconds, "train_images_per_s": len(y) * len(history) / train_seconds}
-        )
+        train_seconds, train_images = time.perf_counter() - started, len(y) * len(history)
+        mlflow.log_metrics({"train_seconds": train_seconds, "train_images_per_s": train_images / train_seconds})
 
         val_logits = evaluate_logits(tail, head, val_x)
         summary = metrics.summarize(val_logits.numpy(), val_y.numpy(), data.classes, data.species)
@@ -187,6 +185,4 @@ def fit(
         )
         version = tracking.log_model(PetNet(prefix, tail, head), config.registered_model)
         log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, summary["accuracy"], version)
-        return RunResult(
-            run.info.run_id, version, summary["accuracy"], val_loss, stats, train_seconds, len(y) * len(history)
-        )
+        return RunResult(run.info.run_id, version, summary["accuracy"], val_loss, stats, train_seconds, train_images)

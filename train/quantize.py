@@ -17,6 +17,7 @@ from inference import PetClassifier, sha256_file
 from preprocess import InputSpec, load_image, model_input
 from train.data import Sample, load_dataset
 from train.evaluate import evaluate
+from train.export import write_card
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,9 @@ def median_latency_ms(classifier: PetClassifier, x: np.ndarray, repeats: int = 1
     return statistics.median(samples)
 
 
-def quantize(model_dir: str | Path, data_dir: str | Path | None, fp32_test_accuracy: float) -> dict:
-    """Write model.int8.onnx and return the card's `int8` entry; `accepted` says whether serving uses it."""
+def quantize(model_dir: str | Path, data_dir: str | Path | None, fp32_test_accuracy: float) -> tuple[dict, dict]:
+    """Write model.int8.onnx; return the card's `int8` entry (`accepted` says whether serving uses it) and
+    the int8 model's test evaluation, which the gate needed anyway."""
     model_dir = Path(model_dir)
     fp32 = PetClassifier(model_dir, threads=1, variant="fp32")
     card = fp32.card
@@ -72,8 +74,6 @@ def quantize(model_dir: str | Path, data_dir: str | Path | None, fp32_test_accur
         "calibration_images": len(samples),
     }
     card["int8"] = entry  # so that the int8 variant can be loaded for its own evaluation
-    from train.export import write_card
-
     write_card(card, model_dir)
     test = evaluate(model_dir, "test", data_dir, variant="int8")
     int8 = PetClassifier(model_dir, threads=1, variant="int8")
@@ -90,11 +90,9 @@ def quantize(model_dir: str | Path, data_dir: str | Path | None, fp32_test_accur
         "accepted": bool(drop <= MAX_ACCURACY_DROP and speedup >= MIN_SPEEDUP),
         "gate": f"top-1 drop <= {MAX_ACCURACY_DROP:.3f} and speedup >= {MIN_SPEEDUP}x at 1 thread",
     }
-    card["int8"] = entry
-    write_card(card, model_dir)
     if not entry["accepted"]:
         (model_dir / INT8_FILE).unlink()
         entry.pop("sha256")
-        write_card(card, model_dir)
+    write_card(card, model_dir)
     log.info("int8: drop %.4f, speedup %.2fx -> %s", drop, speedup, "kept" if entry["accepted"] else "discarded")
-    return entry
+    return entry, test

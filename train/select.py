@@ -45,12 +45,13 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
     out_dir = Path(out_dir)
     card = export(alias="champion", out_dir=out_dir, data_dir=data_dir)
     fp32_test = evaluate(out_dir, "test", data_dir, variant="fp32")
-    card["int8"] = quantize(out_dir, data_dir, fp32_test["accuracy"])
+    card["int8"], int8_test = quantize(out_dir, data_dir, fp32_test["accuracy"])
     served = "int8" if card["int8"]["accepted"] else "fp32"
-    calibrate(card, evaluate(out_dir, "val", data_dir, variant=served), out_dir)
-    test = fp32_test if served == "fp32" else evaluate(out_dir, "test", data_dir, variant=served)
+    card |= calibrate(evaluate(out_dir, "val", data_dir, variant=served))
+    test = int8_test if served == "int8" else fp32_test
     card["metrics"]["test"] = summarize_test(test, card) | {"variant": served}
     card["metrics"]["test_fp32"] = {key: fp32_test[key] for key in ("accuracy", "top5_accuracy")}
+    write_card(card, out_dir)  # serving reads temperature and threshold from here, as non_pet_rate does
     card["not_sure"]["non_pet"] = non_pet_rate(out_dir)
     write_card(card, out_dir)
     log_test_results(client, card, test)
@@ -68,12 +69,12 @@ def log_test_results(client: MlflowClient, card: dict, test: dict) -> None:
     client.log_dict(run_id, card, "evaluation/card.json")
 
 
-def calibrate(card: dict, val: dict, out_dir: Path) -> None:
-    """Temperature and "not sure" threshold from validation logits, written to the card serving reads."""
-    card["calibration"] = calibration_report(val["logits"], val["labels"])
-    probabilities = softmax(val["logits"], card["calibration"]["temperature"])
-    card["not_sure"] = {"threshold": not_sure_threshold(probabilities, val["labels"]), "fitted_on": "val"}
-    write_card(card, out_dir)
+def calibrate(val: dict) -> dict:
+    """The card's `calibration` (temperature) and `not_sure` (threshold) entries, from validation logits."""
+    calibration = calibration_report(val["logits"], val["labels"])
+    probabilities = softmax(val["logits"], calibration["temperature"])
+    threshold = not_sure_threshold(probabilities, val["labels"])
+    return {"calibration": calibration, "not_sure": {"threshold": threshold, "fitted_on": "val"}}
 
 
 def summarize_test(test: dict, card: dict) -> dict:
