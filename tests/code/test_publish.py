@@ -127,3 +127,8 @@ def test_deploy_never_runs_on_pull_requests_and_holds_least_privilege() -> None:
     assert "pull_request" not in deploy
     assert "permissions:\n  contents: read" in deploy
     assert "concurrency:" in deploy and "secrets.HF_TOKEN" in deploy and "vars.HF_SPACE_ID" in deploy
+
+
+def test_the_shipped_model_passes_the_committed_gate() -> None:
+    """Otherwise every merge to main would fail to deploy."""
+    assert validate(REPO / "model", PublishConfig.load(), None)["mlflow"]["alias"] == "champion"
