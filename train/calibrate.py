@@ -1,4 +1,4 @@
-"""Temperature scaling and the "not sure" threshold, both fitted on the validation split."""
+"""Temperature scaling and the "not sure" threshold, fitted on out-of-fold or validation predictions."""
 
 from __future__ import annotations
 
@@ -65,7 +65,6 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray) -> dict:
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, temperature),
         "bins": ECE_BINS,
-        "fitted_on": "val",
     }
 
 

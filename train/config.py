@@ -23,8 +23,18 @@ class Config:
     head: str = "linear"  # "linear" or "mlp"
     hidden: int = 512  # mlp head width
     dropout: float = 0.2
-    finetune_blocks: int = 0  # trailing backbone layers to train; 0 = frozen backbone
+    finetune_blocks: int = 0  # trailing backbone layers to train on cached activations; 0 = frozen backbone
     views: int = 2  # cached training views: centre, mirror, then random resized crops
+    end_to_end: bool = False  # train the whole backbone (all but the stem) from images, online augmentation
+    train_size: int = 0  # end to end: training crop; 0 = image_size (FixRes: train smaller than test)
+    augment: str = "trivial"  # end to end: "basic" (resized crop, flip) or "trivial" (+ TrivialAugmentWide)
+    backbone_lr_scale: float = 0.1  # end to end: the backbone's learning rate is lr times this
+    warmup_epochs: int = 1  # end to end: linear warmup, then cosine decay to zero
+    ema_decay: float = 0.0  # end to end: weight EMA per step (0 = off); the average is what is kept
+    imagenet_init: bool = False  # start the head rows of breeds that are ImageNet classes from its classifier
+    folds: int = 5  # python -m train cv: stratified folds over trainval
+    device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
+    workers: int = 2  # end to end: data-loading processes
     epochs: int = 40
     batch_size: int = 64
     lr: float = 1e-3
@@ -34,6 +44,7 @@ class Config:
     experiment: str = "pet-breeds"
     registered_model: str = "pet-breed-classifier"
     cache_dir: str = "cache/features"
+    checkpoint_dir: str = "cache/checkpoints"
 
     def __post_init__(self) -> None:
         checks = {
@@ -51,6 +62,15 @@ class Config:
             "weight_decay": 0.0 <= self.weight_decay < 1.0,
             "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
             "patience": self.patience >= 1,
+            "train_size": self.train_size == 0 or 32 <= self.train_size <= 1024,
+            "augment": self.augment in ("basic", "trivial"),
+            "backbone_lr_scale": 0.0 <= self.backbone_lr_scale <= 10.0,
+            "warmup_epochs": 0 <= self.warmup_epochs <= self.epochs,
+            "ema_decay": 0.0 <= self.ema_decay < 1.0,
+            "folds": 2 <= self.folds <= 20,
+            "imagenet_init": not self.imagenet_init or self.head == "linear",
+            "device": self.device in ("auto", "cuda", "cpu"),
+            "workers": 0 <= self.workers <= 64,
         }
         for key, ok in checks.items():
             if not ok:
@@ -58,6 +78,11 @@ class Config:
 
     def as_params(self) -> dict[str, Any]:
         return asdict(self)
+
+    def training_params(self) -> dict[str, Any]:
+        """The keys that change what a run learns: where it runs, logs or caches does not."""
+        ignored = {"experiment", "registered_model", "cache_dir", "checkpoint_dir", "device", "workers"}
+        return {key: value for key, value in asdict(self).items() if key not in ignored}
 
 
 FIELD_TYPES = {field.name: type(getattr(Config(), field.name)) for field in fields(Config)}

@@ -136,15 +136,24 @@ def make_card(
             "images": {s: int(params[f"images.{s}"]) for s in splits},
             "missing": {s: int(params[f"missing.{s}"]) for s in ("trainval", "test")},
         },
-        "metrics": {
-            "val": {
-                "accuracy": found["val_accuracy"],
-                "top5_accuracy": found["val_top5_accuracy"],
-                "loss": found["val_loss"],
-            }
-        },
+        "metrics": selection_metrics(found),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
+    }
+
+
+def selection_metrics(found: dict[str, float]) -> dict:
+    """What the version was selected on: cross-validation over trainval, or the validation split."""
+    if "cv_accuracy" in found:
+        cv = {key.removeprefix("cv_"): value for key, value in found.items() if key.startswith("cv_")}
+        per_species = {key.removeprefix("accuracy_"): cv.pop(key) for key in list(cv) if key.startswith("accuracy_")}
+        return {"cv": cv | {"folds": int(cv["folds"]), "per_species": per_species}}
+    return {
+        "val": {
+            "accuracy": found["val_accuracy"],
+            "top5_accuracy": found["val_top5_accuracy"],
+            "loss": found["val_loss"],
+        }
     }
 
 

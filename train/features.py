@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import nn
+from tqdm import tqdm
 
 from preprocess import InputSpec, load_image, model_input, to_tensor
 from train.data import Sample
@@ -56,12 +57,14 @@ def _cache_key(backbone: str, spec: InputSpec, cut: int, view: int, digest: str,
 @torch.no_grad()
 def _extract(prefix: nn.Module, spec: InputSpec, samples: list[Sample], view: int, pool: bool) -> torch.Tensor:
     outputs = []
-    for start in range(0, len(samples), EXTRACT_BATCH):
-        batch = samples[start : start + EXTRACT_BATCH]
-        x = np.concatenate([view_input(load_image(s.path), spec, view, s.name) for s in batch])
-        y = prefix(torch.from_numpy(x))
-        outputs.append(y.mean((2, 3), keepdim=True) if pool else y.half())
-        log.info("view %d: %d/%d images", view, start + len(batch), len(samples))
+    with tqdm(total=len(samples), desc=f"features, view {view}", unit="image", disable=None) as progress:
+        for start in range(0, len(samples), EXTRACT_BATCH):
+            batch = samples[start : start + EXTRACT_BATCH]
+            x = np.concatenate([view_input(load_image(s.path), spec, view, s.name) for s in batch])
+            y = prefix(torch.from_numpy(x))
+            outputs.append(y.mean((2, 3), keepdim=True) if pool else y.half())
+            progress.update(len(batch))
+    log.info("view %d: %d images", view, len(samples))
     return torch.cat(outputs)
 
 

@@ -1,4 +1,5 @@
-"""One training run: cached frozen activations in, a trained tail and head out, everything logged."""
+"""One training run, logged to MLflow: either the fast path (cached frozen activations in, a trained tail
+and head out) or end-to-end fine-tuning from images (`train.finetune`)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from torch.nn import functional as F
 
 from preprocess import InputSpec
 from train import metrics, tracking
-from train.backbones import get_backbone
 from train.config import Config
 from train.data import PetData, load_dataset
 from train.features import CacheStats, activations
-from train.model import PetNet, make_head, split_layers
+from train.finetune import Outcome, finetune
+from train.model import PetNet, build_net, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -29,40 +30,18 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunResult:
     run_id: str
-    version: str
-    val_accuracy: float
+    version: str | None  # registered model version; None for runs that register nothing (CV folds)
+    val_accuracy: float  # on the held-out samples; nan when nothing was held out
     val_loss: float
+    holdout_logits: np.ndarray
     cache: CacheStats
-    train_seconds: float
-    train_images: int  # samples seen by the training loop, over all epochs
-
-
-def input_spec(config: Config) -> InputSpec:
-    backbone = get_backbone(config.backbone)
-    crop = config.image_size or backbone.input_size
-    return InputSpec(round(crop / config.crop_ratio), crop, backbone.mean, backbone.std)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    train_images_per_s: float
 
 
 def evaluate_logits(tail: nn.Module, head: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     tail.eval(), head.eval()
     with torch.no_grad():
         return torch.cat([head(tail(x[i : i + batch])) for i in range(0, len(x), batch)])
-
-
-def train_mode(tail: nn.Module, head: nn.Module) -> None:
-    """Train the weights but keep batch-norm statistics frozen: the pretrained ones update with momentum
-    0.01, far too slowly for a few hundred steps, and batch statistics would make training and evaluation
-    disagree."""
-    tail.train(), head.train()
-    for module in tail.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
 
 
 def train_loop(
@@ -107,7 +86,6 @@ def train_loop(
         }
         history.append(row)
         log.info("epoch %d: " + ", ".join(f"{k} %.4f" for k in list(row)[1:]), epoch, *list(row.values())[1:])
-        mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=epoch)
         if row["val_loss"] < best_loss - 1e-4:
             best, best_loss, waited = copy.deepcopy((tail.state_dict(), head.state_dict())), row["val_loss"], 0
         else:
@@ -115,74 +93,108 @@ def train_loop(
             if waited >= config.patience:
                 log.info("early stop at epoch %d (best val loss %.4f)", epoch, best_loss)
                 break
+    if best is None:
+        raise RuntimeError("The validation loss was NaN or infinite in every epoch: lower lr and try again.")
     tail.load_state_dict(best[0]), head.load_state_dict(best[1])
     return history
 
 
+def train_cached(config: Config, net: PetNet, spec: InputSpec, data: PetData) -> tuple[Outcome, CacheStats]:
+    """The fast path: the frozen prefix runs once per view into the feature cache, then the tail and head
+    train on cached activations."""
+    stats = CacheStats()
+
+    def cached(split: str, view: int) -> torch.Tensor:
+        samples = data.splits[split]
+        return activations(
+            net.prefix,
+            config.backbone,
+            spec,
+            samples,
+            view,
+            data.digest,
+            Path(config.cache_dir),
+            stats,
+            len(net.tail) == 0,
+        )
+
+    views = torch.stack([cached("train", v) for v in range(config.views)])
+    val_x = cached("val", 0)
+    mlflow.log_metrics(
+        {
+            "feature_cache_hits": stats.hits,
+            "feature_images_computed": stats.computed_images,
+            "feature_seconds": stats.seconds,
+        }
+    )
+    y = torch.tensor([s.label for s in data.splits["train"]])
+    val_y = torch.tensor([s.label for s in data.splits["val"]])
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    history = train_loop(config, net.tail, net.head, views, y, val_x, val_y)
+    throughput = len(y) * len(history) / (time.perf_counter() - started)
+    holdout = evaluate_logits(net.tail, net.head, val_x).numpy()
+    return Outcome(net.eval(), history, holdout, throughput), stats
+
+
 def fit(
-    config: Config, data_dir: str | Path | None = None, config_path: str | None = None, data: PetData | None = None
+    config: Config,
+    data_dir: str | Path | None = None,
+    config_path: str | None = None,
+    data: PetData | None = None,
+    resume: bool = False,
+    register: bool = True,
+    run_name: str | None = None,
+    extra_metrics: dict[str, float] | None = None,
 ) -> RunResult:
+    """Train on data.splits["train"], evaluate on data.splits["val"] (which CV folds set to the held-out fold
+    and the final CV run leaves empty), log everything and register the model."""
     seed_everything(config.seed)
     data = data or load_dataset(data_dir, config.val_fraction, config.seed)
-    backbone, spec = get_backbone(config.backbone), input_spec(config)
-    prefix, tail = split_layers(backbone.build(spec.crop), config.finetune_blocks)
-    head = make_head(config, backbone.channels, len(data.classes))
+    net, spec = build_net(config, data.classes)
     tracking.start(config.experiment)
-    with mlflow.start_run(nested=mlflow.active_run() is not None) as run:
+    with mlflow.start_run(nested=mlflow.active_run() is not None, run_name=run_name) as run:
         tracking.log_run_inputs(config.as_params(), spec, data, config_path)
-        stats = CacheStats()
-
-        def cached(split: str, view: int) -> torch.Tensor:
-            return activations(
-                prefix,
-                config.backbone,
-                spec,
-                data.splits[split],
-                view,
-                data.digest,
-                Path(config.cache_dir),
-                stats,
-                pool=len(tail) == 0,
-            )
-
-        views = torch.stack([cached("train", v) for v in range(config.views)])
-        val_x = cached("val", 0)
-        mlflow.log_metrics(
-            {
-                "feature_cache_hits": stats.hits,
-                "feature_images_computed": stats.computed_images,
-                "feature_seconds": stats.seconds,
-            }
+        if config.end_to_end:
+            train, val = data.splits["train"], data.splits["val"]
+            outcome = finetune(config, net, spec, data.classes, train, val, resume, keep=register)
+            stats = CacheStats()
+        else:
+            outcome, stats = train_cached(config, net, spec, data)
+        for row in outcome.history:
+            mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        mlflow.log_metrics({"train_images_per_s": outcome.images_per_second} | (extra_metrics or {}))
+        val_accuracy, val_loss = log_holdout(outcome, data)
+        version = tracking.log_model(outcome.model, config.registered_model) if register else None
+        log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, val_accuracy, version)
+        return RunResult(
+            run.info.run_id, version, val_accuracy, val_loss, outcome.holdout_logits, stats, outcome.images_per_second
         )
-        y = torch.tensor([s.label for s in data.splits["train"]])
-        val_y = torch.tensor([s.label for s in data.splits["val"]])
-        torch.manual_seed(config.seed)
-        started = time.perf_counter()
-        history = train_loop(config, tail, head, views, y, val_x, val_y)
-        train_seconds, train_images = time.perf_counter() - started, len(y) * len(history)
-        mlflow.log_metrics({"train_seconds": train_seconds, "train_images_per_s": train_images / train_seconds})
 
-        val_logits = evaluate_logits(tail, head, val_x)
-        summary = metrics.summarize(val_logits.numpy(), val_y.numpy(), data.classes, data.species)
-        val_loss = F.cross_entropy(val_logits, val_y).item()
-        mlflow.log_metrics(
-            {
-                "val_accuracy": summary["accuracy"],
-                "val_top5_accuracy": summary["top5_accuracy"],
-                "val_loss": val_loss,
-                "best_epoch": min(history, key=lambda r: r["val_loss"])["epoch"],
-            }
-            | {f"val_accuracy_{k}": v for k, v in summary["per_species"].items()}
-        )
-        tracking.log_files(
-            {
-                "curves.png": lambda p: metrics.plot_curves(history, p),
-                "confusion_matrix_val.png": lambda p: metrics.plot_confusion(
-                    summary["confusion"], data.classes, "validation", p
-                ),
-                "per_class_accuracy_val.csv": lambda p: metrics.write_per_class_csv(summary, data.classes, p),
-            }
-        )
-        version = tracking.log_model(PetNet(prefix, tail, head), config.registered_model)
-        log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, summary["accuracy"], version)
-        return RunResult(run.info.run_id, version, summary["accuracy"], val_loss, stats, train_seconds, train_images)
+
+def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
+    """Validation metrics and pictures of the held-out split; (nan, nan) when nothing was held out."""
+    plots = {"curves.png": lambda p: metrics.plot_curves(outcome.history, p)}
+    if not data.splits["val"]:
+        tracking.log_files(plots)
+        return math.nan, math.nan
+    val_y = np.array([s.label for s in data.splits["val"]])
+    summary = metrics.summarize(outcome.holdout_logits, val_y, data.classes, data.species)
+    val_loss = F.cross_entropy(torch.from_numpy(outcome.holdout_logits), torch.from_numpy(val_y)).item()
+    mlflow.log_metrics(
+        {
+            "val_accuracy": summary["accuracy"],
+            "val_top5_accuracy": summary["top5_accuracy"],
+            "val_loss": val_loss,
+            "best_epoch": min(outcome.history, key=lambda r: r["val_loss"])["epoch"],
+        }
+        | {f"val_accuracy_{k}": v for k, v in summary["per_species"].items()}
+    )
+    plots |= {
+        "confusion_matrix_val.png": lambda p: metrics.plot_confusion(
+            summary["confusion"], data.classes, "validation", p
+        ),
+        "per_class_accuracy_val.csv": lambda p: metrics.write_per_class_csv(summary, data.classes, p),
+    }
+    tracking.log_files(plots)
+    return summary["accuracy"], val_loss

@@ -62,7 +62,7 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [row["epoch"] for row in history]
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        for split in ("train", "val"):
+        for split in ("train", "val") if f"val_{metric}" in history[0] else ("train",):
             ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], label=split)
         ax.set_xlabel("epoch")
         ax.set_title(metric)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
+from preprocess import InputSpec
+from train.backbones import get_backbone
 from train.config import Config
+from train.imagenet import init_from_imagenet
 
 
 def make_head(config: Config, channels: int, num_classes: int) -> nn.Module:
@@ -28,6 +32,17 @@ def split_layers(layers: list[nn.Module], finetune_blocks: int) -> tuple[nn.Sequ
     prefix, tail = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
     prefix.eval().requires_grad_(False)
     return prefix, tail
+
+
+def train_mode(*modules: nn.Module) -> None:
+    """Train the weights but keep batch-norm statistics frozen: the pretrained ones update with momentum
+    0.01, far too slowly for a few hundred steps, and statistics of small batches would make training and
+    evaluation disagree."""
+    for module in modules:
+        module.train()
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
 
 
 class PetNet(nn.Module):
@@ -62,3 +77,26 @@ class Explained(nn.Module):
         else:
             maps = features.mean(1, keepdim=True).expand(-1, logits.shape[1], -1, -1)
         return logits, maps
+
+
+def input_spec(config: Config) -> InputSpec:
+    backbone = get_backbone(config.backbone)
+    crop = config.image_size or backbone.input_size
+    return InputSpec(round(crop / config.crop_ratio), crop, backbone.mean, backbone.std)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_net(config: Config, classes: list[str]) -> tuple[PetNet, InputSpec]:
+    """The pretrained backbone split where training starts, and a new head (rows from ImageNet on request)."""
+    backbone, spec = get_backbone(config.backbone), input_spec(config)
+    layers = backbone.build(spec.crop)
+    prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
+    head = make_head(config, backbone.channels, len(classes))
+    if config.imagenet_init:
+        init_from_imagenet(head[-1], classes, backbone.imagenet_classifier())
+    return PetNet(prefix, tail, head), spec

@@ -6,10 +6,13 @@ import json
 import logging
 from pathlib import Path
 
+import mlflow
+import numpy as np
 from mlflow import MlflowClient
 
 from inference import PetClassifier, softmax
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
+from train.crossval import OOF_ARTIFACT
 from train.evaluate import evaluate
 from train.export import REGISTERED_MODEL, export, write_card
 from train.quantize import quantize
@@ -17,19 +20,26 @@ from train.quantize import quantize
 log = logging.getLogger(__name__)
 
 
-def rank_key(val_accuracy: float, val_loss: float, version: int) -> tuple[float, float, int]:
-    """Highest validation accuracy; ties go to the lower validation loss, then to the newer version."""
-    return (val_accuracy, -val_loss, version)
+def rank_key(found: dict[str, float], version: int) -> tuple[int, float, float, int] | None:
+    """Cross-validated versions first (a k-fold estimate beats one small split), by CV accuracy, then
+    validation-split versions by validation accuracy; ties go to the lower loss, then the newer version.
+    None for a version with neither metric."""
+    for rank, prefix in ((1, "cv"), (0, "val")):
+        if f"{prefix}_accuracy" in found:
+            return (rank, found[f"{prefix}_accuracy"], -found.get(f"{prefix}_loss", 0.0), version)
+    return None
 
 
 def best_version(client: MlflowClient) -> str:
     candidates = []
     for mv in client.search_model_versions(f"name='{REGISTERED_MODEL}'"):
-        found = client.get_run(mv.run_id).data.metrics
-        if "val_accuracy" in found:
-            candidates.append((rank_key(found["val_accuracy"], found.get("val_loss", 0.0), int(mv.version)), mv))
+        key = rank_key(client.get_run(mv.run_id).data.metrics, int(mv.version))
+        if key is not None:
+            candidates.append((key, mv))
     if not candidates:
-        raise RuntimeError(f"No registered version of {REGISTERED_MODEL} with a validation accuracy: run fit first.")
+        raise RuntimeError(
+            f"No registered version of {REGISTERED_MODEL} with a CV or validation accuracy: run fit first."
+        )
     return max(candidates, key=lambda pair: pair[0])[1].version
 
 
@@ -47,7 +57,7 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
     fp32_test = evaluate(out_dir, "test", data_dir, variant="fp32")
     card["int8"], int8_test = quantize(out_dir, data_dir, fp32_test["accuracy"])
     served = "int8" if card["int8"]["accepted"] else "fp32"
-    card |= calibrate(evaluate(out_dir, "val", data_dir, variant=served))
+    card |= calibrate(*calibration_logits(client, card, out_dir, data_dir, served))
     test = int8_test if served == "int8" else fp32_test
     card["metrics"]["test"] = summarize_test(test, card) | {"variant": served}
     card["metrics"]["test_fp32"] = {key: fp32_test[key] for key in ("accuracy", "top5_accuracy")}
@@ -69,12 +79,24 @@ def log_test_results(client: MlflowClient, card: dict, test: dict) -> None:
     client.log_dict(run_id, card, "evaluation/card.json")
 
 
-def calibrate(val: dict) -> dict:
-    """The card's `calibration` (temperature) and `not_sure` (threshold) entries, from validation logits."""
-    calibration = calibration_report(val["logits"], val["labels"])
-    probabilities = softmax(val["logits"], calibration["temperature"])
-    threshold = not_sure_threshold(probabilities, val["labels"])
-    return {"calibration": calibration, "not_sure": {"threshold": threshold, "fitted_on": "val"}}
+def calibration_logits(
+    client: MlflowClient, card: dict, out_dir: Path, data_dir: str | Path | None, served: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Out-of-fold logits of a cross-validated champion (its final model trained on every trainval image,
+    so no held-out split is left); else the served model's logits on the validation split."""
+    parent = client.get_run(card["mlflow"]["run_id"]).data.tags.get("cv.parent_run_id")
+    if parent:
+        oof = np.load(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=OOF_ARTIFACT))
+        return oof["logits"], oof["labels"], "out-of-fold"
+    val = evaluate(out_dir, "val", data_dir, variant=served)
+    return val["logits"], val["labels"], "val"
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> dict:
+    """The card's `calibration` (temperature) and `not_sure` (threshold) entries."""
+    calibration = calibration_report(logits, labels) | {"fitted_on": fitted_on}
+    threshold = not_sure_threshold(softmax(logits, calibration["temperature"]), labels)
+    return {"calibration": calibration, "not_sure": {"threshold": threshold, "fitted_on": fitted_on}}
 
 
 def summarize_test(test: dict, card: dict) -> dict:

@@ -21,7 +21,8 @@ from train.config import Config
 from train.data import load_dataset
 from train.export import REGISTERED_MODEL
 from train.features import view_input
-from train.fit import fit, input_spec
+from train.fit import fit
+from train.model import input_spec
 
 pytestmark = pytest.mark.slow
 

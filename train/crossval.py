@@ -1,0 +1,150 @@
+"""Cross-validated selection: stratified k-fold over trainval, one MLflow child run per fold under a
+parent that holds mean ± std and the out-of-fold predictions, then the candidate retrained on all of
+trainval and registered. `select` ranks by the CV accuracy and calibrates on the out-of-fold logits."""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from train.config import Config
+from train.data import PetData, Sample, load_dataset
+
+log = logging.getLogger(__name__)
+
+OOF_ARTIFACT = "cv/oof.npz"
+
+
+@dataclass(frozen=True)
+class Fold:
+    name: str  # "fold-1" ... or "all" for the final retrain
+    train: list[Sample]
+    holdout: list[Sample]
+
+
+def stratified_folds(samples: list[Sample], k: int, seed: int) -> list[list[Sample]]:
+    """k disjoint held-out sets covering `samples`, each class spread as evenly as its size allows."""
+    rng = random.Random(seed)
+    folds: list[list[Sample]] = [[] for _ in range(k)]
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    offset = 0
+    for label in sorted(by_class):
+        group = sorted(by_class[label], key=lambda s: s.name)
+        rng.shuffle(group)
+        for i, sample in enumerate(group):
+            folds[(offset + i) % k].append(sample)
+        offset += len(group)  # the next class starts where this one stopped, so fold sizes stay level
+    return folds
+
+
+def plan(config: Config, data: PetData) -> list[Fold]:
+    """The k fold runs, then the run on all of trainval."""
+    trainval = data.splits["train"] + data.splits["val"]
+    runs = []
+    for i, holdout in enumerate(stratified_folds(trainval, config.folds, config.seed), start=1):
+        held = {s.name for s in holdout}
+        runs.append(Fold(f"fold-{i}", [s for s in trainval if s.name not in held], holdout))
+    return [*runs, Fold("all", trainval, [])]
+
+
+def out_of_fold(folds: list[Fold], logits: list[np.ndarray]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each sample's logits from the one fold run that held it out and never trained on it."""
+    rows: dict[str, tuple[np.ndarray, int]] = {}
+    for fold, fold_logits in zip(folds, logits, strict=True):
+        trained_on = {s.name for s in fold.train}
+        for sample, row in zip(fold.holdout, fold_logits, strict=True):
+            if sample.name in rows or sample.name in trained_on:
+                raise ValueError(f"{sample.name}: held out twice, or held out by a fold that trained on it.")
+            rows[sample.name] = (row, sample.label)
+    names = sorted(rows)
+    return names, np.stack([rows[n][0] for n in names]), np.array([rows[n][1] for n in names])
+
+
+def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndarray, species: list[str]) -> dict:
+    from train.calibrate import nll
+    from train.metrics import summarize
+
+    summary = summarize(logits, labels, [str(i) for i in range(len(species))], species)
+    return {
+        "cv_accuracy": summary["accuracy"],
+        "cv_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
+        "cv_top5_accuracy": summary["top5_accuracy"],
+        "cv_loss": nll(logits, labels),
+        "cv_folds": float(len(fold_accuracies)),
+    } | {f"cv_accuracy_{kind}": value for kind, value in summary["per_species"].items()}
+
+
+def cross_validate(config: Config, data_dir: str | Path | None, config_path: str | None, resume: bool) -> dict:
+    """Folds as child runs of one parent; then the final model on all of trainval, registered with the
+    CV metrics. Returns the CV metrics."""
+    import mlflow
+
+    from train import tracking
+    from train.fit import fit
+
+    if not config.end_to_end:
+        raise RuntimeError("cv runs end-to-end configurations (end_to_end = true); sweeps cover the cached path.")
+    data = load_dataset(data_dir, config.val_fraction, config.seed)
+    folds = plan(config, data)
+    tracking.start(config.experiment)
+    with mlflow.start_run(run_name=f"cv:{Path(config_path or 'config').stem}") as parent:
+        mlflow.log_params(config.as_params())
+        results = [
+            fit(
+                config,
+                config_path=config_path,
+                data=fold_data(data, fold),
+                resume=resume,
+                register=False,
+                run_name=fold.name,
+            )
+            for fold in folds[:-1]
+        ]
+        names, logits, labels = out_of_fold(folds[:-1], [r.holdout_logits for r in results])
+        found = cv_metrics([r.val_accuracy for r in results], logits, labels, data.species)
+        mlflow.log_metrics(found)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / Path(OOF_ARTIFACT).name
+            np.savez(path, names=np.array(names), logits=logits, labels=labels)
+            mlflow.log_artifact(str(path), Path(OOF_ARTIFACT).parent.as_posix())
+        final = fit(
+            config,
+            config_path=config_path,
+            data=fold_data(data, folds[-1]),
+            resume=resume,
+            run_name="all",
+            extra_metrics=found,
+        )
+        mlflow.set_tag("cv.final_run_id", final.run_id)
+        mlflow.MlflowClient().set_tag(final.run_id, "cv.parent_run_id", parent.info.run_id)
+    log.info(
+        "cv accuracy %.4f ± %.4f; registered version %s", found["cv_accuracy"], found["cv_accuracy_std"], final.version
+    )
+    return found | {"version": final.version}
+
+
+def fold_data(data: PetData, fold: Fold) -> PetData:
+    return replace(data, splits={"train": fold.train, "val": fold.holdout, "test": data.splits["test"]})
+
+
+def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
+    """Every fold and the final run trained and checkpointed, with no tracking: for a GPU box without the
+    MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints."""
+    from train.finetune import finetune
+    from train.model import build_net, seed_everything
+
+    data = load_dataset(data_dir, config.val_fraction, config.seed)
+    for fold in plan(config, data):
+        seed_everything(config.seed)
+        net, spec = build_net(config, data.classes)
+        outcome = finetune(config, net, spec, data.classes, fold.train, fold.holdout, True, keep=not fold.holdout)
+        if fold.holdout:
+            accuracy = (outcome.holdout_logits.argmax(1) == np.array([s.label for s in fold.holdout])).mean()
+            log.info("%s: held-out accuracy %.4f", fold.name, accuracy)

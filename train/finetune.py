@@ -1,0 +1,240 @@
+"""End-to-end fine-tuning from images: online augmentation, AdamW with two learning rates, warmup and
+cosine decay, optional weight EMA, CUDA with bf16 autocast where present, a checkpoint every epoch.
+
+No MLflow here. A run's history lives in its checkpoint and `fit` / `cv` log it, so a run killed
+anywhere resumes from its last epoch, and training can happen on a GPU box without the tracking stack
+and be logged later from the checkpoint folder (README, "Fine-tuning end to end").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from preprocess import InputSpec, load_image, model_input
+from train.config import Config
+from train.data import Sample
+from train.model import PetNet, train_mode
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but was written by another configuration or data."""
+
+
+@dataclass
+class Outcome:
+    model: PetNet | None  # the weights to keep (the EMA average when enabled), on the CPU; None unless `keep`
+    history: list[dict[str, float]]  # one row per epoch
+    holdout_logits: np.ndarray  # fp32 logits of the held-out samples, from the serving tensor
+    images_per_second: float  # training throughput of the epochs this process ran (0 when none)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' but no CUDA device is available; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def train_transform(size: int, spec: InputSpec, augment: str) -> v2.Compose:
+    """Random resized crop and flip (plus TrivialAugmentWide), then the serving normalization."""
+    steps = [v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if augment == "trivial":
+        steps.append(v2.TrivialAugmentWide())
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
+    return v2.Compose(steps)
+
+
+class Images(Dataset):
+    """Samples decoded by the serving loader; `transform` turns the PIL image into a 3×H×W tensor."""
+
+    def __init__(self, samples: list[Sample], transform: Callable) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        return self.transform(load_image(sample.path)), sample.label
+
+
+class ServingTensor:
+    """The exact array `inference.py` feeds the model, as a tensor (picklable for loader workers)."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(model_input(image, self.spec)[0])
+
+
+def checkpoint_key(config: Config, classes: list[str], train: list[Sample], holdout: list[Sample]) -> str:
+    """Identity of a run: what it learns from and how; a checkpoint is resumed only under the same key."""
+    identity = {
+        "config": config.training_params(),
+        "classes": classes,
+        "train": [s.name for s in train],
+        "holdout": [s.name for s in holdout],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, samples: list[Sample], spec: InputSpec, device: torch.device, workers: int):
+    """fp32 logits for samples prepared exactly as serving prepares them."""
+    model.eval()
+    loader = DataLoader(Images(samples, ServingTensor(spec)), batch_size=64, num_workers=workers)
+    outputs = [model(x.to(device)).float().cpu() for x, _ in loader]
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
+
+
+def _save(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def _load(path: Path, key: str, resume: bool) -> dict | None:
+    if not resume or not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["key"] != key:
+        raise CheckpointError(f"{path} belongs to another configuration or data; delete it or drop --resume.")
+    log.info("resuming %s from epoch %d", path.name, state["epoch"])
+    return state
+
+
+def checkpoint_path(config: Config, classes: list[str], train: list[Sample], holdout: list[Sample]) -> Path:
+    return Path(config.checkpoint_dir) / f"{checkpoint_key(config, classes, train, holdout)}.pt"
+
+
+def finetune(
+    config: Config,
+    model: PetNet,
+    spec: InputSpec,
+    classes: list[str],
+    train: list[Sample],
+    holdout: list[Sample],
+    resume: bool = False,
+    keep: bool = True,
+) -> Outcome:
+    """Train `model` end to end on `train`; evaluate on `holdout` (may be empty) after every epoch.
+    Without `keep` (CV folds) the final checkpoint holds only the history and held-out logits."""
+    checkpoint = checkpoint_path(config, classes, train, holdout)
+    key = checkpoint.stem
+    state = _load(checkpoint, key, resume)
+    if state and state.get("done"):
+        if keep and "model" not in state:
+            raise CheckpointError(f"{checkpoint} kept no weights (a CV fold's); delete it to train again.")
+        if keep:
+            model.load_state_dict(state["model"])
+        return Outcome(model.eval() if keep else None, state["history"], state["holdout_logits"], 0.0)
+
+    device = pick_device(config.device)
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # faster convs on GPUs
+    model.to(device, memory_format=layout)
+    backbone = [p for p in model.tail.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": backbone, "lr": config.lr * config.backbone_lr_scale},
+            {"params": list(model.head.parameters()), "lr": config.lr},
+        ],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = max(1, len(train) // config.batch_size)
+    total, warmup = config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
+    history: list[dict[str, float]] = []
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if ema:
+            ema.load_state_dict(state["ema"])
+        history = state["history"]
+    kept = ema.module if ema else model
+
+    images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment))
+    holdout_y = torch.tensor([s.label for s in holdout])
+    first = len(history) + 1
+    progress = tqdm(total=(config.epochs - first + 1) * steps_per_epoch, desc="fine-tuning", unit="step", disable=None)
+    started, seen = time.perf_counter(), 0
+    for epoch in range(first, config.epochs + 1):
+        seed = config.seed * 100_003 + epoch  # each epoch's shuffle and augmentation depend on (seed, epoch)
+        torch.manual_seed(seed)
+        loader = DataLoader(
+            images,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(train) >= config.batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            num_workers=config.workers,
+            pin_memory=device.type == "cuda",
+        )
+        train_mode(model)
+        total_loss, correct, count = 0.0, 0, 0
+        for x, y in loader:
+            x, y = x.to(device, memory_format=layout, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if ema:
+                ema.update_parameters(model)
+            total_loss += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            count += len(y)
+            progress.update()
+            progress.set_postfix(epoch=epoch, loss=f"{loss.item():.3f}")
+        seen += count
+        row = {"epoch": epoch, "train_loss": total_loss / count, "train_accuracy": correct / count}
+        if holdout:
+            logits = torch.from_numpy(predict_logits(kept, holdout, spec, device, config.workers))
+            row |= {
+                "val_loss": F.cross_entropy(logits, holdout_y).item(),
+                "val_accuracy": (logits.argmax(1) == holdout_y).float().mean().item(),
+            }
+        history.append(row)
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in list(row.items())[1:]))
+        state = {"key": key, "epoch": epoch, "model": model.state_dict(), "history": history}
+        state |= {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
+        _save(state | {"ema": ema.state_dict() if ema else None}, checkpoint)
+    progress.close()
+    seconds = time.perf_counter() - started
+
+    holdout_logits = predict_logits(kept, holdout, spec, device, config.workers)
+    final = kept.to("cpu").eval()
+    done = {"key": key, "epoch": config.epochs, "done": True, "history": history, "holdout_logits": holdout_logits}
+    _save(done | ({"model": final.state_dict()} if keep else {}), checkpoint)
+    return Outcome(final if keep else None, history, holdout_logits, seen / seconds if seen else 0.0)
