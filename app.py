@@ -28,6 +28,12 @@ HERE = Path(__file__).parent
 EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 MAX_BATCH_FILES = 32
+# Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
+# evicts the oldest only past this many sessions; each REST call is a new session. The app keeps no
+# per-session state of its own (no gr.State), so an evicted session just starts afresh. (README, "Memory")
+SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
+# Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
+DELETE_CACHE = (600, 3600)
 
 classifier = PetClassifier()
 
@@ -181,28 +187,41 @@ TRANSFORM_CONTROLS: dict[str, Callable[[], list[gr.components.Component]]] = {
 # --------------------------------------------------------------------------- the model card
 
 
+def selection_row(card: dict) -> str:
+    """The table row of what the model was selected on: k-fold cross-validation or a validation split."""
+    if "cv" in card["metrics"]:
+        cv = card["metrics"]["cv"]
+        return (
+            f"| {cv['folds']}-fold cross-validation (trainval) | {card['data']['images']['train']} | "
+            f"{cv['accuracy']:.1%} ± {cv['accuracy_std']:.1%} | {cv['top5_accuracy']:.1%} |"
+        )
+    val = card["metrics"]["val"]
+    return f"| validation | {card['data']['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |"
+
+
 def card_markdown(card: dict) -> str:
-    test, val, spec = card["metrics"]["test"], card["metrics"]["val"], card["preprocess"]
+    test, spec, model = card["metrics"]["test"], card["preprocess"], card["model"]
     species = ", ".join(f"{k} {v:.1%}" for k, v in test["per_species"].items())
     calibration, not_sure = card["calibration"], card["not_sure"]
+    training = "fine-tuned end to end" if model.get("end_to_end") else f"fine-tuned layers {model['finetune_blocks']}"
     return "\n".join(
         [
-            f"- **Backbone** `{card['model']['backbone']}` · head `{card['model']['head']}` · "
-            f"fine-tuned layers {card['model']['finetune_blocks']} · serving the **{classifier.variant}** model "
-            f"({classifier.model_file.stat().st_size / 1e6:.1f} MB)",
+            f"- **Backbone** `{model['backbone']}` · head `{model['head']}` · {training} · serving the "
+            f"**{classifier.variant}** model ({classifier.model_file.stat().st_size / 1e6:.1f} MB)",
             f"- **Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
             f"- **MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
             f"(alias `{card['mlflow']['alias']}`), run `{card['mlflow']['run_id']}`",
             "",
             "| split | images | top-1 | top-5 |",
             "|---|---|---|---|",
-            f"| validation | {card['data']['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |",
+            selection_row(card),
             f"| test | {test['images']} | {test['accuracy']:.1%} | {test['top5_accuracy']:.1%} |",
             "",
             f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
-            f"{calibration['temperature']:.2f}, fitted on validation): test ECE {test['ece_uncalibrated']:.1%} → "
-            f"{test['ece']:.1%}. Below {not_sure['threshold']:.0%} the answer is marked *not sure* "
-            f"({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of non-pet images).",
+            f"{calibration['temperature']:.2f}, fitted on {calibration['fitted_on']} predictions): test ECE "
+            f"{test['ece_uncalibrated']:.1%} → {test['ece']:.1%}. Below {not_sure['threshold']:.0%} the answer is "
+            f"marked *not sure* ({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of "
+            "non-pet images).",
             f"Data digest `{card['data']['digest'][:12]}`; listed images missing from this copy, skipped: "
             f"{card['data']['missing']}.",
         ]
@@ -217,7 +236,7 @@ def per_class_rows(card: dict) -> list[list[Any]]:
 # --------------------------------------------------------------------------- the app
 
 
-with gr.Blocks(title="Pet breed recognition") as demo:
+with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo:
     gr.Markdown("# 🐾 Pet breed recognition\nThe breed of a cat or dog in a photo, among the 37 of Oxford-IIIT Pet.")
     with gr.Tab("Identify"):
         with gr.Row():
@@ -269,11 +288,20 @@ with gr.Blocks(title="Pet breed recognition") as demo:
 demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
 
 
+def launch(**overrides: Any) -> None:
+    """Serve the app with its limits: upload size, session capacity, no tracebacks to users."""
+    demo.launch(
+        **{
+            "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+            "max_file_size": MAX_FILE_SIZE,
+            "state_session_capacity": SESSION_CAPACITY,
+            "show_error": False,
+        }
+        | overrides
+    )
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        max_file_size=MAX_FILE_SIZE,
-        show_error=False,
-    )
+    launch()

@@ -1,26 +1,34 @@
-"""Load and memory: concurrent gradio_client clients calling /predict on a running app, printed as JSON.
+"""Load and memory on a running app, printed as JSON.
 
-    python -m bench.load [--clients 8] [--calls 50] [--total 1000] [--concurrency 1 2 4]
+    python -m bench.load [--memory-calls 2500] [--clients 8] [--calls 50] [--concurrency 1 2 4]
 
-For each queue concurrency limit: a warm-up, then every answer checked against the expected top-1
-(0 lost), latency p50/p95/max, throughput; then calls continue to `--total` and the app's resident memory
-after the warm-up is compared with the memory after the `--total` calls.
+Memory: resident memory from the start over `--memory-calls` calls of /predict, through plain REST (each
+call a new Gradio session, the image uploaded first) and through gradio_client (one session per client),
+each beside the same app's no-op endpoint measured the same way in the same run; the curves go to
+bench/results/memory.json. Load: for each queue concurrency limit, concurrent gradio_client clients, every
+answer checked against the expected top-1 (0 lost), latency p50/p95/max and throughput.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 from gradio_client import Client, handle_file
 
-from bench.common import REPO, percentiles, resident_mb, running_app
+from bench.common import REPO, percentiles, resident_mb, rest_call, running_app
 from inference import PetClassifier
 
 PHOTO = REPO / "examples" / "chelsea.jpg"
+PHOTOS = sorted((REPO / "examples").glob("*.jpg"))
+RESULTS = REPO / "bench" / "results" / "memory.json"
+WARMUP = 500
 
 
 def client_session(url: str, calls: int, expected: str) -> tuple[list[float], int]:
@@ -51,38 +59,74 @@ def hammer(url: str, clients: int, calls: int, expected: str) -> dict:
     }
 
 
-def measure(concurrency: int, clients: int, calls: int, total: int, warmup: int, expected: str) -> dict:
-    """Memory is read after `warmup` calls: ONNX Runtime's arenas and Gradio's caches grow to a plateau
-    first (about 300 calls here); growth after that is what would reveal a leak."""
-    with running_app({"PETS_CONCURRENCY": str(concurrency)}) as (url, process):
-        hammer(url, clients, max(1, warmup // clients), expected)
-        before = resident_mb(process.pid)
-        report = hammer(url, clients, calls, expected)
-        remaining = max(0, total - report["calls"])
-        soak = hammer(url, clients, remaining // clients, expected) if remaining else {"calls": 0, "wrong_or_lost": 0}
-        after = resident_mb(process.pid)
-    return report | {
-        "soak_calls": soak["calls"],
-        "soak_wrong_or_lost": soak["wrong_or_lost"],
-        "rss_mb_before": round(before, 1),
-        "rss_mb_after": round(after, 1),
-        "rss_growth_pct": round(100 * (after - before) / before, 1),
+def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
+    with running_app({"PETS_CONCURRENCY": str(limit)}) as (url, _):
+        hammer(url, clients, 5, expected)  # warm-up
+        return hammer(url, clients, calls, expected)
+
+
+def caller(way: str, url: str, endpoint: str) -> Callable[[int], object]:
+    """One thread's way to make call number i: plain REST (a new session each call) or its own client."""
+    if way == "rest":
+        http = httpx.Client(timeout=60)
+        return lambda i: rest_call(http, url, endpoint, PHOTOS[i % len(PHOTOS)])
+    client = Client(url, verbose=False)
+    return lambda i: client.predict(handle_file(PHOTOS[i % len(PHOTOS)]), api_name=f"/{endpoint}")
+
+
+def memory_curve(way: str, endpoint: str, calls: int, threads: int, step: int) -> list[list[float]]:
+    """[calls so far, resident MB] from a fresh app's start, every `step` calls made by `threads` threads."""
+    with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
+        curve = [[0, round(resident_mb(process.pid), 1)]]
+        callers = [caller(way, url, endpoint) for _ in range(threads)]
+        counter, per_thread = itertools.count(), max(1, step // threads)
+        with ThreadPoolExecutor(threads) as pool:
+            for done in range(per_thread * threads, calls + 1, per_thread * threads):
+                list(pool.map(lambda c: [c(next(counter)) for _ in range(per_thread)], callers))
+                curve.append([done, round(resident_mb(process.pid), 1)])
+    return curve
+
+
+def growth(curve: list[list[float]]) -> dict:
+    """Growth per call over the whole curve and after the warm-up (where ONNX Runtime's arenas have settled)."""
+    (start_calls, start), (end_calls, end) = curve[0], curve[-1]
+    warm_calls, warm = min(curve, key=lambda point: abs(point[0] - WARMUP))
+    return {
+        "rss_mb": [start, warm, end],
+        "kb_per_call_from_start": round((end - start) * 1024 / (end_calls - start_calls), 1),
+        "mb_per_1000_calls_after_warmup": round((end - warm) * 1000 / (end_calls - warm_calls), 2),
+        "growth_pct_after_warmup": round(100 * (end - warm) / warm, 1),
     }
+
+
+def memory(calls: int, threads: int, step: int) -> dict:
+    curves, report = {}, {}
+    for way in ("rest", "client"):
+        for endpoint in ("predict", "noop"):
+            curves[f"{way}_{endpoint}"] = memory_curve(way, endpoint, calls, threads, step)
+            report[f"{way}_{endpoint}"] = growth(curves[f"{way}_{endpoint}"])
+        app, noop = report[f"{way}_predict"], report[f"{way}_noop"]
+        extra = (app["mb_per_1000_calls_after_warmup"] - noop["mb_per_1000_calls_after_warmup"]) * 1024 / 1000
+        report[f"{way}_app_minus_noop_kb_per_call_after_warmup"] = round(extra, 1)
+    RESULTS.write_text(json.dumps({"calls": calls, "threads": threads, "warmup": WARMUP, "curves": curves}) + "\n")
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory-calls", type=int, default=2500, help="0 skips the memory curves")
+    parser.add_argument("--memory-threads", type=int, default=8)
+    parser.add_argument("--memory-step", type=int, default=100)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--total", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--warmup", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
     expected = PetClassifier().predict(PHOTO).top[0][0]
-    report = {
-        f"concurrency_{c}": measure(c, args.clients, args.calls, args.total, args.warmup, expected)
-        for c in args.concurrency
-    }
+    report: dict = {}
+    if args.memory_calls:
+        report["memory"] = memory(args.memory_calls, args.memory_threads, args.memory_step)
+    for limit in args.concurrency:
+        report[f"concurrency_{limit}"] = concurrency(limit, args.clients, args.calls, expected)
     json.dump({"clients": args.clients, "calls_per_client": args.calls} | report, sys.stdout, indent=2)
     print()
 

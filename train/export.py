@@ -112,6 +112,7 @@ def make_card(
             "backbone": params["backbone"],
             "head": params["head"],
             "finetune_blocks": int(params["finetune_blocks"]),
+            "end_to_end": params.get("end_to_end") == "True",
             "sha256": sha256_file(onnx_path),
             "bytes": onnx_path.stat().st_size,
             "input_name": "image",
@@ -146,7 +147,8 @@ def selection_metrics(found: dict[str, float]) -> dict:
     """What the version was selected on: cross-validation over trainval, or the validation split."""
     if "cv_accuracy" in found:
         cv = {key.removeprefix("cv_"): value for key, value in found.items() if key.startswith("cv_")}
-        per_species = {key.removeprefix("accuracy_"): cv.pop(key) for key in list(cv) if key.startswith("accuracy_")}
+        species = [key for key in cv if key.startswith("accuracy_") and key != "accuracy_std"]
+        per_species = {key.removeprefix("accuracy_"): cv.pop(key) for key in species}
         return {"cv": cv | {"folds": int(cv["folds"]), "per_species": per_species}}
     return {
         "val": {

@@ -8,16 +8,19 @@ import json
 
 import mlflow
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from mlflow import MlflowClient
 
 import train.finetune
+from preprocess import model_batch
 from train.__main__ import main as train_main
 from train.config import Config
 from train.data import load_dataset
+from train.export import to_onnx
 from train.finetune import finetune
-from train.model import build_net, seed_everything
+from train.model import build_net, input_spec, seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +33,20 @@ def run(config: Config, data, resume: bool = False):
     return finetune(config, net, spec, data.classes, data.splits["train"], data.splits["val"], resume)
 
 
-def test_loss_falls(tiny_data, tmp_path) -> None:
+def test_loss_falls_and_held_out_logits_are_what_serving_computes(tiny_data, tmp_path) -> None:
     config = Config(**TINY, epochs=4, lr=3e-3, checkpoint_dir=str(tmp_path / "ckpt"))
-    outcome = run(config, load_dataset(tiny_data, 0.25, 0))
+    data = load_dataset(tiny_data, 0.25, 0)
+    outcome = run(config, data)
     losses = [row["train_loss"] for row in outcome.history]
     assert losses[-1] < losses[0] * 0.8
     assert outcome.history[-1]["val_loss"] < outcome.history[0]["val_loss"]
-    assert outcome.holdout_logits.shape == (6, 3)
+
+    # The exported model, fed by the serving code, reproduces training-time evaluation: no skew.
+    spec = input_spec(config)
+    to_onnx(outcome.model, spec, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    served = session.run(["logits"], {"image": model_batch([s.path for s in data.splits["val"]], spec)})[0]
+    np.testing.assert_allclose(outcome.holdout_logits, served, rtol=0, atol=1e-3)
 
 
 def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_result(tiny_data, tmp_path, monkeypatch) -> None:
