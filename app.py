@@ -20,7 +20,7 @@ import gradio as gr
 from PIL import Image
 
 import preprocess
-from inference import PetClassifier, overlay, readable_name
+from inference import PetClassifier, Prediction, overlay, readable_name
 
 log = logging.getLogger("app")
 
@@ -80,6 +80,15 @@ def _require(image: Any) -> Image.Image:
 
 
 @user_errors
+def identify(image: Any) -> tuple[dict[str, float], str, dict, Image.Image]:
+    """The Identify button: one decode and one model run (logits and CAM) feed the label, the summary
+    line, the JSON details and the heatmap."""
+    photo = _require(image)
+    prediction, heat = classifier.explain(photo)
+    return prediction.as_label(), summary_line(prediction), prediction.as_details(), overlay(photo, heat)
+
+
+@user_errors
 def predict(image: Any) -> dict[str, float]:
     """The five most likely breeds with their probabilities."""
     return classifier.predict(_require(image)).as_label()
@@ -88,29 +97,25 @@ def predict(image: Any) -> dict[str, float]:
 @user_errors
 def predict_details(image: Any) -> dict:
     """Top-5, species, and whether the model is unsure the photo shows one of its 37 breeds."""
-    return classifier.predict(_require(image)).as_details(classifier.threshold)
+    return classifier.predict(_require(image)).as_details()
 
 
 @user_errors
 def explain(image: Any) -> Image.Image:
     """The photo with a heatmap of where the evidence for the top-1 breed lies."""
     photo = _require(image)
-    _, heat = classifier.explain(photo)
-    return overlay(photo, heat)
+    return overlay(photo, classifier.explain(photo)[1])
 
 
-def summary_line(confidences: dict[str, float] | None) -> str:
+def summary_line(prediction: Prediction) -> str:
     """The line under the label: the species, or a "not sure" warning below the calibrated threshold."""
-    if not confidences:
-        return ""
-    breed, confidence = max(confidences.items(), key=lambda item: item[1])
-    if confidence < classifier.threshold:
+    breed, confidence = prediction.top[0]
+    if prediction.not_sure:
         return (
             f"**Not sure** ({confidence:.0%}): this photo may not show one of the 37 breeds this model "
             "knows, or not clearly. The closest matches are listed anyway."
         )
-    species = classifier.species[classifier.names.index(breed)]
-    return f"Looks like a **{species}**: most likely a {breed} ({confidence:.0%})."
+    return f"Looks like a **{prediction.species}**: most likely a {breed} ({confidence:.0%})."
 
 
 @user_errors
@@ -247,7 +252,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
                 breeds = gr.Label(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
                 summary = gr.Markdown(elem_id="summary")
             heatmap = gr.Image(label="What it looked at (class activation map)", type="pil", format="jpeg")
-        identify = gr.Button("Identify", variant="primary")
+        identify_button = gr.Button("Identify", variant="primary")
         gr.Examples(EXAMPLES, inputs=photo)
         with gr.Accordion("Details as JSON", open=False):
             details = gr.JSON()
@@ -255,12 +260,12 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
             files = gr.File(file_count="multiple", label="Photos")
             table = gr.Dataframe(headers=["file", "top-1", "probability", "top-5"], label="Predictions")
             gr.Button("Identify all").click(predict_batch, files, table, api_name="predict_batch")
-    predicted = identify.click(predict, photo, breeds, api_name="predict")
-    predicted.success(summary_line, breeds, summary, api_visibility="private")
-    predicted.success(explain, photo, heatmap, api_name="explain")
-    predicted.success(predict_details, photo, details, api_name="predict_details")
+    identify_button.click(identify, photo, [breeds, summary, details, heatmap], api_name="identify")
+    for fn, output in ((predict, breeds), (predict_details, details), (explain, heatmap)):  # API only
+        gr.Button(visible=False).click(fn, photo, output, api_name=fn.__name__)
     if os.environ.get("PETS_BENCH_NOOP") == "1":  # the floor for bench/latency.py: same upload, no work
         gr.Button(visible=False).click(lambda image: "ok", photo, gr.Textbox(visible=False), api_name="noop")
+        gr.api(lambda: classifier.runs, api_name="model_runs")
 
     with gr.Tab("Transform"):
         with gr.Row():

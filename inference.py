@@ -47,19 +47,26 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def not_sure(top_probability: np.ndarray | float, threshold: float) -> np.ndarray | bool:
+    """The one "not sure" rule: a calibrated top-1 probability below the card's threshold, where the photo
+    may not show one of the 37 breeds, or not clearly."""
+    return np.asarray(top_probability) < threshold
+
+
 @dataclass(frozen=True)
 class Prediction:
     top: list[tuple[str, float]]  # (readable breed, probability), most likely first
     species: str  # of the most likely breed
-    not_sure: bool = False  # top-1 probability below the card's threshold: maybe not one of the 37 breeds
+    not_sure: bool  # see `not_sure`
+    threshold: float  # the card's "not sure" threshold behind the flag
 
-    def as_details(self, threshold: float) -> dict:
+    def as_details(self) -> dict:
         """The JSON of /predict_details."""
         return {
             "top": [{"breed": name, "probability": p} for name, p in self.top],
             "species": self.species,
             "not_sure": self.not_sure,
-            "threshold": threshold,
+            "threshold": self.threshold,
         }
 
     def as_label(self) -> dict[str, float]:
@@ -97,6 +104,7 @@ class PetClassifier:
             str(self.model_file), self._options(threads), providers=["CPUExecutionProvider"]
         )
         self.input_name = self.card["model"]["input_name"]
+        self.runs = 0
         outputs = self.session.get_outputs()[0].shape[-1]
         if outputs != len(self.labels) or len(self.species) != len(self.labels):
             raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(self.labels)} classes.")
@@ -122,7 +130,11 @@ class PetClassifier:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits for an N×3×H×W batch that `preprocess.model_input` made."""
-        return self.session.run(["logits"], {self.input_name: batch})[0]
+        return self._run(["logits"], batch)[0]
+
+    def _run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        self.runs += 1  # model runs so far: bench/latency.py checks one Identify click costs one
+        return self.session.run(outputs, {self.input_name: batch})
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         return softmax(self.logits(model_batch(images, self.spec)), self.temperature)
@@ -140,13 +152,14 @@ class PetClassifier:
         top_k = max(1, min(int(top_k), len(self.labels)))
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [(self.names[i], float(probabilities[i])) for i in order]
-        return Prediction(top, self.species[order[0]], bool(probabilities[order[0]] < self.threshold))
+        flag = bool(not_sure(probabilities[order[0]], self.threshold))
+        return Prediction(top, self.species[order[0]], flag, self.threshold)
 
     def explain(self, image: ImageSource, top_k: int = 5) -> tuple[Prediction, np.ndarray]:
         """The prediction and, for its top-1 breed, a class activation map in [0, 1] of the photo's size
         (rows × columns); zero outside the centre crop the model sees."""
         photo = load_image(image)
-        logits, maps = self.session.run(["logits", "cam"], {self.input_name: model_input(photo, self.spec)})
+        logits, maps = self._run(["logits", "cam"], model_input(photo, self.spec))
         probabilities = softmax(logits, self.temperature)[0]
         prediction = self._prediction(probabilities, top_k)
         heat = maps[0, int(probabilities.argmax())]

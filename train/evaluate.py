@@ -9,7 +9,7 @@ import numpy as np
 from inference import PetClassifier
 from preprocess import model_batch
 from train import metrics
-from train.data import load_dataset
+from train.data import DataError, load_dataset
 
 BATCH = 32
 
@@ -22,7 +22,10 @@ def evaluate(
     card = classifier.card
     data = load_dataset(data_dir, card["data"]["val_fraction"], card["data"]["seed"])
     if data.classes != classifier.labels:
-        raise ValueError("The dataset's classes differ from the model's labels.json.")
+        raise DataError(
+            f"The dataset's {len(data.classes)} classes differ from the {len(classifier.labels)} in "
+            f"{Path(model_dir) / 'labels.json'}: evaluate a model trained on this dataset."
+        )
     samples = data.splits[split]
     paths = [s.path for s in samples]
     logits = np.concatenate(

@@ -35,15 +35,11 @@ class PublishConfig:
     @classmethod
     def load(cls, path: Path = PUBLISH_CONFIG) -> PublishConfig:
         data = read_toml(path)
-        try:
-            return cls(
-                float(data.pop("min_test_accuracy")), float(data.pop("max_regression")), tuple(data.pop("space_files"))
-            )
-        except KeyError as missing:
-            raise ConfigError(f"{path}: missing key {missing}.") from None
-        finally:
-            if data:
-                raise ConfigError(f"{path}: unknown key(s) {sorted(data)}.")
+        keys = ("min_test_accuracy", "max_regression", "space_files")
+        missing, unknown = [k for k in keys if k not in data], sorted(set(data) - set(keys))
+        if missing or unknown:
+            raise ConfigError(f"{path}: missing key(s) {missing}, unknown key(s) {unknown}.")
+        return cls(float(data["min_test_accuracy"]), float(data["max_regression"]), tuple(data["space_files"]))
 
 
 def space_files(root: Path, entries: tuple[str, ...]) -> list[Path]:

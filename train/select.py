@@ -10,7 +10,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from inference import PetClassifier, softmax
+from inference import PetClassifier, not_sure, softmax
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
 from train.crossval import OOF_ARTIFACT
 from train.evaluate import evaluate
@@ -102,7 +102,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> dict:
 def summarize_test(test: dict, card: dict) -> dict:
     probabilities = softmax(test["logits"], card["calibration"]["temperature"])
     correct = probabilities.argmax(1) == test["labels"]
-    flagged = probabilities.max(1) < card["not_sure"]["threshold"]
+    flagged = not_sure(probabilities.max(1), card["not_sure"]["threshold"])
     return {key: test[key] for key in ("accuracy", "top5_accuracy", "images", "per_species", "per_class")} | {
         "ece": ece(probabilities, test["labels"]),
         "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"]),

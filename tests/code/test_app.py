@@ -12,6 +12,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from inference import Prediction
 from tests.conftest import CHELSEA, REPO
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,7 @@ ENDPOINTS = {
     "/classes",
     "/explain",
     "/predict_details",
+    "/identify",
 }
 
 
@@ -147,8 +149,25 @@ def test_plain_rest_with_upload_and_with_an_inline_image(server: str) -> None:
 def test_summary_line_says_species_or_not_sure() -> None:
     import app
 
-    threshold = app.classifier.threshold
-    breed = app.classifier.names[app.classifier.species.index("dog")]
-    assert app.summary_line({breed: min(1.0, threshold + 0.05), "Bengal": 0.01}).startswith("Looks like a **dog**")
-    assert app.summary_line({breed: threshold - 0.01}).startswith("**Not sure**")
-    assert app.summary_line(None) == ""
+    sure = Prediction([("Beagle", 0.9), ("Basset Hound", 0.05)], "dog", False, 0.7)
+    unsure = Prediction([("Beagle", 0.5), ("Basset Hound", 0.3)], "dog", True, 0.7)
+    assert app.summary_line(sure) == "Looks like a **dog**: most likely a Beagle (90%)."
+    assert app.summary_line(unsure).startswith("**Not sure** (50%)")
+
+
+def test_one_identify_click_decodes_once_and_runs_the_model_once() -> None:
+    import app
+
+    runs = app.classifier.runs
+    label, summary, details, heatmap = app.identify(str(CHELSEA))
+    assert app.classifier.runs == runs + 1
+    assert list(label) == [entry["breed"] for entry in details["top"]] and summary
+    assert heatmap.size == Image.open(CHELSEA).size
+    assert label == app.predict(str(CHELSEA)) and details == app.predict_details(str(CHELSEA))
+
+
+def test_identify_endpoint_feeds_every_output(client: Client) -> None:
+    label, summary, details, heatmap = client.predict(handle_file(CHELSEA), api_name="/identify")
+    assert label == client.predict(handle_file(CHELSEA), api_name="/predict")
+    assert details == client.predict(handle_file(CHELSEA), api_name="/predict_details")
+    assert summary.startswith(("Looks like a", "**Not sure**")) and opened(heatmap).size == (451, 300)

@@ -106,9 +106,3 @@ def test_uploads_over_the_size_limit_are_refused(server: str) -> None:
     assert (
         httpx.post(server + "gradio_api/upload", files={"files": ("ok.jpg", CHELSEA.read_bytes())}).status_code == 200
     )
-
-
-def test_no_share_link_and_no_debug_by_default() -> None:
-    source = (REPO / "app.py").read_text()
-    assert "share=True" not in source and "debug=True" not in source
-    assert 'MAX_FILE_SIZE = "20mb"' in source

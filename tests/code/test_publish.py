@@ -122,13 +122,29 @@ def test_workflows_are_valid() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_deploy_never_runs_on_pull_requests_and_holds_least_privilege() -> None:
-    deploy = (REPO / ".github" / "workflows" / "deploy.yml").read_text()
-    assert "pull_request" not in deploy
-    assert "permissions:\n  contents: read" in deploy
-    assert "concurrency:" in deploy and "secrets.HF_TOKEN" in deploy and "vars.HF_SPACE_ID" in deploy
+def test_deploy_runs_only_after_ci_passed_on_main_with_least_privilege() -> None:
+    import yaml
+
+    deploy = yaml.safe_load((REPO / ".github" / "workflows" / "deploy.yml").read_text())
+    ci = yaml.safe_load((REPO / ".github" / "workflows" / "ci.yml").read_text())
+    triggers = deploy[True]  # YAML 1.1 reads the key `on` as a boolean
+    assert set(triggers) == {"workflow_run", "workflow_dispatch"}
+    assert triggers["workflow_run"] == {"workflows": [ci["name"]], "types": ["completed"], "branches": ["main"]}
+    assert deploy["permissions"] == {"contents": "read"} and deploy["concurrency"]["cancel-in-progress"] is False
+    (job,) = deploy["jobs"].values()  # one job: publishing; the tests ran in CI
+    assert "conclusion == 'success'" in job["if"] and job["environment"] == "huggingface"
+    assert not any("pytest" in step.get("run", "") for step in job["steps"])
 
 
 def test_the_shipped_model_passes_the_committed_gate() -> None:
     """Otherwise every merge to main would fail to deploy."""
     assert validate(REPO / "model", PublishConfig.load(), None)["mlflow"]["alias"] == "champion"
+
+
+def test_publish_config_names_a_missing_key(tmp_path: Path) -> None:
+    from train.config import ConfigError
+
+    path = tmp_path / "publish.toml"
+    path.write_text('min_test_accuracy = 0.9\nspace_files = ["app.py"]\n')
+    with pytest.raises(ConfigError, match=r"missing key\(s\) \['max_regression'\], unknown key\(s\) \[\]"):
+        PublishConfig.load(path)

@@ -57,3 +57,11 @@ def test_malformed_annotation_line_is_reported(tiny_data) -> None:
     (tiny_data / "annotations" / "test.txt").write_text("Stripes_3 one 1 1\n")
     with pytest.raises(DataError, match="test.txt:1"):
         load_dataset(tiny_data)
+
+
+def test_evaluating_a_model_on_another_dataset_is_a_clear_error(tiny_data, capsys) -> None:
+    from tests.conftest import MODEL_DIR
+    from train.__main__ import main
+
+    assert main(["--data-dir", str(tiny_data), "evaluate", "--model", str(MODEL_DIR)]) == 1
+    assert "3 classes differ from the 37" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_temperature_is_applied(classifier: PetClassifier) -> None:
 def test_blank_images_are_flagged_not_sure(classifier: PetClassifier, colour: tuple[int, int, int]) -> None:
     prediction = classifier.predict(Image.new("RGB", (300, 200), colour))
     assert prediction.not_sure and len(prediction.top) == 5
-    details = prediction.as_details(classifier.threshold)
+    details = prediction.as_details()
     assert details["not_sure"] is True and details["threshold"] == classifier.threshold
     assert json.loads(json.dumps(details)) == details
 

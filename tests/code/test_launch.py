@@ -1,5 +1,5 @@
-"""Memory under plain REST traffic: every call is a new Gradio session, and the app bounds how many
-sessions Gradio keeps (bench/load.py measures the effect on resident memory)."""
+"""How `app.launch` serves, checked on the running server: the bound on Gradio's sessions (every plain REST
+call is a new one; bench/load.py measures the effect on memory), the upload limit, no share link."""
 
 from __future__ import annotations
 
@@ -29,3 +29,10 @@ def test_rest_sessions_beyond_the_capacity_are_evicted(app_in_process) -> None:
         for _ in range(app.SESSION_CAPACITY + 5):
             rest_call(http, url, "grayscale", CHELSEA, inline=True)
     assert len(sessions) == app.SESSION_CAPACITY  # five were evicted, oldest first
+
+
+def test_no_share_link_no_debug_and_the_upload_limit(app_in_process) -> None:
+    app, url = app_in_process
+    assert app.demo.share is False and app.demo.share_url is None and not app.demo.show_error
+    config = httpx.get(url + "config", timeout=10).json()
+    assert config["max_file_size"] == 20 * 1024 * 1024
