@@ -20,7 +20,8 @@ import gradio as gr
 from PIL import Image
 
 import preprocess
-from inference import PetClassifier, Prediction, overlay, readable_name
+import transforms
+from inference import ModelCard, PetClassifier, Prediction, overlay, readable_name
 
 log = logging.getLogger("app")
 
@@ -35,7 +36,7 @@ SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
 # Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
 DELETE_CACHE = (600, 3600)
 
-classifier = PetClassifier()
+classifier = PetClassifier.load()
 
 
 class ImageUpload(gr.Image):
@@ -139,6 +140,11 @@ def predict_batch(files: list[Any] | None) -> list[list[Any]]:
     return [rows[i] for i in range(len(files))]
 
 
+def model_runs() -> int:
+    """How many times the model has run in this process (bench and tests: one Identify click, one run)."""
+    return classifier.runs
+
+
 def classes() -> list[dict[str, str]]:
     """The 37 breeds the model knows: dataset label, readable name and species."""
     return [
@@ -150,92 +156,94 @@ def classes() -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- transforms
 
 
-def transform(name: str) -> Callable:
-    """An endpoint for one transform of `preprocess`: image first, then the transform's parameters."""
-    op = preprocess.TRANSFORMS[name]
+def transform_endpoint(transform: transforms.Transform) -> Callable:
+    """An endpoint for one transform: the image first, then the transform's parameters in table order."""
 
     @user_errors
     def run(image: Any, *params: Any) -> Image.Image:
-        return op(_require(image), *params)
+        return transform(_require(image), *(None if p == "" else p for p in params))
 
-    run.__name__ = name
-    run.__doc__ = op.__doc__
+    run.__name__, run.__doc__ = transform.name, transform.summary
     return run
 
 
 @user_errors
 def pipeline(image: Any, steps: str) -> Image.Image:
     """Apply a JSON list of steps, e.g. [{"op": "resize", "width": 256}, {"op": "grayscale"}]."""
-    return preprocess.pipeline(_require(image), steps)
+    return transforms.pipeline(_require(image), steps)
 
 
-TRANSFORM_CONTROLS: dict[str, Callable[[], list[gr.components.Component]]] = {
-    "resize": lambda: [gr.Number(label="width (1–4096, empty: keep ratio)"), gr.Number(label="height (1–4096)")],
-    "crop": lambda: [
-        gr.Number(label="width", value=200),
-        gr.Number(label="height", value=200),
-        gr.Number(label="left (empty: centre)"),
-        gr.Number(label="top (empty: centre)"),
-    ],
-    "grayscale": lambda: [],
-    "rotate": lambda: [
-        gr.Number(label="angle (degrees, counter-clockwise)", value=90),
-        gr.Checkbox(label="expand", value=True),
-    ],
-    "flip": lambda: [gr.Radio(["horizontal", "vertical"], value="horizontal", label="direction")],
-    "blur": lambda: [gr.Number(label="radius (0–50)", value=4)],
-    "normalize": lambda: [gr.Number(label="cutoff percent (0–49)", value=1)],
-}
-"""Each transform's parameters as components, in the order its endpoint takes them."""
+def control(param: transforms.Param) -> gr.components.Component:
+    """The input for one transform parameter, labelled with its range from the table."""
+    if param.kind is bool:
+        return gr.Checkbox(label=param.name, value=param.default)
+    if param.choices:
+        return gr.Radio(list(param.choices), value=param.default, label=param.name)
+    value = param.example if param.example is not None else param.default
+    return gr.Number(label=param.describe(), value=None if value is transforms.REQUIRED else value)
 
 
 # --------------------------------------------------------------------------- the model card
 
 
-def selection_row(card: dict) -> str:
+def selection_row(card: ModelCard) -> str:
     """The table row of what the model was selected on: k-fold cross-validation or a validation split."""
-    if "cv" in card["metrics"]:
-        cv = card["metrics"]["cv"]
+    if "cv" in card.metrics:
+        cv = card.metrics["cv"]
         return (
-            f"| {cv['folds']}-fold cross-validation (trainval) | {card['data']['images']['train']} | "
+            f"| {cv['folds']}-fold cross-validation (trainval) | {card.data['images']['train']} | "
             f"{cv['accuracy']:.1%} ± {cv['accuracy_std']:.1%} | {cv['top5_accuracy']:.1%} |"
         )
-    val = card["metrics"]["val"]
-    return f"| validation | {card['data']['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |"
+    val = card.metrics["val"]
+    return f"| validation | {card.data['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |"
 
 
-def card_markdown(card: dict) -> str:
-    test, spec, model = card["metrics"]["test"], card["preprocess"], card["model"]
+def trust_text(card: ModelCard) -> str:
+    """Test accuracy per species, calibration and "not sure", once `select` has tested and calibrated."""
+    if "test" not in card.metrics or not card.calibration or not card.not_sure:
+        return "Not tested or calibrated yet (`python -m train select`): confidences are raw softmax."
+    test, calibration, not_sure = card.metrics["test"], card.calibration, card.not_sure
     species = ", ".join(f"{k} {v:.1%}" for k, v in test["per_species"].items())
-    calibration, not_sure = card["calibration"], card["not_sure"]
-    training = "fine-tuned end to end" if model.get("end_to_end") else f"fine-tuned layers {model['finetune_blocks']}"
+    return (
+        f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
+        f"{calibration['temperature']:.2f}, fitted on {calibration['fitted_on']} predictions): test ECE "
+        f"{test['ece_uncalibrated']:.1%} → {test['ece']:.1%}. Below {not_sure['threshold']:.0%} the answer is "
+        f"marked *not sure* ({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of "
+        "non-pet images)."
+    )
+
+
+def card_markdown(card: ModelCard) -> str:
+    spec, model, test = card.preprocess, card.model, card.metrics.get("test")
+    training = "fine-tuned end to end" if model.end_to_end else f"fine-tuned layers {model.finetune_blocks}"
     return "\n".join(
         [
-            f"- **Backbone** `{model['backbone']}` · head `{model['head']}` · {training} · serving the "
+            f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "
             f"**{classifier.variant}** model ({classifier.model_file.stat().st_size / 1e6:.1f} MB)",
-            f"- **Input** shorter side {spec['resize_shorter']} px, centre crop {spec['crop']} px",
-            f"- **MLflow** `{card['mlflow']['registered_model']}` version {card['mlflow']['version']} "
-            f"(alias `{card['mlflow']['alias']}`), run `{card['mlflow']['run_id']}`",
+            f"- **Input** shorter side {spec.resize_shorter} px, centre crop {spec.crop} px",
+            f"- **MLflow** `{card.mlflow['registered_model']}` version {card.mlflow['version']} "
+            f"(alias `{card.mlflow['alias']}`), run `{card.mlflow['run_id']}`",
             "",
             "| split | images | top-1 | top-5 |",
             "|---|---|---|---|",
             selection_row(card),
-            f"| test | {test['images']} | {test['accuracy']:.1%} | {test['top5_accuracy']:.1%} |",
+            f"| test | {test['images']} | {test['accuracy']:.1%} | {test['top5_accuracy']:.1%} |" if test else "",
             "",
-            f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
-            f"{calibration['temperature']:.2f}, fitted on {calibration['fitted_on']} predictions): test ECE "
-            f"{test['ece_uncalibrated']:.1%} → {test['ece']:.1%}. Below {not_sure['threshold']:.0%} the answer is "
-            f"marked *not sure* ({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of "
-            "non-pet images).",
-            f"Data digest `{card['data']['digest'][:12]}`; listed images missing from this copy, skipped: "
-            f"{card['data']['missing']}.",
+            trust_text(card),
+            f"Data digest `{card.data['digest'][:12]}`; listed images missing from this copy, skipped: "
+            f"{card.data['missing']}.",
         ]
     )
 
 
-def per_class_rows(card: dict) -> list[list[Any]]:
-    per_class = card["metrics"]["test"]["per_class"]
+def per_class_rows(card: ModelCard) -> list[list[Any]]:
+    per_class = card.metrics.get("test", {}).get("per_class", {})
     return [[readable_name(k), round(v, 3)] for k, v in sorted(per_class.items(), key=lambda item: item[1])]
+
+
+def confusion_image(card: ModelCard) -> str | None:
+    name = card.metrics.get("test", {}).get("confusion_matrix")
+    return str(classifier.model_file.parent / name) if name else None
 
 
 # --------------------------------------------------------------------------- the app
@@ -251,7 +259,9 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
             with gr.Column():
                 breeds = gr.Label(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
                 summary = gr.Markdown(elem_id="summary")
-            heatmap = gr.Image(label="What it looked at (class activation map)", type="pil", format="jpeg")
+            heatmap = gr.Image(
+                label="What it looked at (class activation map)", type="pil", format="jpeg", elem_id="heatmap"
+            )
         identify_button = gr.Button("Identify", variant="primary")
         gr.Examples(EXAMPLES, inputs=photo)
         with gr.Accordion("Details as JSON", open=False):
@@ -265,16 +275,18 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
         gr.Button(visible=False).click(fn, photo, output, api_name=fn.__name__)
     if os.environ.get("PETS_BENCH_NOOP") == "1":  # the floor for bench/latency.py: same upload, no work
         gr.Button(visible=False).click(lambda image: "ok", photo, gr.Textbox(visible=False), api_name="noop")
-        gr.api(lambda: classifier.runs, api_name="model_runs")
+        gr.api(model_runs, api_name="model_runs")
 
     with gr.Tab("Transform"):
         with gr.Row():
             source = ImageUpload(label="Image", type="filepath", elem_id="transform-source")
             result = gr.Image(label="Result", type="pil", format="png", elem_id="transform-result")
-        for name, make_controls in TRANSFORM_CONTROLS.items():
+        for name, transform in transforms.TRANSFORMS.items():
             with gr.Tab(name):
-                controls = make_controls()
-                gr.Button(f"Apply {name}").click(transform(name), [source, *controls], result, api_name=name)
+                controls = [control(param) for param in transform.params]
+                gr.Button(f"Apply {name}").click(
+                    transform_endpoint(transform), [source, *controls], result, api_name=name
+                )
         with gr.Tab("pipeline"):
             steps = gr.Code(json.dumps([{"op": "resize", "width": 256}, {"op": "grayscale"}]), language="json")
             gr.Button("Apply pipeline").click(pipeline, [source, steps], result, api_name="pipeline")
@@ -283,8 +295,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
         gr.Markdown(card_markdown(classifier.card), elem_id="card")
         with gr.Row():
             gr.Dataframe(per_class_rows(classifier.card), headers=["breed", "test accuracy"], label="Per class")
-            confusion = HERE / "model" / classifier.card["metrics"]["test"]["confusion_matrix"]
-            gr.Image(str(confusion) if confusion.is_file() else None, label="Test confusion matrix")
+            gr.Image(confusion_image(classifier.card), label="Test confusion matrix")
         with gr.Accordion("The 37 breeds", open=False):
             gr.JSON(classes())
         gr.api(classes, api_name="classes")

@@ -11,8 +11,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
+from typing import Any, get_args, get_type_hints
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +26,124 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 
 class ModelError(RuntimeError):
     """The model folder is missing, incomplete or inconsistent."""
+
+
+class CardError(ModelError):
+    """card.json lacks a field or holds a bad value; the message names the field."""
+
+
+CARD_SCHEMA = 2  # the layout of card.json; a reader refuses any other
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    backbone: str
+    head: str
+    finetune_blocks: int
+    end_to_end: bool
+    sha256: str  # of model.onnx (fp32)
+    bytes: int
+    input_name: str
+    output_name: str  # the logits
+    cam_output: str  # per-class activation maps, for heatmaps
+    cam_method: str
+    opset: int
+    parity: dict  # ONNX Runtime against torch at export: images, max |Δlogit|
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """card.json: the one typed, versioned record that ties training to serving. `train.select` writes it
+    (once); everything else reads it through this type. Calibration, the "not sure" threshold and the int8
+    entry are absent from a folder that `python -m train export` alone made."""
+
+    schema: int
+    model: ModelInfo
+    preprocess: InputSpec
+    species: list  # "cat" or "dog" per class, in labels.json order
+    mlflow: dict  # run_id, registered_model, version, alias
+    data: dict  # digest, split sizes, missing files
+    metrics: dict  # "cv" or "val" (what selection saw), "test" and "test_fp32" once tested
+    created: str
+    git_commit: str
+    calibration: dict | None = None  # temperature and its fit
+    not_sure: dict | None = None  # threshold, what it was fitted on, non-pet check
+    int8: dict | None = None  # file, sha256 when shipped, accepted, gate statistics
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
+    def threshold(self) -> float:
+        return float(self.not_sure["threshold"]) if self.not_sure else 0.0
+
+    def served_variant(self) -> str:
+        return "int8" if self.int8 and self.int8.get("accepted") else "fp32"
+
+    def variant_file(self, variant: str) -> tuple[str, str]:
+        """(file name, sha256) of "fp32" (model.onnx) or a shipped "int8" model."""
+        if variant == "fp32":
+            return "model.onnx", self.model.sha256
+        if variant == "int8" and self.int8 and "sha256" in self.int8:
+            return self.int8["file"], self.int8["sha256"]
+        raise ModelError(f"No model variant {variant!r} in card.json: use fp32 or an exported int8 model.")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelCard:
+        card = _typed(cls, data, "")
+        if card.schema != CARD_SCHEMA:
+            raise CardError(f"card.json has schema {card.schema}; this code reads schema {CARD_SCHEMA}.")
+        return card
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as error:
+            raise CardError(f"{path} is not valid JSON: {error}") from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        """Atomically: a reader sees the old card or the new one, never half of it."""
+        temporary = Path(path).with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(temporary, path)
+
+
+def _typed(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from JSON, checking every field's presence and type."""
+    if not isinstance(data, dict):
+        raise CardError(f"card.json: '{where or 'the card'}' must be an object, got {type(data).__name__}.")
+    hints, values = get_type_hints(cls), {}
+    for field in fields(cls):
+        name = f"{where}.{field.name}" if where else field.name
+        if field.name not in data:
+            if field.default is MISSING:
+                raise CardError(f"card.json has no '{name}': re-export the model (python -m train select).")
+            continue
+        values[field.name] = _value(hints[field.name], data[field.name], name)
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any, name: str) -> Any:
+    if hint is InputSpec:
+        try:
+            return InputSpec.from_dict(value)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CardError(f"card.json: bad '{name}': {error}") from None
+    if is_dataclass(hint):
+        return _typed(hint, value, name)
+    options = get_args(hint) or (hint,)  # X | None -> (X, NoneType)
+    if value is None and type(None) in options:
+        return None
+    kind = next(option for option in options if option is not type(None))
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else type(value) is kind
+    if not ok:
+        raise CardError(f"card.json: '{name}' must be {kind.__name__}, got {value!r:.40}.")
+    return value
 
 
 def readable_name(label: str) -> str:
@@ -75,50 +194,44 @@ class Prediction:
 
 
 class PetClassifier:
-    """Loads `model.onnx`, `labels.json` and `card.json` once; predicts breeds for images."""
+    """An ONNX Runtime session with its card and labels; predicts breeds for images."""
 
     def __init__(
-        self, model_dir: str | Path = DEFAULT_MODEL_DIR, threads: int | None = None, variant: str | None = None
+        self, card: ModelCard, model_file: Path, labels: list[str], threads: int | None = None, variant: str = "fp32"
     ) -> None:
-        model_dir = Path(model_dir)
+        """Built in memory from a card and a model file (which must be the card's `variant`)."""
+        name, sha256 = card.variant_file(variant)
+        if sha256_file(model_file) != sha256:
+            raise ModelError(f"{Path(model_file).name} does not match the sha256 of {name} in card.json.")
+        if len(card.species) != len(labels):
+            raise ModelError(f"card.json has {len(card.species)} species but labels.json lists {len(labels)} classes.")
+        self.card, self.labels, self.variant, self.model_file = card, labels, variant, Path(model_file)
+        self.spec, self.species = card.preprocess, card.species
+        self.names = [readable_name(label) for label in labels]
+        self.temperature, self.threshold = card.temperature, card.threshold
+        self.session = ort.InferenceSession(str(model_file), self._options(threads), providers=["CPUExecutionProvider"])
+        self.runs = 0
+        outputs = self.session.get_outputs()[0].shape[-1]
+        if outputs != len(labels):
+            raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(labels)} classes.")
+
+    @classmethod
+    def load(
+        cls, model_dir: str | Path | None = None, threads: int | None = None, variant: str | None = None
+    ) -> PetClassifier:
+        """From a model folder: the argument, else PETS_MODEL_DIR, else model/ beside this file. Variant: the
+        argument, else PETS_MODEL_VARIANT, else the one the card serves."""
+        model_dir = Path(model_dir or os.environ.get("PETS_MODEL_DIR") or DEFAULT_MODEL_DIR)
         for name in ("model.onnx", "labels.json", "card.json"):
             if not (model_dir / name).is_file():
                 raise ModelError(
                     f"{model_dir / name} is missing. Restore model/ from git, or train one: "
                     "python -m train sweep ..., then python -m train select."
                 )
-        self.labels: list[str] = json.loads((model_dir / "labels.json").read_text())
-        self.card: dict = json.loads((model_dir / "card.json").read_text())
-        self.spec = InputSpec.from_dict(self.card["preprocess"])
-        self.species: list[str] = self.card["species"]
-        self.names = [readable_name(label) for label in self.labels]
-        self.temperature = float(self.card.get("calibration", {}).get("temperature", 1.0))
-        self.threshold = float(self.card.get("not_sure", {}).get("threshold", 0.0))
-        self.variant, entry = self._variant(variant)
-        self.model_file = model_dir / entry["file"]
-        if sha256_file(self.model_file) != entry["sha256"]:
-            raise ModelError(
-                f"{entry['file']} does not match the sha256 in card.json: the model folder is inconsistent."
-            )
-        self.session = ort.InferenceSession(
-            str(self.model_file), self._options(threads), providers=["CPUExecutionProvider"]
-        )
-        self.input_name = self.card["model"]["input_name"]
-        self.runs = 0
-        outputs = self.session.get_outputs()[0].shape[-1]
-        if outputs != len(self.labels) or len(self.species) != len(self.labels):
-            raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(self.labels)} classes.")
-
-    def _variant(self, variant: str | None) -> tuple[str, dict]:
-        """ "fp32" (model.onnx) or "int8" (model.int8.onnx, shipped only when it passed its gate at export).
-        Default: PETS_MODEL_VARIANT, else int8 when the card accepted it, else fp32."""
-        int8 = self.card.get("int8", {})
-        variant = variant or os.environ.get("PETS_MODEL_VARIANT") or ("int8" if int8.get("accepted") else "fp32")
-        if variant == "fp32":
-            return variant, {"file": "model.onnx", "sha256": self.card["model"]["sha256"]}
-        if variant == "int8" and "sha256" in int8:
-            return variant, int8
-        raise ModelError(f"No model variant {variant!r} in card.json: use fp32 or an exported int8 model.")
+        card = ModelCard.load(model_dir / "card.json")
+        variant = variant or os.environ.get("PETS_MODEL_VARIANT") or card.served_variant()
+        labels = json.loads((model_dir / "labels.json").read_text())
+        return cls(card, model_dir / card.variant_file(variant)[0], labels, threads, variant)
 
     @staticmethod
     def _options(threads: int | None) -> ort.SessionOptions:
@@ -130,11 +243,11 @@ class PetClassifier:
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw logits for an N×3×H×W batch that `preprocess.model_input` made."""
-        return self._run(["logits"], batch)[0]
+        return self._run([self.card.model.output_name], batch)[0]
 
     def _run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
         self.runs += 1  # model runs so far: bench/latency.py checks one Identify click costs one
-        return self.session.run(outputs, {self.input_name: batch})
+        return self.session.run(outputs, {self.card.model.input_name: batch})
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         return softmax(self.logits(model_batch(images, self.spec)), self.temperature)
@@ -159,7 +272,8 @@ class PetClassifier:
         """The prediction and, for its top-1 breed, a class activation map in [0, 1] of the photo's size
         (rows × columns); zero outside the centre crop the model sees."""
         photo = load_image(image)
-        logits, maps = self._run(["logits", "cam"], model_input(photo, self.spec))
+        outputs = [self.card.model.output_name, self.card.model.cam_output]
+        logits, maps = self._run(outputs, model_input(photo, self.spec))
         probabilities = softmax(logits, self.temperature)[0]
         prediction = self._prediction(probabilities, top_k)
         heat = maps[0, int(probabilities.argmax())]
@@ -187,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
-    classifier = PetClassifier(args.model_dir)
+    classifier = PetClassifier.load(args.model_dir)
     failed = 0
     for path in args.images:
         try:

@@ -1,33 +1,24 @@
-"""Image loading, transforms and the model's input tensor: one implementation for training and serving.
+"""Image loading and the model's input tensor: one implementation for training and serving.
 
 Everything that touches pixels before the model goes through this module, so a photo produces the same
 tensor in training-time evaluation, in `inference.py` and in the app. It imports nothing from the
-project and no torch.
-
-    python preprocess.py resize in.jpg out.png --width 320
+project and no torch. The Transform tab's toolbox is `transforms.py`.
 """
 
 from __future__ import annotations
 
-import argparse
-import inspect
 import io
-import json
-import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
-MAX_SIDE = 4096
-MAX_BLUR_RADIUS = 50.0
-MAX_PIPELINE_STEPS = 20
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
@@ -199,162 +190,3 @@ def model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
 def model_batch(sources: Sequence[ImageSource], spec: InputSpec) -> np.ndarray:
     """Load each source and stack their model inputs into one N×3×H×W batch."""
     return np.concatenate([model_input(load_image(source), spec) for source in sources])
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PreprocessError(f"{name} must be a number, got {value!r}.")
-    if not math.isfinite(value):
-        raise PreprocessError(f"{name} must be a finite number, got {value!r}.")
-    if not low <= value <= high:
-        raise PreprocessError(f"{name} must be between {low:g} and {high:g}, got {value!r}.")
-    return float(value)
-
-
-def _integer(name: str, value: Any, low: int, high: int) -> int:
-    number = _number(name, value, low, high)
-    if number != int(number):
-        raise PreprocessError(f"{name} must be a whole number, got {value!r}.")
-    return int(number)
-
-
-def resize(image: Image.Image, width: int | None = None, height: int | None = None) -> Image.Image:
-    """Resize to width and/or height (1–4096); with only one given, keep the aspect ratio."""
-    if width is None and height is None:
-        raise PreprocessError("resize needs a width, a height or both.")
-    w = _integer("width", width, 1, MAX_SIDE) if width is not None else None
-    h = _integer("height", height, 1, MAX_SIDE) if height is not None else None
-    if w is None:
-        w = min(MAX_SIDE, max(1, round(image.width * h / image.height)))
-    if h is None:
-        h = min(MAX_SIDE, max(1, round(image.height * w / image.width)))
-    return image.resize((w, h), Image.Resampling.LANCZOS)
-
-
-def crop(image: Image.Image, width: int, height: int, left: int | None = None, top: int | None = None) -> Image.Image:
-    """Crop a width×height box at (left, top), or centred when left and top are not given."""
-    w = _integer("width", width, 1, image.width)
-    h = _integer("height", height, 1, image.height)
-    x = (image.width - w) // 2 if left is None else _integer("left", left, 0, image.width - w)
-    y = (image.height - h) // 2 if top is None else _integer("top", top, 0, image.height - h)
-    return image.crop((x, y, x + w, y + h))
-
-
-def grayscale(image: Image.Image) -> Image.Image:
-    return image.convert("L").convert("RGB")
-
-
-def rotate(image: Image.Image, angle: float, expand: bool = True) -> Image.Image:
-    """Rotate counter-clockwise by any finite angle; `expand` grows the canvas to keep the corners."""
-    degrees = _number("angle", angle, -math.inf, math.inf) % 360.0
-    return image.rotate(degrees, Image.Resampling.BICUBIC, expand=bool(expand), fillcolor=(255, 255, 255))
-
-
-def flip(image: Image.Image, direction: str = "horizontal") -> Image.Image:
-    if direction == "horizontal":
-        return ImageOps.mirror(image)
-    if direction == "vertical":
-        return ImageOps.flip(image)
-    raise PreprocessError(f"direction must be 'horizontal' or 'vertical', got {direction!r}.")
-
-
-def blur(image: Image.Image, radius: float) -> Image.Image:
-    return image.filter(ImageFilter.GaussianBlur(_number("radius", radius, 0, MAX_BLUR_RADIUS)))
-
-
-def normalize(image: Image.Image, cutoff: float = 0.0) -> Image.Image:
-    """Autocontrast: stretch the histogram, ignoring `cutoff` percent at each end (0–49)."""
-    return ImageOps.autocontrast(image, cutoff=_number("cutoff", cutoff, 0, 49))
-
-
-TRANSFORMS: dict[str, Callable[..., Image.Image]] = {
-    "resize": resize,
-    "crop": crop,
-    "grayscale": grayscale,
-    "rotate": rotate,
-    "flip": flip,
-    "blur": blur,
-    "normalize": normalize,
-}
-
-
-def pipeline(image: Image.Image, steps: Sequence[dict[str, Any]] | str) -> Image.Image:
-    """Apply steps such as [{"op": "resize", "width": 256}, {"op": "flip"}] in order (list or JSON text)."""
-    for number, step in enumerate(parse_steps(steps), start=1):
-        params = {key: value for key, value in step.items() if key != "op"}
-        try:
-            image = TRANSFORMS[step["op"]](image, **params)
-        except TypeError:
-            takes = ", ".join(list(inspect.signature(TRANSFORMS[step["op"]]).parameters)[1:]) or "no parameters"
-            raise PreprocessError(
-                f"Step {number} ({step['op']}): got parameters {sorted(params)}, but it takes {takes}."
-            ) from None
-        except PreprocessError as error:
-            raise PreprocessError(f"Step {number} ({step['op']}): {error}") from None
-    return image
-
-
-def parse_steps(steps: Sequence[dict[str, Any]] | str) -> list[dict[str, Any]]:
-    if isinstance(steps, str):
-        try:
-            steps = json.loads(steps)
-        except json.JSONDecodeError as error:
-            raise PreprocessError(f"The pipeline is not valid JSON: {error}.") from None
-    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
-        raise PreprocessError('The pipeline must be a list of steps like {"op": "flip"}.')
-    if len(steps) > MAX_PIPELINE_STEPS:
-        raise PreprocessError(f"A pipeline has at most {MAX_PIPELINE_STEPS} steps, got {len(steps)}.")
-    for number, step in enumerate(steps, start=1):
-        if step.get("op") not in TRANSFORMS:
-            raise PreprocessError(
-                f"Step {number}: unknown operation {step.get('op')!r}; choose one of {', '.join(TRANSFORMS)}."
-            )
-    return steps
-
-
-# --------------------------------------------------------------------------- command line
-
-CLI_OPTIONS: dict[str, list[tuple[str, type]]] = {
-    "resize": [("--width", int), ("--height", int)],
-    "crop": [("--width", int), ("--height", int), ("--left", int), ("--top", int)],
-    "grayscale": [],
-    "rotate": [("--angle", float), ("--no-expand", bool)],
-    "flip": [("--direction", str)],
-    "blur": [("--radius", float)],
-    "normalize": [("--cutoff", float)],
-    "pipeline": [("--steps", str)],
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Apply one image transform: preprocess.py OP in.jpg out.png")
-    commands = parser.add_subparsers(dest="op", required=True)
-    for op, options in CLI_OPTIONS.items():
-        command = commands.add_parser(op)
-        command.add_argument("source", type=Path)
-        command.add_argument("target", type=Path)
-        for flag, kind in options:
-            if kind is bool:
-                command.add_argument(flag, action="store_true")
-            else:
-                command.add_argument(flag, type=kind)
-    args = vars(parser.parse_args(argv))
-    op, source, target = args.pop("op"), args.pop("source"), args.pop("target")
-    if "no_expand" in args:
-        args["expand"] = not args.pop("no_expand")
-    params = {key: value for key, value in args.items() if value is not None}
-    try:
-        image = load_image(source)
-        result = pipeline(image, params["steps"]) if op == "pipeline" else TRANSFORMS[op](image, **params)
-        result.save(target)
-    except (PreprocessError, TypeError) as error:
-        parser.exit(2, f"error: {error}\n")
-    print(f"{target}\t{result.width}×{result.height}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args()
-    expected = PetClassifier().predict(PHOTO).top[0][0]
+    expected = PetClassifier.load().predict(PHOTO).top[0][0]
     report: dict = {}
     if args.memory_calls:
         report["memory"] = memory(args.memory_calls, args.memory_threads, args.memory_step)

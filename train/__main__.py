@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int | None:
     elif args.command == "export":
         from train.export import export
 
-        print(json.dumps(export(args.version, args.alias, args.model_dir, args.data_dir)["model"], indent=2))
+        card = export(args.version, args.alias, args.model_dir, args.data_dir)
+        print(json.dumps(card.to_dict()["model"], indent=2))
     elif args.command == "publish":
         from train.publish import publish
 

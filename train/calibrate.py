@@ -9,9 +9,6 @@ from PIL import Image
 
 from inference import softmax
 
-ECE_BINS = 15
-MAX_FLAGGED_CORRECT = 0.05
-
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -22,7 +19,7 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-_log_softmax(logits / temperature)[np.arange(len(labels)), labels].mean())
 
 
-def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+def ece(probabilities: np.ndarray, labels: np.ndarray, bins: int) -> float:
     """Expected calibration error: |accuracy - confidence| per equal-width confidence bin, weighted by size."""
     confidence, predicted = probabilities.max(1), probabilities.argmax(1)
     correct = predicted == labels
@@ -47,24 +44,24 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(2 / (low + high))
 
 
-def not_sure_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The highest top-1 probability below which at most 5 % of correct predictions fall."""
+def not_sure_threshold(probabilities: np.ndarray, labels: np.ndarray, max_flagged_correct: float) -> float:
+    """The highest top-1 probability below which at most `max_flagged_correct` of correct predictions fall."""
     confidence = probabilities.max(1)[probabilities.argmax(1) == labels]
     if not len(confidence):
         return 0.0
-    return float(np.quantile(confidence, MAX_FLAGGED_CORRECT, method="lower"))
+    return float(np.quantile(confidence, max_flagged_correct, method="lower"))
 
 
-def calibration_report(logits: np.ndarray, labels: np.ndarray) -> dict:
+def calibration_report(logits: np.ndarray, labels: np.ndarray, bins: int) -> dict:
     temperature = fit_temperature(logits, labels)
     calibrated = softmax(logits, temperature)
     return {
         "temperature": temperature,
-        "ece_before": ece(softmax(logits), labels),
-        "ece_after": ece(calibrated, labels),
+        "ece_before": ece(softmax(logits), labels, bins),
+        "ece_after": ece(calibrated, labels, bins),
         "nll_before": nll(logits, labels),
         "nll_after": nll(logits, labels, temperature),
-        "bins": ECE_BINS,
+        "bins": bins,
     }
 
 

@@ -42,7 +42,6 @@ class Config:
     label_smoothing: float = 0.1
     patience: int = 6  # early stopping on validation loss
     experiment: str = "pet-breeds"
-    registered_model: str = "pet-breed-classifier"
     cache_dir: str = "cache/features"
     checkpoint_dir: str = "cache/checkpoints"
 
@@ -81,7 +80,7 @@ class Config:
 
     def training_params(self) -> dict[str, Any]:
         """The keys that change what a run learns: where it runs, logs or caches does not."""
-        ignored = {"experiment", "registered_model", "cache_dir", "checkpoint_dir", "device", "workers"}
+        ignored = {"experiment", "cache_dir", "checkpoint_dir", "device", "workers"}
         return {key: value for key, value in asdict(self).items() if key not in ignored}
 
 

@@ -1,4 +1,6 @@
-"""Registered MLflow model -> model/model.onnx, labels.json, card.json, with a parity check against torch."""
+"""Registered MLflow model -> model.onnx and labels.json, checked against torch (the parity gate), and the
+model card's first part. `select` completes the card and writes it; `python -m train export` alone writes
+this first part, which serving accepts (no calibration, no test metrics yet)."""
 
 from __future__ import annotations
 
@@ -14,18 +16,18 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
-from inference import sha256_file
+from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
 from train.data import Sample, load_dataset
+from train.gates import ParityGate, parity_failure
 from train.model import Explained, PetNet
 from train.provenance import git_commit
+from train.tracking import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-PARITY_IMAGES = 32
-PARITY_TOLERANCE = 1e-3
-REGISTERED_MODEL = "pet-breed-classifier"
+INPUT, LOGITS, CAM = "image", "logits", "cam"
 
 
 class ExportError(RuntimeError):
@@ -44,10 +46,10 @@ def model_version(version: str | None = None, alias: str | None = None) -> Model
     raise ExportError("Say which model to export: --version N or --alias champion.")
 
 
-def parity_samples(run_params: dict, data_dir: str | Path | None) -> list[Sample]:
-    """Validation images of the run's own split, topped up with training images to PARITY_IMAGES."""
+def parity_samples(run_params: dict, data_dir: str | Path | None, count: int) -> list[Sample]:
+    """Validation images of the run's own split, topped up with training images to `count`."""
     data = load_dataset(data_dir, float(run_params["val_fraction"]), int(run_params["seed"]))
-    return (data.splits["val"] + data.splits["train"])[:PARITY_IMAGES]
+    return (data.splits["val"] + data.splits["train"])[:count]
 
 
 def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
@@ -57,8 +59,8 @@ def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
         Explained(model).eval(),
         (example,),
         str(path),
-        input_names=["image"],
-        output_names=["logits", "cam"],
+        input_names=[INPUT],
+        output_names=[LOGITS, CAM],
         opset_version=OPSET,
         dynamo=True,
         dynamic_shapes=({0: batch},),
@@ -66,25 +68,22 @@ def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
     )
 
 
-def check_parity(model: torch.nn.Module, path: Path, spec: InputSpec, samples: list[Sample]) -> float:
+def check_parity(model: torch.nn.Module, path: Path, spec: InputSpec, samples: list[Sample], gate: ParityGate) -> float:
     batch = model_batch([s.path for s in samples], spec)
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(batch)).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], {"image": batch})[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([LOGITS], {INPUT: batch})[0]
     delta = float(np.abs(expected - got).max())
-    if delta > PARITY_TOLERANCE or (expected.argmax(1) != got.argmax(1)).any():
-        raise ExportError(f"ONNX parity failed on {len(samples)} images: max |Δlogit| = {delta:.2e}.")
+    failure = parity_failure(delta, bool((expected.argmax(1) == got.argmax(1)).all()), gate)
+    if failure:
+        raise ExportError(f"ONNX parity failed on {len(samples)} images: {failure}.")
     return delta
 
 
-def export(
-    version: str | None = None,
-    alias: str | None = None,
-    out_dir: str | Path = "model",
-    data_dir: str | Path | None = None,
-) -> dict:
-    """Write the three files serving reads; returns the card."""
-    out_dir = Path(out_dir)
+def export_model(
+    gate: ParityGate, version: str | None, alias: str | None, out_dir: Path, data_dir: str | Path | None
+) -> ModelCard:
+    """Write model.onnx and labels.json into `out_dir`; return the card (not written)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = model_version(version, alias)
     run = MlflowClient().get_run(chosen.run_id)
@@ -93,54 +92,66 @@ def export(
     classes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/classes.json")
     onnx_path = out_dir / "model.onnx"
     to_onnx(model, spec, onnx_path)
-    samples = parity_samples(run.data.params, data_dir)
-    delta = check_parity(model, onnx_path, spec, samples)
+    samples = parity_samples(run.data.params, data_dir, gate.images)
+    delta = check_parity(model, onnx_path, spec, samples, gate)
     log.info("parity on %d images: max |Δlogit| = %.2e", len(samples), delta)
     (out_dir / "labels.json").write_text(json.dumps(classes["classes"], indent=1) + "\n")
-    card = make_card(chosen, run, spec, classes["species"], onnx_path, delta, len(samples))
-    write_card(card, out_dir)
+    return make_card(
+        chosen, run, spec, classes["species"], onnx_path, {"images": len(samples), "max_abs_logit_delta": delta}
+    )
+
+
+def export(
+    version: str | None = None, alias: str | None = None, out_dir: str | Path = "model", data_dir=None
+) -> ModelCard:
+    """`python -m train export`: the model, its labels and the card's first part, written."""
+    from train.gates import Gates
+
+    card = export_model(Gates.load().parity, version, alias, Path(out_dir), data_dir)
+    card.save(Path(out_dir) / "card.json")
     return card
 
 
 def make_card(
-    chosen: ModelVersion, run, spec: InputSpec, species: list[str], onnx_path: Path, delta: float, parity_images: int
-) -> dict:
+    chosen: ModelVersion, run, spec: InputSpec, species: list[str], onnx_path: Path, parity: dict
+) -> ModelCard:
     params, found = run.data.params, run.data.metrics
-    splits = ("train", "val", "test")
-    return {
-        "model": {
-            "backbone": params["backbone"],
-            "head": params["head"],
-            "finetune_blocks": int(params["finetune_blocks"]),
-            "end_to_end": params.get("end_to_end") == "True",
-            "sha256": sha256_file(onnx_path),
-            "bytes": onnx_path.stat().st_size,
-            "input_name": "image",
-            "output_name": "logits",
-            "cam_output": "cam",
-            "cam_method": "exact CAM (linear head)" if params["head"] == "linear" else "mean activation (MLP head)",
-            "opset": OPSET,
-            "parity": {"images": parity_images, "max_abs_logit_delta": delta},
-        },
-        "preprocess": spec.to_dict(),
-        "species": species,
-        "mlflow": {
+    linear = params["head"] == "linear"
+    return ModelCard(
+        schema=CARD_SCHEMA,
+        model=ModelInfo(
+            backbone=params["backbone"],
+            head=params["head"],
+            finetune_blocks=int(params["finetune_blocks"]),
+            end_to_end=params.get("end_to_end") == "True",
+            sha256=sha256_file(onnx_path),
+            bytes=onnx_path.stat().st_size,
+            input_name=INPUT,
+            output_name=LOGITS,
+            cam_output=CAM,
+            cam_method="exact CAM (linear head)" if linear else "mean activation (MLP head)",
+            opset=OPSET,
+            parity=parity,
+        ),
+        preprocess=spec,
+        species=species,
+        mlflow={
             "run_id": run.info.run_id,
             "registered_model": REGISTERED_MODEL,
             "version": int(chosen.version),
             "alias": "champion" if "champion" in chosen.aliases else None,
         },
-        "data": {
+        data={
             "digest": params["data.digest"],
             "val_fraction": float(params["val_fraction"]),
             "seed": int(params["seed"]),
-            "images": {s: int(params[f"images.{s}"]) for s in splits},
+            "images": {s: int(params[f"images.{s}"]) for s in ("train", "val", "test")},
             "missing": {s: int(params[f"missing.{s}"]) for s in ("trainval", "test")},
         },
-        "metrics": selection_metrics(found),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-    }
+        metrics=selection_metrics(found),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        git_commit=git_commit(),
+    )
 
 
 def selection_metrics(found: dict[str, float]) -> dict:
@@ -150,14 +161,5 @@ def selection_metrics(found: dict[str, float]) -> dict:
         species = [key for key in cv if key.startswith("accuracy_") and key != "accuracy_std"]
         per_species = {key.removeprefix("accuracy_"): cv.pop(key) for key in species}
         return {"cv": cv | {"folds": int(cv["folds"]), "per_species": per_species}}
-    return {
-        "val": {
-            "accuracy": found["val_accuracy"],
-            "top5_accuracy": found["val_top5_accuracy"],
-            "loss": found["val_loss"],
-        }
-    }
-
-
-def write_card(card: dict, out_dir: Path) -> None:
-    (Path(out_dir) / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    val = {"accuracy": found["val_accuracy"], "top5_accuracy": found["val_top5_accuracy"], "loss": found["val_loss"]}
+    return {"val": val}

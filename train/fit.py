@@ -165,7 +165,7 @@ def fit(
             mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         mlflow.log_metrics({"train_images_per_s": outcome.images_per_second} | (extra_metrics or {}))
         val_accuracy, val_loss = log_holdout(outcome, data)
-        version = tracking.log_model(outcome.model, config.registered_model) if register else None
+        version = tracking.log_model(outcome.model) if register else None
         log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, val_accuracy, version)
         return RunResult(
             run.info.run_id, version, val_accuracy, val_loss, outcome.holdout_logits, stats, outcome.images_per_second

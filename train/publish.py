@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import onnxruntime as ort
-
-from inference import sha256_file
+from inference import ModelCard, ModelError, PetClassifier
 from train.config import ConfigError, read_toml
+from train.gates import Gates, PublishGate, publish_failure
 from train.provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,20 +24,11 @@ class GateError(RuntimeError):
     """The model may not be published; the message says which check failed."""
 
 
-@dataclass(frozen=True)
-class PublishConfig:
-    min_test_accuracy: float
-    max_regression: float
-    space_files: tuple[str, ...]
-
-    @classmethod
-    def load(cls, path: Path = PUBLISH_CONFIG) -> PublishConfig:
-        data = read_toml(path)
-        keys = ("min_test_accuracy", "max_regression", "space_files")
-        missing, unknown = [k for k in keys if k not in data], sorted(set(data) - set(keys))
-        if missing or unknown:
-            raise ConfigError(f"{path}: missing key(s) {missing}, unknown key(s) {unknown}.")
-        return cls(float(data["min_test_accuracy"]), float(data["max_regression"]), tuple(data["space_files"]))
+def load_space_files(path: Path = PUBLISH_CONFIG) -> tuple[str, ...]:
+    data = read_toml(path)
+    if set(data) != {"space_files"}:
+        raise ConfigError(f"{path}: expected only the key space_files, got {sorted(data)}.")
+    return tuple(data["space_files"])
 
 
 def space_files(root: Path, entries: tuple[str, ...]) -> list[Path]:
@@ -54,30 +43,21 @@ def space_files(root: Path, entries: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def validate(model_dir: Path, config: PublishConfig, served_card: dict | None) -> dict:
-    """The promotion gate. Returns the card; raises GateError naming the first failed check."""
-    card = json.loads((model_dir / "card.json").read_text())
-    if sha256_file(model_dir / "model.onnx") != card["model"]["sha256"]:
-        raise GateError("model.onnx does not match the sha256 in card.json: re-export the model.")
-    int8 = card.get("int8", {})
-    if int8.get("accepted") and sha256_file(model_dir / int8["file"]) != int8["sha256"]:
-        raise GateError(f"{int8['file']} does not match the sha256 in card.json: re-run select.")
-    labels = json.loads((model_dir / "labels.json").read_text())
-    outputs = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"]).get_outputs()
-    if outputs[0].shape[-1] != len(labels):
-        raise GateError(f"labels.json lists {len(labels)} classes but the model has {outputs[0].shape[-1]} outputs.")
-    accuracy = card.get("metrics", {}).get("test", {}).get("accuracy")
-    if accuracy is None:
-        raise GateError("card.json has no test accuracy: run `python -m train select` first.")
-    if accuracy < config.min_test_accuracy:
-        raise GateError(f"Test accuracy {accuracy:.4f} is below the threshold {config.min_test_accuracy:.4f}.")
-    if served_card is not None:
-        served = served_card["metrics"]["test"]["accuracy"]
-        if accuracy < served - config.max_regression:
-            raise GateError(
-                f"Test accuracy {accuracy:.4f} is more than {config.max_regression:.4f} below the "
-                f"{served:.4f} the Space serves now."
-            )
+def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> ModelCard:
+    """The promotion gate: the folder loads as serving loads it (card schema, sha256 of every shipped model,
+    labels against outputs), then the test accuracy passes `gate`. Raises GateError naming what failed."""
+    try:
+        classifiers = [
+            PetClassifier.load(model_dir, variant=v)
+            for v in {"fp32", ModelCard.load(model_dir / "card.json").served_variant()}
+        ]
+    except ModelError as error:
+        raise GateError(f"{error} Re-run `python -m train select`.") from None
+    card = classifiers[0].card
+    served = served_card["metrics"]["test"]["accuracy"] if served_card else None
+    failure = publish_failure(card.metrics.get("test", {}).get("accuracy"), served, gate)
+    if failure:
+        raise GateError(failure)
     return card
 
 
@@ -93,40 +73,39 @@ def served_card(space_id: str, token: str | None) -> dict | None:
     return json.loads(Path(path).read_text())
 
 
-def commit_message(card: dict) -> str:
-    mlflow = card["mlflow"]
+def commit_message(card: ModelCard) -> str:
+    test = card.metrics.get("test", {}).get("accuracy", float("nan"))
     return (
-        f"Deploy {git_commit()[:12]}: {mlflow['registered_model']} "
-        f"version {mlflow['version']} (test accuracy {card['metrics']['test']['accuracy']:.4f})"
+        f"Deploy {git_commit()[:12]}: {card.mlflow['registered_model']} "
+        f"version {card.mlflow['version']} (test accuracy {test:.4f})"
     )
 
 
-def dry_run_report(root: Path, files: list[Path], config: PublishConfig) -> int:
+def dry_run_report(root: Path, files: list[Path], gate: PublishGate) -> int:
     """Files as `path<TAB>bytes`, the commit message, then the verdict; no network, so no Space comparison."""
     for path in files:
         print(f"{path.as_posix()}\t{(root / path).stat().st_size}")
-    card = json.loads((root / "model" / "card.json").read_text())
-    print(commit_message(card))
     try:
-        validate(root / "model", config, None)
-    except GateError as error:
+        print(commit_message(ModelCard.load(root / "model" / "card.json")))
+        validate(root / "model", gate, None)
+    except (GateError, ModelError) as error:
         print(f"gate: FAILED: {error}")
         return 1
     print("gate: passed (the Space's current model was not compared: dry run)")
     return 0
 
 
-def publish(space_id: str | None, dry_run: bool, root: Path = REPO, config_path: Path = PUBLISH_CONFIG) -> int:
-    config = PublishConfig.load(config_path)
-    files = space_files(root, config.space_files)
+def publish(space_id: str | None, dry_run: bool, root: Path = REPO, gate: PublishGate | None = None) -> int:
+    gate = gate or Gates.load().publish
+    files = space_files(root, load_space_files())
     token = os.environ.get("HF_TOKEN")
     if dry_run:
-        return dry_run_report(root, files, config)
+        return dry_run_report(root, files, gate)
     if not space_id:
         raise GateError("Say which Space: --space-id owner/name or HF_SPACE_ID.")
     if not token:
         raise GateError("HF_TOKEN is not set: a write token for the Space is needed.")
-    card = validate(root / "model", config, served_card(space_id, token))
+    card = validate(root / "model", gate, served_card(space_id, token))
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

@@ -1,23 +1,31 @@
-"""Pick the champion among registered versions, test it once, and export it."""
+"""Pick the champion among registered versions, test it once, and ship it: the one orchestrator of
+export, int8, calibration and the test evaluation, and the only writer of card.json (once, atomically)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import random
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from inference import PetClassifier, not_sure, softmax
+from inference import ModelCard, PetClassifier, not_sure, softmax
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
 from train.crossval import OOF_ARTIFACT
-from train.evaluate import evaluate
-from train.export import REGISTERED_MODEL, export, write_card
+from train.data import PetData, load_dataset
+from train.evaluate import evaluate_classifier
+from train.export import export_model
+from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
 from train.quantize import quantize
+from train.tracking import REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
+
+INT8_FILE = "model.int8.onnx"
 
 
 def rank_key(found: dict[str, float], version: int) -> tuple[int, float, float, int] | None:
@@ -43,69 +51,112 @@ def best_version(client: MlflowClient) -> str:
     return max(candidates, key=lambda pair: pair[0])[1].version
 
 
-def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) -> dict:
-    """Champion by validation accuracy -> alias -> export -> int8 gate -> calibration on val -> test.
+def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
+    """Champion -> alias -> export (parity gate) -> test fp32 -> int8 (its gate) -> calibration -> card.
 
     Calibration, the "not sure" threshold and the card's test metrics all belong to the variant that
-    serves (int8 when its gate accepts it), so the card describes what the Space answers."""
-    client = MlflowClient()
+    serves, so the card describes what the Space answers."""
+    gates, client, out_dir = Gates.load(), MlflowClient(), Path(out_dir)
     version = best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
     log.info("champion: %s version %s", REGISTERED_MODEL, version)
-    out_dir = Path(out_dir)
-    card = export(alias="champion", out_dir=out_dir, data_dir=data_dir)
-    fp32_test = evaluate(out_dir, "test", data_dir, variant="fp32")
-    card["int8"], int8_test = quantize(out_dir, data_dir, fp32_test["accuracy"])
-    served = "int8" if card["int8"]["accepted"] else "fp32"
-    card |= calibrate(*calibration_logits(client, card, out_dir, data_dir, served))
-    test = int8_test if served == "int8" else fp32_test
-    card["metrics"]["test"] = summarize_test(test, card) | {"variant": served}
-    card["metrics"]["test_fp32"] = {key: fp32_test[key] for key in ("accuracy", "top5_accuracy")}
-    write_card(card, out_dir)  # serving reads temperature and threshold from here, as non_pet_rate does
-    card["not_sure"]["non_pet"] = non_pet_rate(out_dir)
-    write_card(card, out_dir)
+    card = export_model(gates.parity, None, "champion", out_dir, data_dir)
+    labels = json.loads((out_dir / "labels.json").read_text())
+    data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
+    fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")
+    tests = {"fp32": evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")}
+
+    card, tests["int8"] = with_int8(card, labels, data, out_dir, gates, tests["fp32"]["accuracy"])
+    served = card.served_variant()
+    if served != "int8":
+        (out_dir / "confusion_matrix_test_int8.png").unlink()
+    else:
+        (out_dir / "confusion_matrix_test.png").unlink()
+    classifier = PetClassifier(card, out_dir / card.variant_file(served)[0], labels, variant=served)
+    calibration, threshold = calibrate(*calibration_logits(client, card, classifier, data), gates.calibration)
+    card = replace(card, calibration=calibration, not_sure=threshold)
+    test = tests[served]
+    metrics = card.metrics | {"test": summarize_test(test, card, gates.calibration) | {"variant": served}}
+    metrics["test_fp32"] = {key: tests["fp32"][key] for key in ("accuracy", "top5_accuracy")}
+    card = replace(card, metrics=metrics)
+    card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(replace_card(classifier, card))})
+    card.save(out_dir / "card.json")
     log_test_results(client, card, test)
     log.info("test accuracy %.4f (top-5 %.4f), served %s", test["accuracy"], test["top5_accuracy"], served)
     return card
 
 
-def log_test_results(client: MlflowClient, card: dict, test: dict) -> None:
-    run_id = card["mlflow"]["run_id"]
+def with_int8(
+    card: ModelCard, labels: list[str], data: PetData, out_dir: Path, gates: Gates, fp32_accuracy: float
+) -> tuple[ModelCard, dict]:
+    """Quantize, test the int8 model once, and keep it only if its gate accepts it."""
+    train = data.splits["train"]
+    samples = random.Random(0).sample(train, min(gates.int8.calibration_images, len(train)))
+    entry = quantize(out_dir / "model.onnx", out_dir / INT8_FILE, card, samples)
+    card = replace(card, int8=entry)
+    int8 = PetClassifier(card, out_dir / INT8_FILE, labels, variant="int8")
+    test = evaluate_classifier(int8, data, "test", out_dir / "confusion_matrix_test_int8.png")
+    drop = fp32_accuracy - test["accuracy"]
+    accepted = int8_accepted(drop, entry["speedup_1_thread"], gates.int8)
+    entry |= {
+        "test_accuracy": test["accuracy"],
+        "test_top5_accuracy": test["top5_accuracy"],
+        "test_accuracy_drop": drop,
+        "accepted": accepted,
+        "gate": int8_rule(gates.int8),
+    }
+    if not accepted:
+        (out_dir / INT8_FILE).unlink()
+        entry.pop("sha256")
+    log.info(
+        "int8: drop %.4f, speedup %.2fx -> %s", drop, entry["speedup_1_thread"], "kept" if accepted else "discarded"
+    )
+    return replace(card, int8=entry), test
+
+
+def replace_card(classifier: PetClassifier, card: ModelCard) -> PetClassifier:
+    """The same session under the finished card (its temperature and threshold)."""
+    return PetClassifier(card, classifier.model_file, classifier.labels, variant=classifier.variant)
+
+
+def log_test_results(client: MlflowClient, card: ModelCard, test: dict) -> None:
+    run_id = card.mlflow["run_id"]
     for key in ("accuracy", "top5_accuracy", "ece"):
-        client.log_metric(run_id, f"test_{key}", card["metrics"]["test"][key])
+        client.log_metric(run_id, f"test_{key}", card.metrics["test"][key])
     for kind, value in test["per_species"].items():
         client.log_metric(run_id, f"test_accuracy_{kind}", value)
     client.log_artifact(run_id, test["confusion_matrix_png"], "evaluation")
-    client.log_dict(run_id, card, "evaluation/card.json")
+    client.log_dict(run_id, card.to_dict(), "evaluation/card.json")
 
 
 def calibration_logits(
-    client: MlflowClient, card: dict, out_dir: Path, data_dir: str | Path | None, served: str
+    client: MlflowClient, card: ModelCard, served: PetClassifier, data: PetData
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Out-of-fold logits of a cross-validated champion (its final model trained on every trainval image,
     so no held-out split is left); else the served model's logits on the validation split."""
-    parent = client.get_run(card["mlflow"]["run_id"]).data.tags.get("cv.parent_run_id")
+    parent = client.get_run(card.mlflow["run_id"]).data.tags.get("cv.parent_run_id")
     if parent:
         oof = np.load(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=OOF_ARTIFACT))
         return oof["logits"], oof["labels"], "out-of-fold"
-    val = evaluate(out_dir, "val", data_dir, variant=served)
+    val = evaluate_classifier(served, data, "val")
     return val["logits"], val["labels"], "val"
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> dict:
+def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str, gate: CalibrationGate) -> tuple[dict, dict]:
     """The card's `calibration` (temperature) and `not_sure` (threshold) entries."""
-    calibration = calibration_report(logits, labels) | {"fitted_on": fitted_on}
-    threshold = not_sure_threshold(softmax(logits, calibration["temperature"]), labels)
-    return {"calibration": calibration, "not_sure": {"threshold": threshold, "fitted_on": fitted_on}}
+    calibration = calibration_report(logits, labels, gate.ece_bins) | {"fitted_on": fitted_on}
+    probabilities = softmax(logits, calibration["temperature"])
+    threshold = not_sure_threshold(probabilities, labels, gate.max_flagged_correct)
+    return calibration, {"threshold": threshold, "fitted_on": fitted_on}
 
 
-def summarize_test(test: dict, card: dict) -> dict:
-    probabilities = softmax(test["logits"], card["calibration"]["temperature"])
+def summarize_test(test: dict, card: ModelCard, gate: CalibrationGate) -> dict:
+    probabilities = softmax(test["logits"], card.temperature)
     correct = probabilities.argmax(1) == test["labels"]
-    flagged = not_sure(probabilities.max(1), card["not_sure"]["threshold"])
+    flagged = not_sure(probabilities.max(1), card.threshold)
     return {key: test[key] for key in ("accuracy", "top5_accuracy", "images", "per_species", "per_class")} | {
-        "ece": ece(probabilities, test["labels"]),
-        "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"]),
+        "ece": ece(probabilities, test["labels"], gate.ece_bins),
+        "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"], gate.ece_bins),
         "not_sure_rate": float(flagged.mean()),
         "not_sure_rate_correct": float(flagged[correct].mean()),
         "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
@@ -113,12 +164,10 @@ def summarize_test(test: dict, card: dict) -> dict:
     }
 
 
-def non_pet_rate(out_dir: Path) -> dict:
-    classifier = PetClassifier(out_dir)
+def non_pet_rate(classifier: PetClassifier) -> dict:
     images = non_pet_images()
-    flagged = [
-        name for name, p in zip(images, classifier.predict_batch(list(images.values())), strict=True) if p.not_sure
-    ]
+    predictions = classifier.predict_batch(list(images.values()))
+    flagged = [name for name, p in zip(images, predictions, strict=True) if p.not_sure]
     return {
         "images": len(images),
         "flagged": len(flagged),
@@ -127,5 +176,5 @@ def non_pet_rate(out_dir: Path) -> dict:
     }
 
 
-def print_card(card: dict) -> None:
-    print(json.dumps({k: card[k] for k in ("model", "mlflow", "metrics")}, indent=2))
+def print_card(card: ModelCard) -> None:
+    print(json.dumps({k: v for k, v in card.to_dict().items() if k in ("model", "mlflow", "metrics")}, indent=2))

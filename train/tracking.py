@@ -47,13 +47,16 @@ def log_files(files: dict[str, callable]) -> None:
             mlflow.log_artifact(str(write(Path(folder) / name)), "evaluation")
 
 
-def log_model(model: torch.nn.Module, registered_model: str) -> str:
+REGISTERED_MODEL = "pet-breed-classifier"  # the one name runs register under and select/export look up
+
+
+def log_model(model: torch.nn.Module) -> str:
     """Log the whole torch module and register it; `export` turns it into ONNX without retraining."""
     info = mlflow.pytorch.log_model(
         model.eval(),
         name="model",
         serialization_format="pickle",
-        registered_model_name=registered_model,
+        registered_model_name=REGISTERED_MODEL,
         pip_requirements=[f"torch=={version('torch')}", "efficientnet-lite-pytorch==0.1.0"],
     )
     return str(info.registered_model_version)

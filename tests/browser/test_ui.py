@@ -34,23 +34,33 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (.ci/run installs it with apt-get)")
     from playwright.sync_api import sync_playwright
 
-    with running_app() as (url, _), sync_playwright() as playwright:
+    with running_app({"PETS_BENCH_NOOP": "1"}) as (url, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(url, wait_until="networkidle")
+        page.app_url = url
         yield page
         browser.close()
 
 
-def test_identify_shows_five_breeds(page) -> None:
+def model_runs(url: str) -> int:
+    from gradio_client import Client
+
+    return Client(url, verbose=False).predict(api_name="/model_runs")
+
+
+def test_identify_shows_five_breeds_with_one_model_run(page) -> None:
     page.locator("#photo input[type=file]").set_input_files(str(CHELSEA))
+    runs = model_runs(page.app_url)
     page.get_by_role("button", name="Identify", exact=True).click()
     page.wait_for_function("document.querySelector('#breeds').innerText.split('%').length > 5", timeout=30_000)
     text = page.locator("#breeds").inner_text()
-    assert text.count("%") == 5 and PetClassifier(MODEL_DIR).predict(CHELSEA).top[0][0] in text, text
+    assert text.count("%") == 5 and PetClassifier.load(MODEL_DIR).predict(CHELSEA).top[0][0] in text, text
     page.wait_for_function("document.querySelector('#summary').innerText.trim().length > 0", timeout=30_000)
     summary = page.locator("#summary").inner_text()
     assert summary.startswith(("Not sure", "Looks like a")), summary
+    page.wait_for_function("document.querySelector('#heatmap img') !== null", timeout=30_000)
+    assert model_runs(page.app_url) == runs + 1  # label, summary, details and heatmap from one run
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "identify.png"), full_page=True)
 

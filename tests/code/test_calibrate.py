@@ -7,6 +7,9 @@ import pytest
 
 from inference import softmax
 from train.calibrate import calibration_report, ece, fit_temperature, not_sure_threshold
+from train.gates import Gates
+
+GATE = Gates.load().calibration
 
 
 def sampled(temperature: float, n: int = 4000, classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +34,7 @@ def test_temperature_one_leaves_probabilities_unchanged() -> None:
 
 def test_scaling_reduces_ece_and_nll_on_overconfident_logits() -> None:
     logits, labels = sampled(3.0)
-    report = calibration_report(logits, labels)
+    report = calibration_report(logits, labels, GATE.ece_bins)
     assert report["ece_after"] < report["ece_before"] and report["nll_after"] < report["nll_before"]
     assert report["ece_after"] < 0.03
 
@@ -39,12 +42,12 @@ def test_scaling_reduces_ece_and_nll_on_overconfident_logits() -> None:
 def test_ece_of_a_perfectly_calibrated_toy() -> None:
     probabilities = np.array([[0.8, 0.2]] * 10)
     labels = np.array([0] * 8 + [1] * 2)
-    assert ece(probabilities, labels) == pytest.approx(0.0)
+    assert ece(probabilities, labels, GATE.ece_bins) == pytest.approx(0.0)
 
 
 def test_threshold_flags_at_most_five_percent_of_correct_predictions() -> None:
     logits, labels = sampled(1.0, seed=3)
     probabilities = softmax(logits)
-    threshold = not_sure_threshold(probabilities, labels)
+    threshold = not_sure_threshold(probabilities, labels, GATE.max_flagged_correct)
     correct = probabilities.argmax(1) == labels
     assert (probabilities.max(1)[correct] < threshold).mean() <= 0.05

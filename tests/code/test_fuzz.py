@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import preprocess
+import transforms
 from preprocess import PreprocessError, load_image
 from tests.conftest import CHELSEA
 
@@ -64,22 +65,14 @@ ANYTHING = st.one_of(
 
 
 @FUZZ
-@given(st.sampled_from(sorted(preprocess.TRANSFORMS)), st.lists(ANYTHING, max_size=4))
+@given(st.sampled_from(sorted(transforms.TRANSFORMS)), st.lists(ANYTHING, max_size=4))
 def test_transform_parameters(op: str, params: list) -> None:
     try:
-        result = preprocess.pipeline(SMALL, [{"op": op} | dict(zip(PARAMETERS[op], params, strict=False))])
+        result = transforms.pipeline(SMALL, [{"op": op} | dict(zip(PARAMETERS[op], params, strict=False))])
     except PreprocessError as error:
         assert str(error)
     else:
         assert result.width * result.height <= 4096 * 4096 * 2 and np.asarray(result).size
 
 
-PARAMETERS = {
-    "resize": ("width", "height"),
-    "crop": ("width", "height", "left", "top"),
-    "grayscale": (),
-    "rotate": ("angle", "expand"),
-    "flip": ("direction",),
-    "blur": ("radius",),
-    "normalize": ("cutoff",),
-}
+PARAMETERS = {name: [p.name for p in t.params] for name, t in transforms.TRANSFORMS.items()}

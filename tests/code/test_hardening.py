@@ -27,7 +27,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str
 
 @pytest.fixture(scope="module")
 def classifier() -> PetClassifier:
-    return PetClassifier(MODEL_DIR)
+    return PetClassifier.load(MODEL_DIR)
 
 
 def test_corpus_through_the_python_api(files, classifier: PetClassifier) -> None:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import preprocess
+import transforms
 from preprocess import InputSpec, PreprocessError, load_image
 from tests.conftest import CHELSEA, REPO
 
@@ -182,9 +183,9 @@ def test_model_input_resizes_shorter_side_then_centre_crops() -> None:
 
 
 def test_resize_keeps_aspect_ratio_with_one_side(photo: Image.Image) -> None:
-    assert preprocess.resize(photo, width=226).size == (226, 150)
-    assert preprocess.resize(photo, height=150).size == (226, 150)
-    assert preprocess.resize(photo, width=10, height=20).size == (10, 20)
+    assert transforms.resize(photo, width=226).size == (226, 150)
+    assert transforms.resize(photo, height=150).size == (226, 150)
+    assert transforms.resize(photo, width=10, height=20).size == (10, 20)
 
 
 @pytest.mark.parametrize(
@@ -204,34 +205,34 @@ def test_resize_keeps_aspect_ratio_with_one_side(photo: Image.Image) -> None:
 )
 def test_resize_refuses_bad_sizes(photo: Image.Image, kwargs: dict) -> None:
     with pytest.raises(PreprocessError):
-        preprocess.resize(photo, **kwargs)
+        transforms.resize(photo, **kwargs)
 
 
 def test_crop_centre_and_box(photo: Image.Image) -> None:
-    centred = preprocess.crop(photo, 100, 50)
+    centred = transforms.crop(photo, 100, 50)
     assert centred.size == (100, 50)
     assert np.array_equal(np.asarray(centred), np.asarray(photo.crop((175, 125, 275, 175))))
-    assert preprocess.crop(photo, 10, 10, left=0, top=0).getpixel((0, 0)) == photo.getpixel((0, 0))
+    assert transforms.crop(photo, 10, 10, left=0, top=0).getpixel((0, 0)) == photo.getpixel((0, 0))
     for kwargs in ({"left": 445}, {"top": -1}, {"left": 1e9}):
         with pytest.raises(PreprocessError, match="between"):
-            preprocess.crop(photo, 10, 10, **{"left": 0, "top": 0} | kwargs)
+            transforms.crop(photo, 10, 10, **{"left": 0, "top": 0} | kwargs)
     with pytest.raises(PreprocessError, match="width"):
-        preprocess.crop(photo, 1000, 10)
+        transforms.crop(photo, 1000, 10)
 
 
 def test_grayscale_flip_rotate_blur_normalize(photo: Image.Image) -> None:
-    gray = np.asarray(preprocess.grayscale(photo))
+    gray = np.asarray(transforms.grayscale(photo))
     assert gray.shape == (300, 451, 3) and (gray[..., 0] == gray[..., 2]).all()
-    assert np.array_equal(np.asarray(preprocess.flip(preprocess.flip(photo))), np.asarray(photo))
-    assert preprocess.flip(photo, "vertical").getpixel((0, 0)) == photo.getpixel((0, 299))
-    assert preprocess.rotate(photo, 90).size == (300, 451)
-    assert preprocess.rotate(photo, 90, expand=False).size == photo.size
-    assert preprocess.rotate(photo, -720).size == photo.size
-    assert np.asarray(preprocess.blur(photo, 10)).std() < np.asarray(photo).std()
-    assert np.array_equal(np.asarray(preprocess.blur(photo, 0)), np.asarray(photo))
+    assert np.array_equal(np.asarray(transforms.flip(transforms.flip(photo))), np.asarray(photo))
+    assert transforms.flip(photo, "vertical").getpixel((0, 0)) == photo.getpixel((0, 299))
+    assert transforms.rotate(photo, 90).size == (300, 451)
+    assert transforms.rotate(photo, 90, expand=False).size == photo.size
+    assert transforms.rotate(photo, -720).size == photo.size
+    assert np.asarray(transforms.blur(photo, 10)).std() < np.asarray(photo).std()
+    assert np.array_equal(np.asarray(transforms.blur(photo, 0)), np.asarray(photo))
     low_contrast = Image.new("RGB", (4, 4), (100, 100, 100))
     low_contrast.putpixel((0, 0), (120, 120, 120))
-    assert preprocess.normalize(low_contrast).getpixel((0, 0)) == (255, 255, 255)
+    assert transforms.normalize(low_contrast).getpixel((0, 0)) == (255, 255, 255)
 
 
 @pytest.mark.parametrize(
@@ -248,15 +249,15 @@ def test_grayscale_flip_rotate_blur_normalize(photo: Image.Image) -> None:
 )
 def test_absurd_parameters_get_specific_errors(photo: Image.Image, op: str, kwargs: dict, message: str) -> None:
     with pytest.raises(PreprocessError, match=message):
-        preprocess.TRANSFORMS[op](photo, **kwargs)
+        transforms.TRANSFORMS[op](photo, **kwargs)
 
 
 def test_pipeline_applies_steps_in_order(photo: Image.Image) -> None:
     steps = [{"op": "crop", "width": 200, "height": 100}, {"op": "rotate", "angle": 90}, {"op": "grayscale"}]
-    result = preprocess.pipeline(photo, steps)
+    result = transforms.pipeline(photo, steps)
     assert result.size == (100, 200)
-    assert preprocess.pipeline(photo, '[{"op": "resize", "width": 45}]').size == (45, 30)
-    assert preprocess.pipeline(photo, []).size == photo.size
+    assert transforms.pipeline(photo, '[{"op": "resize", "width": 45}]').size == (45, 30)
+    assert transforms.pipeline(photo, []).size == photo.size
 
 
 @pytest.mark.parametrize(
@@ -275,13 +276,13 @@ def test_pipeline_applies_steps_in_order(photo: Image.Image) -> None:
 )
 def test_pipeline_refuses_bad_steps(photo: Image.Image, steps, message: str) -> None:
     with pytest.raises(PreprocessError, match=message):
-        preprocess.pipeline(photo, steps)
+        transforms.pipeline(photo, steps)
 
 
 def test_cli_applies_a_transform(tmp_path) -> None:
     out = tmp_path / "out.png"
     done = subprocess.run(
-        [sys.executable, "preprocess.py", "resize", str(CHELSEA), str(out), "--width", "100"],
+        [sys.executable, "transforms.py", "resize", str(CHELSEA), str(out), "--width", "100"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -289,9 +290,27 @@ def test_cli_applies_a_transform(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     assert Image.open(out).size == (100, 67)
     bad = subprocess.run(
-        [sys.executable, "preprocess.py", "blur", str(CHELSEA), str(out), "--radius", "1e6"],
+        [sys.executable, "transforms.py", "blur", str(CHELSEA), str(out), "--radius", "1e6"],
         cwd=REPO,
         capture_output=True,
         text=True,
     )
     assert bad.returncode == 2 and "radius must be between 0 and 50" in bad.stderr
+
+
+def test_readme_lists_each_transform_as_the_table_declares_it() -> None:
+    readme = (REPO / "README.md").read_text()
+    for transform in transforms.TRANSFORMS.values():
+        assert transforms.readme_row(transform) in readme, transforms.readme_row(transform)
+
+
+def test_cli_options_follow_the_table(tmp_path) -> None:
+    out = tmp_path / "out.png"
+    done = subprocess.run(
+        [sys.executable, "transforms.py", "rotate", str(CHELSEA), str(out), "--angle", "90", "--no-expand"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == Image.open(CHELSEA).size

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from train.publish import GateError, PublishConfig, publish, validate
+from train.gates import Gates, PublishGate, publish_failure
+from train.publish import GateError, publish, validate
 
-SPACE_TOP_LEVEL = {"app.py", "inference.py", "preprocess.py", "requirements.txt", "README.md"}
+SPACE_TOP_LEVEL = {"app.py", "inference.py", "preprocess.py", "transforms.py", "requirements.txt", "README.md"}
 
 
 @pytest.fixture
@@ -43,8 +44,8 @@ def set_test_accuracy(root: Path, accuracy: float) -> None:
     (root / "model" / "card.json").write_text(json.dumps(card))
 
 
-def config(threshold: float = 0.5, regression: float = 0.01) -> PublishConfig:
-    return PublishConfig(threshold, regression, PublishConfig.load().space_files)
+def config(threshold: float = 0.5, regression: float = 0.01) -> PublishGate:
+    return PublishGate(threshold, regression)
 
 
 def test_dry_run_lists_exactly_the_space_files(space_copy: Path, capsys: pytest.CaptureFixture) -> None:
@@ -85,7 +86,7 @@ def test_gate_refuses_a_model_whose_sha256_does_not_match(space_copy: Path) -> N
 
 def test_gate_refuses_a_labels_count_mismatch(space_copy: Path) -> None:
     (space_copy / "model" / "labels.json").write_text('["a", "b"]')
-    with pytest.raises(GateError, match="labels.json lists 2 classes but the model has 37 outputs"):
+    with pytest.raises(GateError, match="37 species but labels.json lists 2 classes"):
         validate(space_copy / "model", config(), None)
 
 
@@ -138,13 +139,23 @@ def test_deploy_runs_only_after_ci_passed_on_main_with_least_privilege() -> None
 
 def test_the_shipped_model_passes_the_committed_gate() -> None:
     """Otherwise every merge to main would fail to deploy."""
-    assert validate(REPO / "model", PublishConfig.load(), None)["mlflow"]["alias"] == "champion"
+    assert validate(REPO / "model", Gates.load().publish, None).mlflow["alias"] == "champion"
 
 
-def test_publish_config_names_a_missing_key(tmp_path: Path) -> None:
+def test_gates_file_names_a_missing_key(tmp_path: Path) -> None:
     from train.config import ConfigError
 
-    path = tmp_path / "publish.toml"
-    path.write_text('min_test_accuracy = 0.9\nspace_files = ["app.py"]\n')
-    with pytest.raises(ConfigError, match=r"missing key\(s\) \['max_regression'\], unknown key\(s\) \[\]"):
-        PublishConfig.load(path)
+    text = (REPO / "train" / "configs" / "gates.toml").read_text().replace("max_regression", "max_regresion")
+    (tmp_path / "gates.toml").write_text(text)
+    with pytest.raises(
+        ConfigError, match=r"\[publish\] missing key\(s\) \['max_regression'\], unknown key\(s\) \['max_regresion'\]"
+    ):
+        Gates.load(tmp_path / "gates.toml")
+
+
+def test_publish_gate_function() -> None:
+    gate = PublishGate(min_test_accuracy=0.9, max_regression=0.005)
+    assert publish_failure(0.91, None, gate) is None and publish_failure(0.91, 0.914, gate) is None
+    assert "below the threshold" in publish_failure(0.89, None, gate)
+    assert "below the 0.9200 the Space serves now" in publish_failure(0.91, 0.92, gate)
+    assert "no test accuracy" in publish_failure(None, None, gate)

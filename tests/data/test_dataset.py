@@ -64,4 +64,4 @@ def test_evaluating_a_model_on_another_dataset_is_a_clear_error(tiny_data, capsy
     from train.__main__ import main
 
     assert main(["--data-dir", str(tiny_data), "evaluate", "--model", str(MODEL_DIR)]) == 1
-    assert "3 classes differ from the 37" in capsys.readouterr().err
+    assert "3 classes differ from the model's 37" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from tests.conftest import CHELSEA, MODEL_DIR
 
 @pytest.fixture(scope="module")
 def classifier() -> PetClassifier:
-    return PetClassifier(MODEL_DIR)
+    return PetClassifier.load(MODEL_DIR)
 
 
 def test_model_folder_is_consistent() -> None:
@@ -73,26 +73,26 @@ def test_exif_rotated_photo_predicts_like_the_upright_one(classifier: PetClassif
 
 def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PETS_THREADS", "1")
-    assert PetClassifier(MODEL_DIR).session.get_session_options().intra_op_num_threads == 1
+    assert PetClassifier.load(MODEL_DIR).session.get_session_options().intra_op_num_threads == 1
 
 
 def test_missing_model_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(ModelError, match=r"model\.onnx is missing"):
-        PetClassifier(tmp_path)
+        PetClassifier.load(tmp_path)
 
 
 def test_mismatched_model_folder_is_refused(tmp_path) -> None:
     folder = tmp_path / "model"
     shutil.copytree(MODEL_DIR, folder)
     (folder / "labels.json").write_text(json.dumps(["only", "two"]))
-    with pytest.raises(ModelError, match=r"outputs but labels\.json lists 2"):
-        PetClassifier(folder)
+    with pytest.raises(ModelError, match=r"37 species but labels\.json lists 2 classes"):
+        PetClassifier.load(folder)
     (folder / "labels.json").write_text((MODEL_DIR / "labels.json").read_text())
-    served = "model.int8.onnx" if PetClassifier(folder).variant == "int8" else "model.onnx"
+    served = "model.int8.onnx" if PetClassifier.load(folder).variant == "int8" else "model.onnx"
     with open(folder / served, "ab") as handle:
         handle.write(b"\0")
     with pytest.raises(ModelError, match="sha256"):
-        PetClassifier(folder)
+        PetClassifier.load(folder)
 
 
 def test_readme_reports_the_cards_numbers() -> None:

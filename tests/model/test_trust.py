@@ -14,18 +14,18 @@ from tests.conftest import CHELSEA, MODEL_DIR
 
 @pytest.fixture(scope="module")
 def classifier() -> PetClassifier:
-    return PetClassifier(MODEL_DIR)
+    return PetClassifier.load(MODEL_DIR)
 
 
 def test_card_carries_calibration_and_threshold(classifier: PetClassifier) -> None:
     card = classifier.card
-    calibration = card["calibration"]
+    calibration = card.calibration
     assert calibration["bins"] == 15 and calibration["temperature"] > 0
     assert calibration["nll_after"] <= calibration["nll_before"]
     assert classifier.temperature == calibration["temperature"]
-    assert 0 < classifier.threshold < 1 and card["not_sure"]["fitted_on"] == calibration["fitted_on"]
-    assert calibration["fitted_on"] == ("out-of-fold" if "cv" in card["metrics"] else "val")
-    assert 0 <= card["not_sure"]["non_pet"]["rate"] <= 1
+    assert 0 < classifier.threshold < 1 and card.not_sure["fitted_on"] == calibration["fitted_on"]
+    assert calibration["fitted_on"] == ("out-of-fold" if "cv" in card.metrics else "val")
+    assert 0 <= card.not_sure["non_pet"]["rate"] <= 1
 
 
 def test_temperature_is_applied(classifier: PetClassifier) -> None:
@@ -71,20 +71,20 @@ def test_explaining_does_not_change_the_prediction(classifier: PetClassifier) ->
 
 
 def test_int8_variant_when_shipped(classifier: PetClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
-    int8 = classifier.card.get("int8", {})
+    int8 = classifier.card.int8 or {}
     if not int8.get("accepted"):
         assert not (MODEL_DIR / "model.int8.onnx").exists()  # a rejected model is not shipped
         return
     assert classifier.variant == "int8"
     assert int8["test_accuracy_drop"] <= 0.005 and int8["speedup_1_thread"] >= 1.8
-    fp32 = PetClassifier(MODEL_DIR, variant="fp32")
+    fp32 = PetClassifier.load(MODEL_DIR, variant="fp32")
     assert fp32.predict(CHELSEA).top[0][0] == classifier.predict(CHELSEA).top[0][0]
     monkeypatch.setenv("PETS_MODEL_VARIANT", "fp32")
-    assert PetClassifier(MODEL_DIR).variant == "fp32"
+    assert PetClassifier.load(MODEL_DIR).variant == "fp32"
 
 
 def test_unknown_variant_is_a_clear_error() -> None:
     from inference import ModelError
 
     with pytest.raises(ModelError, match="No model variant 'fp16'"):
-        PetClassifier(MODEL_DIR, variant="fp16")
+        PetClassifier.load(MODEL_DIR, variant="fp16")

@@ -1,0 +1,101 @@
+"""The gates between training and the Space, from one TOML file (train/configs/gates.toml), each checked by
+a pure function so its test exercises exactly the rule that runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from train.config import ConfigError, read_toml
+
+GATES = Path(__file__).parent / "configs" / "gates.toml"
+
+
+@dataclass(frozen=True)
+class ParityGate:
+    images: int
+    max_abs_logit_delta: float
+
+
+@dataclass(frozen=True)
+class Int8Gate:
+    calibration_images: int
+    max_accuracy_drop: float
+    min_speedup: float
+
+
+@dataclass(frozen=True)
+class CalibrationGate:
+    max_flagged_correct: float
+    ece_bins: int
+
+
+@dataclass(frozen=True)
+class PublishGate:
+    min_test_accuracy: float
+    max_regression: float
+
+
+@dataclass(frozen=True)
+class Gates:
+    parity: ParityGate
+    int8: Int8Gate
+    calibration: CalibrationGate
+    publish: PublishGate
+
+    @classmethod
+    def load(cls, path: Path = GATES) -> Gates:
+        data = read_toml(path)
+        _check_keys(path, "", data, [f.name for f in fields(cls)])
+        tables = {}
+        for table in fields(cls):
+            kind = globals()[table.type] if isinstance(table.type, str) else table.type
+            names = [f.name for f in fields(kind)]
+            _check_keys(path, f"[{table.name}] ", data[table.name], names)
+            types = {f.name: f.type for f in fields(kind)}
+            values = {}
+            for key, value in data[table.name].items():
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or (types[key] == "int" and isinstance(value, float))
+                ):
+                    raise ConfigError(f"{path}: [{table.name}] {key} must be a {types[key]}, got {value!r}.")
+                values[key] = float(value) if types[key] == "float" else value
+            tables[table.name] = kind(**values)
+        return cls(**tables)
+
+
+def _check_keys(path: Path, where: str, data: dict, expected: list[str]) -> None:
+    missing, unknown = [k for k in expected if k not in data], sorted(set(data) - set(expected))
+    if missing or unknown:
+        raise ConfigError(f"{path}: {where}missing key(s) {missing}, unknown key(s) {unknown}.")
+
+
+def parity_failure(max_abs_delta: float, same_top1: bool, gate: ParityGate) -> str | None:
+    """Why the ONNX model does not reproduce torch, or None when it does."""
+    if max_abs_delta > gate.max_abs_logit_delta or not same_top1:
+        return f"max |Δlogit| = {max_abs_delta:.2e} (at most {gate.max_abs_logit_delta:g}), same top-1: {same_top1}"
+    return None
+
+
+def int8_accepted(accuracy_drop: float, speedup: float, gate: Int8Gate) -> bool:
+    return accuracy_drop <= gate.max_accuracy_drop and speedup >= gate.min_speedup
+
+
+def int8_rule(gate: Int8Gate) -> str:
+    return f"top-1 drop <= {gate.max_accuracy_drop:.3f} and speedup >= {gate.min_speedup}x at 1 thread"
+
+
+def publish_failure(accuracy: float | None, served_accuracy: float | None, gate: PublishGate) -> str | None:
+    """Why the card's test accuracy may not go to the Space, or None when it may."""
+    if accuracy is None:
+        return "card.json has no test accuracy: run `python -m train select` first."
+    if accuracy < gate.min_test_accuracy:
+        return f"Test accuracy {accuracy:.4f} is below the threshold {gate.min_test_accuracy:.4f}."
+    if served_accuracy is not None and accuracy < served_accuracy - gate.max_regression:
+        return (
+            f"Test accuracy {accuracy:.4f} is more than {gate.max_regression:.4f} below the "
+            f"{served_accuracy:.4f} the Space serves now."
+        )
+    return None

@@ -1,0 +1,227 @@
+"""The Transform tab's toolbox and its command line: image transforms with range-checked parameters.
+
+One table, `TRANSFORMS`, declares each transform's parameters, types and ranges; the checks, the command
+line, the app's controls and the README's endpoint rows all follow from it. Imports `preprocess` only.
+
+    python transforms.py resize in.jpg out.png --width 320
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageFilter, ImageOps
+
+from preprocess import PreprocessError, load_image
+
+MAX_SIDE = 4096
+MAX_PIPELINE_STEPS = 20
+REQUIRED = object()  # a parameter without a default must be given
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type  # int, float, bool or str
+    low: float = -math.inf
+    high: float = math.inf
+    default: Any = REQUIRED  # None: may be left empty
+    example: Any = None  # what the app's control starts with
+    choices: tuple[str, ...] = ()
+    note: str = ""
+
+    def check(self, value: Any) -> Any:
+        """The value, or a PreprocessError that names the parameter and says what is allowed."""
+        if value is None and self.default is None:
+            return None
+        if self.kind is bool:
+            return bool(value)
+        if self.kind is str:
+            if value not in self.choices:
+                raise PreprocessError(f"{self.name} must be {' or '.join(map(repr, self.choices))}, got {value!r}.")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PreprocessError(f"{self.name} must be a number, got {value!r}.")
+        if not math.isfinite(value):
+            raise PreprocessError(f"{self.name} must be a finite number, got {value!r}.")
+        if not self.low <= value <= self.high:
+            raise PreprocessError(f"{self.name} must be between {self.low:g} and {self.high:g}, got {value!r}.")
+        if self.kind is int and value != int(value):
+            raise PreprocessError(f"{self.name} must be a whole number, got {value!r}.")
+        return self.kind(value)
+
+    def describe(self) -> str:
+        """For people: the README's endpoint table and the app's labels."""
+        if self.choices:
+            allowed = " or ".join(f'"{choice}"' for choice in self.choices)
+        elif self.kind is bool:
+            allowed = "true or false"
+        elif math.isinf(self.low):
+            allowed = "any"
+        else:
+            allowed = f"{self.low:g}–{self.high:g}"
+        return f"{self.name} ({allowed}{', ' + self.note if self.note else ''})"
+
+
+@dataclass(frozen=True)
+class Transform:
+    name: str
+    operation: Callable[..., Image.Image]  # gets parameters that passed their checks
+    params: tuple[Param, ...] = ()
+    summary: str = ""
+
+    def __call__(self, image: Image.Image, *args: Any, **kwargs: Any) -> Image.Image:
+        names = [p.name for p in self.params]
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown or len(args) > len(names):
+            takes = ", ".join(names) or "no parameters"
+            raise PreprocessError(f"got parameters {unknown or list(args)}, but it takes {takes}.")
+        given = dict(zip(names, args, strict=False)) | kwargs
+        checked = {}
+        for param in self.params:
+            if param.name not in given and param.default is REQUIRED:
+                raise PreprocessError(f"{self.name} needs {param.name}.")
+            checked[param.name] = param.check(given.get(param.name, param.default))
+        return self.operation(image, **checked)
+
+
+def _resize(image: Image.Image, width: int | None, height: int | None) -> Image.Image:
+    if width is None and height is None:
+        raise PreprocessError("resize needs a width, a height or both.")
+    w = width or min(MAX_SIDE, max(1, round(image.width * height / image.height)))
+    h = height or min(MAX_SIDE, max(1, round(image.height * w / image.width)))
+    return image.resize((w, h), Image.Resampling.LANCZOS)
+
+
+def _crop(image: Image.Image, width: int, height: int, left: int | None, top: int | None) -> Image.Image:
+    w = Param("width", int, 1, image.width).check(width)
+    h = Param("height", int, 1, image.height).check(height)
+    x = (image.width - w) // 2 if left is None else Param("left", int, 0, image.width - w).check(left)
+    y = (image.height - h) // 2 if top is None else Param("top", int, 0, image.height - h).check(top)
+    return image.crop((x, y, x + w, y + h))
+
+
+def _rotate(image: Image.Image, angle: float, expand: bool) -> Image.Image:
+    return image.rotate(angle % 360.0, Image.Resampling.BICUBIC, expand=expand, fillcolor=(255, 255, 255))
+
+
+def _flip(image: Image.Image, direction: str) -> Image.Image:
+    return ImageOps.mirror(image) if direction == "horizontal" else ImageOps.flip(image)
+
+
+SIZE = {"kind": int, "low": 1, "high": MAX_SIDE}
+resize = Transform(
+    "resize",
+    _resize,
+    (Param("width", **SIZE, default=None, note="empty keeps the aspect ratio"), Param("height", **SIZE, default=None)),
+    "Resize; with one side given, keep the aspect ratio.",
+)
+crop = Transform(
+    "crop",
+    _crop,
+    (
+        Param("width", **SIZE, example=200),
+        Param("height", **SIZE, example=200),
+        Param("left", int, 0, MAX_SIDE, default=None, note="empty centres the box"),
+        Param("top", int, 0, MAX_SIDE, default=None),
+    ),
+    "Crop a width × height box at (left, top), centred when they are empty.",
+)
+grayscale = Transform("grayscale", lambda image: image.convert("L").convert("RGB"), (), "Grey levels, as RGB.")
+rotate = Transform(
+    "rotate",
+    _rotate,
+    (Param("angle", float, example=90, note="degrees, counter-clockwise"), Param("expand", bool, default=True)),
+    "Rotate; `expand` grows the canvas to keep the corners.",
+)
+flip = Transform(
+    "flip",
+    _flip,
+    (Param("direction", str, default="horizontal", choices=("horizontal", "vertical")),),
+    "Mirror left–right or upside down.",
+)
+blur = Transform(
+    "blur",
+    lambda image, radius: image.filter(ImageFilter.GaussianBlur(radius)),
+    (Param("radius", float, 0, 50, example=4),),
+    "Gaussian blur.",
+)
+normalize = Transform(
+    "normalize",
+    lambda image, cutoff: ImageOps.autocontrast(image, cutoff=cutoff),
+    (Param("cutoff", float, 0, 49, default=0.0, example=1, note="percent ignored at each end"),),
+    "Autocontrast: stretch the histogram.",
+)
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (resize, crop, grayscale, rotate, flip, blur, normalize)}
+
+
+def pipeline(image: Image.Image, steps: Sequence[dict[str, Any]] | str) -> Image.Image:
+    """Apply steps such as [{"op": "resize", "width": 256}, {"op": "flip"}] in order (list or JSON text)."""
+    for number, step in enumerate(parse_steps(steps), start=1):
+        try:
+            image = TRANSFORMS[step["op"]](image, **{key: value for key, value in step.items() if key != "op"})
+        except PreprocessError as error:
+            raise PreprocessError(f"Step {number} ({step['op']}): {error}") from None
+    return image
+
+
+def parse_steps(steps: Sequence[dict[str, Any]] | str) -> list[dict[str, Any]]:
+    if isinstance(steps, str):
+        try:
+            steps = json.loads(steps)
+        except json.JSONDecodeError as error:
+            raise PreprocessError(f"The pipeline is not valid JSON: {error}.") from None
+    if not isinstance(steps, list) or not all(isinstance(step, dict) for step in steps):
+        raise PreprocessError('The pipeline must be a list of steps like {"op": "flip"}.')
+    if len(steps) > MAX_PIPELINE_STEPS:
+        raise PreprocessError(f"A pipeline has at most {MAX_PIPELINE_STEPS} steps, got {len(steps)}.")
+    for number, step in enumerate(steps, start=1):
+        if step.get("op") not in TRANSFORMS:
+            raise PreprocessError(
+                f"Step {number}: unknown operation {step.get('op')!r}; choose one of {', '.join(TRANSFORMS)}."
+            )
+    return steps
+
+
+def readme_row(transform: Transform) -> str:
+    """The transform's row in the README's endpoint table."""
+    params = "".join(f", {param.describe()}" for param in transform.params)
+    return f"| `/{transform.name}` | image{params} | image |"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Apply one image transform: transforms.py OP in.jpg out.png")
+    commands = parser.add_subparsers(dest="op", required=True)
+    for transform in TRANSFORMS.values():
+        command = commands.add_parser(transform.name, help=transform.summary)
+        for param in transform.params:
+            if param.kind is bool:
+                command.add_argument(f"--{param.name}", action=argparse.BooleanOptionalAction, default=param.default)
+            else:
+                command.add_argument(f"--{param.name}", type=param.kind, choices=param.choices or None)
+    steps = commands.add_parser("pipeline", help=pipeline.__doc__)
+    steps.add_argument("--steps", required=True, help='JSON, e.g. [{"op": "resize", "width": 256}]')
+    for command in commands.choices.values():
+        command.add_argument("source", type=Path)
+        command.add_argument("target", type=Path)
+    args = vars(parser.parse_args(argv))
+    op, source, target = args.pop("op"), args.pop("source"), args.pop("target")
+    params = {key: value for key, value in args.items() if value is not None}
+    try:
+        image = load_image(source)
+        result = pipeline(image, params["steps"]) if op == "pipeline" else TRANSFORMS[op](image, **params)
+        result.save(target)
+    except PreprocessError as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"{target}\t{result.width}×{result.height}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
