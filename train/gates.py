@@ -46,24 +46,25 @@ class Gates:
     @classmethod
     def load(cls, path: Path = GATES) -> Gates:
         data = read_toml(path)
-        _check_keys(path, "", data, [f.name for f in fields(cls)])
-        tables = {}
-        for table in fields(cls):
-            kind = globals()[table.type] if isinstance(table.type, str) else table.type
-            names = [f.name for f in fields(kind)]
-            _check_keys(path, f"[{table.name}] ", data[table.name], names)
-            types = {f.name: f.type for f in fields(kind)}
-            values = {}
-            for key, value in data[table.name].items():
-                if (
-                    isinstance(value, bool)
-                    or not isinstance(value, (int, float))
-                    or (types[key] == "int" and isinstance(value, float))
-                ):
-                    raise ConfigError(f"{path}: [{table.name}] {key} must be a {types[key]}, got {value!r}.")
-                values[key] = float(value) if types[key] == "float" else value
-            tables[table.name] = kind(**values)
-        return cls(**tables)
+        _check_keys(path, "", data, list(TABLES))
+        return cls(**{name: _table(path, name, kind, data[name]) for name, kind in TABLES.items()})
+
+
+TABLES = {"parity": ParityGate, "int8": Int8Gate, "calibration": CalibrationGate, "publish": PublishGate}
+
+
+def _table(path: Path, name: str, kind: type, data: dict) -> object:
+    """One gate's table: exactly its keys, each a number of the declared type."""
+    types = {field.name: field.type for field in fields(kind)}
+    _check_keys(path, f"[{name}] ", data, list(types))
+    for key, value in data.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (types[key] == "int" and isinstance(value, float))
+        ):
+            raise ConfigError(f"{path}: [{name}] {key} must be a {types[key]}, got {value!r}.")
+    return kind(**{key: float(value) if types[key] == "float" else value for key, value in data.items()})
 
 
 def _check_keys(path: Path, where: str, data: dict, expected: list[str]) -> None:
