@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: set it to True to opt in
 import gradio as gr
 from PIL import Image
 

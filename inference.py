@@ -23,6 +23,8 @@ from preprocess import ImageSource, InputSpec, PreprocessError, load_image, mode
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 
+ort.disable_telemetry_events()  # privacy by default (it is a no-op outside Windows builds)
+
 
 class ModelError(RuntimeError):
     """The model folder is missing, incomplete or inconsistent."""

@@ -36,3 +36,17 @@ def test_no_share_link_no_debug_and_the_upload_limit(app_in_process) -> None:
     assert app.demo.share is False and app.demo.share_url is None and not app.demo.show_error
     config = httpx.get(url + "config", timeout=10).json()
     assert config["max_file_size"] == 20 * 1024 * 1024
+
+
+def test_gradio_analytics_are_off_unless_the_user_opts_in() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import app, gradio.analytics as a; print(a.analytics_enabled())"
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_ANALYTICS_ENABLED"}
+    for extra, expected in (({}, "False"), ({"GRADIO_ANALYTICS_ENABLED": "True"}, "True")):
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env | extra, capture_output=True, text=True)
+        assert done.stdout.split() == [expected], done.stderr[-500:]
