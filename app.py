@@ -18,6 +18,7 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: set it to True to opt in
 import gradio as gr
+from gradio.components.label import LabelConfidence, LabelData
 from PIL import Image
 
 import preprocess
@@ -30,6 +31,7 @@ HERE = Path(__file__).parent
 EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 MAX_BATCH_FILES = 32
+NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
 # Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
 # evicts the oldest only past this many sessions; each REST call is a new session. The app keeps no
 # per-session state of its own (no gr.State), so an evicted session just starts afresh. (README, "Memory")
@@ -52,6 +54,19 @@ class ImageUpload(gr.Image):
         if payload.path is None and payload.url and payload.url.startswith("data:"):
             return base64.b64decode(payload.url.split(",", 1)[1])
         return payload.path
+
+
+class BreedLabel(gr.Label):
+    """A label whose headline reads "Not sure" below the calibrated threshold, the top-5 staying in
+    `confidences`: API clients see the flag the page shows."""
+
+    is_template = True  # rendered by the frontend's own Label component
+
+    def postprocess(self, value: Prediction | None) -> LabelData | dict:
+        if not isinstance(value, Prediction):
+            return super().postprocess(value)
+        confidences = [LabelConfidence(label=name, confidence=p) for name, p in value.top]
+        return LabelData(label=NOT_SURE if value.not_sure else value.top[0][0], confidences=confidences)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -82,18 +97,18 @@ def _require(image: Any) -> Image.Image:
 
 
 @user_errors
-def identify(image: Any) -> tuple[dict[str, float], str, dict, Image.Image]:
+def identify(image: Any) -> tuple[Prediction, str, dict, Image.Image]:
     """The Identify button: one decode and one model run (logits and CAM) feed the label, the summary
     line, the JSON details and the heatmap."""
     photo = _require(image)
     prediction, heat = classifier.explain(photo)
-    return prediction.as_label(), summary_line(prediction), prediction.as_details(), overlay(photo, heat)
+    return prediction, summary_line(prediction), prediction.as_details(), overlay(photo, heat)
 
 
 @user_errors
-def predict(image: Any) -> dict[str, float]:
-    """The five most likely breeds with their probabilities."""
-    return classifier.predict(_require(image)).as_label()
+def predict(image: Any) -> Prediction:
+    """The five most likely breeds with their probabilities; the label reads "Not sure" when unsure."""
+    return classifier.predict(_require(image))
 
 
 @user_errors
@@ -258,7 +273,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
                 label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath", elem_id="photo"
             )
             with gr.Column():
-                breeds = gr.Label(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
+                breeds = BreedLabel(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
                 summary = gr.Markdown(elem_id="summary")
             heatmap = gr.Image(
                 label="What it looked at (class activation map)", type="pil", format="jpeg", elem_id="heatmap"

@@ -190,10 +190,6 @@ class Prediction:
             "threshold": self.threshold,
         }
 
-    def as_label(self) -> dict[str, float]:
-        """The payload of a `gr.Label`."""
-        return dict(self.top)
-
 
 class PetClassifier:
     """An ONNX Runtime session with its card and labels; predicts breeds for images."""

@@ -50,6 +50,14 @@ def test_predict_returns_five_confidences(client: Client) -> None:
     assert result["label"] == result["confidences"][0]["label"]
 
 
+def test_predict_says_not_sure_in_its_label_and_keeps_the_top5(client: Client, tmp_path: Path) -> None:
+    Image.new("RGB", (320, 240), (255, 255, 255)).save(tmp_path / "white.png")
+    result = client.predict(handle_file(tmp_path / "white.png"), api_name="/predict")
+    details = client.predict(handle_file(tmp_path / "white.png"), api_name="/predict_details")
+    assert details["not_sure"] and result["label"] == "Not sure"
+    assert [c["label"] for c in result["confidences"]] == [entry["breed"] for entry in details["top"]]
+
+
 def test_predict_details_and_explain(client: Client) -> None:
     details = client.predict(handle_file(CHELSEA), api_name="/predict_details")
     assert set(details) == {"top", "species", "not_sure", "threshold"} and len(details["top"]) == 5
@@ -161,7 +169,7 @@ def test_one_identify_click_decodes_once_and_runs_the_model_once() -> None:
     runs = app.classifier.runs
     label, summary, details, heatmap = app.identify(str(CHELSEA))
     assert app.classifier.runs == runs + 1
-    assert list(label) == [entry["breed"] for entry in details["top"]] and summary
+    assert [name for name, _ in label.top] == [entry["breed"] for entry in details["top"]] and summary
     assert heatmap.size == Image.open(CHELSEA).size
     assert label == app.predict(str(CHELSEA)) and details == app.predict_details(str(CHELSEA))
 
