@@ -88,3 +88,16 @@ def test_unknown_variant_is_a_clear_error() -> None:
 
     with pytest.raises(ModelError, match="No model variant 'fp16'"):
         PetClassifier.load(MODEL_DIR, variant="fp16")
+
+
+def test_the_overlay_shows_where_the_heat_is(classifier: PetClassifier) -> None:
+    from inference import overlay
+
+    photo = Image.open(CHELSEA).convert("RGB")
+    _, heat = classifier.explain(photo)
+    shown = np.asarray(overlay(photo, heat), dtype=np.float32)
+    change = np.abs(shown - np.asarray(photo, dtype=np.float32)).mean(-1)
+    hot, cold = heat > 0.7, heat < 0.1
+    assert hot.any() and cold.any()
+    assert change[hot].mean() > 40  # clearly visible where the model looked (of 255 per channel)
+    assert change[hot].mean() > 2 * change[cold].mean()  # and the photo shows through elsewhere
