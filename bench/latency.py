@@ -23,7 +23,7 @@ from bench.common import REPO, percentiles, resident_mb, rest_call, running_app,
 from inference import PetClassifier
 from preprocess import load_image, model_input
 
-PHOTO = REPO / "examples" / "chelsea.jpg"
+PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
 
 
 def model_at(threads: int, repeats: int, variant: str) -> dict:

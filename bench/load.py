@@ -25,7 +25,7 @@ from gradio_client import Client, handle_file
 from bench.common import REPO, percentiles, resident_mb, rest_call, running_app
 from inference import PetClassifier
 
-PHOTO = REPO / "examples" / "chelsea.jpg"
+PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
 PHOTOS = sorted((REPO / "examples").glob("*.jpg"))
 RESULTS = REPO / "bench" / "results" / "memory.json"
 WARMUP = 500

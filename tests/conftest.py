@@ -12,7 +12,8 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = REPO / "model"
-CHELSEA = REPO / "examples" / "chelsea.jpg"
+CHELSEA = REPO / "tests" / "chelsea.jpg"  # scikit-image's sample photo of a cat (CC0); its breed is unknown
+EXAMPLES = sorted((REPO / "examples").glob("*.jpg"))
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -110,3 +110,15 @@ def test_readme_reports_the_cards_numbers() -> None:
     ):
         assert f"{100 * value:.1f} %" in readme, value
     assert f"version {card['mlflow']['version']}" in readme and card["model"]["backbone"][-5:] in readme
+
+
+def test_each_example_photo_is_answered_right_and_sure(classifier: PetClassifier) -> None:
+    """The Space's examples (Oxford test images, named <Breed>_<n>.jpg) must stay convincing."""
+    from tests.conftest import EXAMPLES
+
+    assert 8 <= len(EXAMPLES) <= 12
+    assert {classifier.species[classifier.labels.index(p.stem.rsplit("_", 1)[0])] for p in EXAMPLES} == {"cat", "dog"}
+    for path in EXAMPLES:
+        prediction = classifier.predict(path)
+        assert prediction.top[0][0] == readable_name(path.stem.rsplit("_", 1)[0]), path.name
+        assert not prediction.not_sure, (path.name, prediction.top[0])
