@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--model-dir", default="model")
     publish = commands.add_parser("publish", help="validate model/ and upload the Space (no torch needed)")
     publish.add_argument("--space-id", default=os.environ.get("HF_SPACE_ID"))
-    publish.add_argument("--dry-run", action="store_true", help="no network: list files, message and verdict")
+    publish.add_argument("--dry-run", action="store_true", help="upload nothing: list files, message and verdict")
+    publish.add_argument("--out", help="with --dry-run: copy exactly the tree that would be uploaded here")
     evaluate = commands.add_parser("evaluate")
     evaluate.add_argument("--model", default="model")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int | None:
     elif args.command == "publish":
         from train.publish import publish
 
-        return publish(args.space_id, args.dry_run)
+        return publish(args.space_id, args.dry_run, out=args.out)
     elif args.command == "evaluate":
         from train.evaluate import evaluate
 

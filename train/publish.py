@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from inference import ModelCard, ModelError, PetClassifier
 from train.config import ConfigError, read_toml
 from train.gates import Gates, PublishGate, publish_failure
 from train.provenance import git_commit
+from train.space_config import problems
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH_CONFIG = REPO / "train" / "configs" / "publish.toml"
@@ -81,13 +83,28 @@ def commit_message(card: ModelCard) -> str:
     )
 
 
+def check_space_config(root: Path) -> None:
+    found = problems(root)
+    if found:
+        raise GateError("The Space would not build as tested: " + "; ".join(found) + ".")
+
+
+def materialise(root: Path, files: list[Path], out: Path) -> None:
+    """Exactly the tree that would be uploaded, copied to `out` (for a deploy rehearsal)."""
+    for path in files:
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / path, out / path)
+
+
 def dry_run_report(root: Path, files: list[Path], gate: PublishGate) -> int:
-    """Files as `path<TAB>bytes`, the commit message, then the verdict; no network, so no Space comparison."""
+    """Files as `path<TAB>bytes`, the commit message, then the verdict; the Space's current model is not
+    compared (that needs its token)."""
     for path in files:
         print(f"{path.as_posix()}\t{(root / path).stat().st_size}")
     try:
         print(commit_message(ModelCard.load(root / "model" / "card.json")))
         validate(root / "model", gate, None)
+        check_space_config(root)
     except (GateError, ModelError) as error:
         print(f"gate: FAILED: {error}")
         return 1
@@ -95,17 +112,22 @@ def dry_run_report(root: Path, files: list[Path], gate: PublishGate) -> int:
     return 0
 
 
-def publish(space_id: str | None, dry_run: bool, root: Path = REPO, gate: PublishGate | None = None) -> int:
+def publish(
+    space_id: str | None, dry_run: bool, root: Path = REPO, gate: PublishGate | None = None, out: Path | None = None
+) -> int:
     gate = gate or Gates.load().publish
     files = space_files(root, load_space_files())
     token = os.environ.get("HF_TOKEN")
     if dry_run:
+        if out:
+            materialise(root, files, Path(out))
         return dry_run_report(root, files, gate)
     if not space_id:
         raise GateError("Say which Space: --space-id owner/name or HF_SPACE_ID.")
     if not token:
         raise GateError("HF_TOKEN is not set: a write token for the Space is needed.")
     card = validate(root / "model", gate, served_card(space_id, token))
+    check_space_config(root)
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

@@ -159,3 +159,46 @@ def test_publish_gate_function() -> None:
     assert "below the threshold" in publish_failure(0.89, None, gate)
     assert "below the 0.9200 the Space serves now" in publish_failure(0.91, 0.92, gate)
     assert "no test accuracy" in publish_failure(None, None, gate)
+
+
+def set_front_matter(root: Path, old: str, new: str) -> None:
+    readme = root / "README.md"
+    assert old in readme.read_text()
+    readme.write_text(readme.read_text().replace(old, new, 1))
+
+
+def test_the_front_matter_is_what_spaces_need(space_copy: Path) -> None:
+    from train.space_config import problems
+
+    assert problems(space_copy) == []
+
+
+def test_a_python_without_wheels_for_the_pins_fails(space_copy: Path) -> None:
+    from train.space_config import problems
+
+    set_front_matter(space_copy, 'python_version: "3.11"', 'python_version: "3.8"')
+    found = problems(space_copy)
+    assert any(p.startswith("numpy==") and "no wheel for Python 3.8" in p for p in found), found
+
+
+def test_front_matter_mistakes_are_named(space_copy: Path, capsys: pytest.CaptureFixture) -> None:
+    from train.space_config import problems
+
+    set_front_matter(space_copy, "colorTo: indigo", "colorTo: teal")
+    set_front_matter(space_copy, "sdk_version: 6.31.0", "sdk_version: 5.0.0")
+    set_front_matter(space_copy, "license: mit", "license: MIT License")
+    set_front_matter(space_copy, "short_description: ", "short_description: " + "very " * 12)
+    found = problems(space_copy, check_wheels=False)
+    assert len(found) == 4 and "colorTo 'teal'" in found[1] and "differs from gradio==6.31.0" in found[0], found
+    set_test_accuracy(space_copy, 0.99)
+    assert publish(None, dry_run=True, root=space_copy) == 1
+    assert "gate: FAILED: The Space would not build as tested" in capsys.readouterr().out
+
+
+def test_dry_run_materialises_exactly_the_upload(space_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    out = tmp_path_factory.mktemp("space")
+    set_test_accuracy(space_copy, 0.99)
+    assert publish(None, dry_run=True, root=space_copy, out=out) == 0
+    uploaded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert "app.py" in uploaded and "model/model.onnx" in uploaded and not {"mlflow.db", ".env"} & uploaded
+    assert not any(name.startswith(("train/", "tests/", "mlruns/")) for name in uploaded)
