@@ -9,9 +9,11 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
+from string import Template
 
-from inference import ModelCard, ModelError, PetClassifier
+from inference import ModelCard, ModelError, PetClassifier, readable_name
 from train.config import ConfigError, read_toml
 from train.gates import Gates, PublishGate, publish_failure
 from train.provenance import git_commit
@@ -19,6 +21,7 @@ from train.space_config import problems
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH_CONFIG = REPO / "train" / "configs" / "publish.toml"
+SPACE_README = REPO / "train" / "configs" / "space_readme.md"
 SKIPPED = {"__pycache__", ".DS_Store"}
 
 
@@ -89,22 +92,48 @@ def check_space_config(root: Path) -> None:
         raise GateError("The Space would not build as tested: " + "; ".join(found) + ".")
 
 
-def materialise(root: Path, files: list[Path], out: Path) -> None:
-    """Exactly the tree that would be uploaded, copied to `out` (for a deploy rehearsal)."""
+def space_readme(card: ModelCard, space_id: str | None) -> str:
+    """The visitor's page, with the Space's front matter: SPACE_README filled in from the card."""
+    test, spec, space_id = card.metrics["test"], card.preprocess, space_id or "your-name/pet-breeds"
+    cats = {name: value for name, value in test["per_class"].items() if name[:1].isupper()}  # cats: capitalised
+    weakest = sorted(cats.items(), key=lambda item: item[1])[:4]
+    cv = card.metrics.get("cv")
+    return Template(SPACE_README.read_text()).substitute(
+        threshold=f"{card.threshold:.0%}",
+        space_id=space_id,
+        url=f"https://{space_id.replace('/', '-').replace('_', '-').lower()}.hf.space",
+        backbone=f"{card.model.backbone.replace('efficientnet_lite', 'EfficientNet-Lite')} at {spec.crop} px",
+        version=card.mlflow["version"],
+        selection=f"{cv['folds']}-fold cross-validation ({cv['accuracy']:.1%})" if cv else "validation accuracy",
+        test_images=test["images"],
+        accuracy=f"{test['accuracy']:.1%}",
+        cats=f"{test['per_species'].get('cat', float('nan')):.1%}",
+        dogs=f"{test['per_species'].get('dog', float('nan')):.1%}",
+        top5=f"{test['top5_accuracy']:.1%}",
+        weakest=", ".join(f"{readable_name(name)} {value:.0%}" for name, value in weakest),
+        ece=f"{test['ece']:.1%}",
+    )
+
+
+def build_space(root: Path, files: list[Path], card: ModelCard, space_id: str | None, out: Path) -> list[Path]:
+    """Exactly the tree to upload, in `out`: the Space's files and its README; returns its files."""
     for path in files:
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / path, out / path)
+    (out / "README.md").write_text(space_readme(card, space_id))
+    return [*files, Path("README.md")]
 
 
-def dry_run_report(root: Path, files: list[Path], gate: PublishGate) -> int:
+def dry_run_report(root: Path, files: list[Path], gate: PublishGate, out: Path) -> int:
     """Files as `path<TAB>bytes`, the commit message, then the verdict; the Space's current model is not
     compared (that needs its token)."""
-    for path in files:
-        print(f"{path.as_posix()}\t{(root / path).stat().st_size}")
     try:
-        print(commit_message(ModelCard.load(root / "model" / "card.json")))
         validate(root / "model", gate, None)
-        check_space_config(root)
+        card = ModelCard.load(root / "model" / "card.json")
+        for path in build_space(root, files, card, None, out):
+            print(f"{path.as_posix()}\t{(out / path).stat().st_size}")
+        print(commit_message(card))
+        check_space_config(out)
     except (GateError, ModelError) as error:
         print(f"gate: FAILED: {error}")
         return 1
@@ -119,26 +148,27 @@ def publish(
     files = space_files(root, load_space_files())
     token = os.environ.get("HF_TOKEN")
     if dry_run:
-        if out:
-            materialise(root, files, Path(out))
-        return dry_run_report(root, files, gate)
+        with tempfile.TemporaryDirectory() as scratch:
+            return dry_run_report(root, files, gate, Path(out or scratch))
     if not space_id:
         raise GateError("Say which Space: --space-id owner/name or HF_SPACE_ID.")
     if not token:
         raise GateError("HF_TOKEN is not set: a write token for the Space is needed.")
     card = validate(root / "model", gate, served_card(space_id, token))
-    check_space_config(root)
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
-    info = api.upload_folder(
-        repo_id=space_id,
-        repo_type="space",
-        folder_path=root,
-        commit_message=commit_message(card),
-        allow_patterns=[path.as_posix() for path in files],
-        delete_patterns=["model/**", "examples/**"],
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        tree = Path(scratch)
+        files = build_space(root, files, card, space_id, tree)
+        check_space_config(tree)
+        api = HfApi(token=token)
+        api.create_repo(space_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+        info = api.upload_folder(
+            repo_id=space_id,
+            repo_type="space",
+            folder_path=tree,
+            commit_message=commit_message(card),
+            delete_patterns=["model/**", "examples/**"],
+        )
     print(f"published {len(files)} files to {space_id}: {info.commit_url}", file=sys.stderr)
     return 0

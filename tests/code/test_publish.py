@@ -60,7 +60,8 @@ def test_dry_run_lists_exactly_the_space_files(space_copy: Path, capsys: pytest.
         if p.is_file() and "__pycache__" not in p.parts
     }
     assert set(listed) == expected
-    assert all(int(size) == (space_copy / path).stat().st_size for path, size in listed.items())
+    sizes = {path: int(size) for path, size in listed.items() if path != "README.md"}  # README: the Space's own
+    assert all(size == (space_copy / path).stat().st_size for path, size in sizes.items())
     assert lines[-2].startswith("Deploy ") and "pet-breed-classifier version" in lines[-2]
     assert lines[-1].startswith("gate: passed")
 
@@ -161,38 +162,61 @@ def test_publish_gate_function() -> None:
     assert "no test accuracy" in publish_failure(None, None, gate)
 
 
-def set_front_matter(root: Path, old: str, new: str) -> None:
-    readme = root / "README.md"
+def set_front_matter(readme: Path, old: str, new: str) -> None:
     assert old in readme.read_text()
     readme.write_text(readme.read_text().replace(old, new, 1))
 
 
-def test_the_front_matter_is_what_spaces_need(space_copy: Path) -> None:
+@pytest.fixture
+def space_tree(space_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the dry run materialises: the Space's files and the README written for it."""
+    out = tmp_path_factory.mktemp("space")
+    set_test_accuracy(space_copy, 0.99)
+    assert publish(None, dry_run=True, root=space_copy, out=out) == 0
+    return out
+
+
+def test_the_front_matter_is_what_spaces_need(space_tree: Path) -> None:
     from train.space_config import problems
 
-    assert problems(space_copy) == []
+    assert problems(space_tree) == []
 
 
-def test_a_python_without_wheels_for_the_pins_fails(space_copy: Path) -> None:
+def test_a_python_without_wheels_for_the_pins_fails(space_tree: Path) -> None:
     from train.space_config import problems
 
-    set_front_matter(space_copy, 'python_version: "3.11"', 'python_version: "3.8"')
-    found = problems(space_copy)
+    set_front_matter(space_tree / "README.md", 'python_version: "3.11"', 'python_version: "3.8"')
+    found = problems(space_tree)
     assert any(p.startswith("numpy==") and "no wheel for Python 3.8" in p for p in found), found
 
 
-def test_front_matter_mistakes_are_named(space_copy: Path, capsys: pytest.CaptureFixture) -> None:
+def test_front_matter_mistakes_are_named(
+    space_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import train.publish
     from train.space_config import problems
 
-    set_front_matter(space_copy, "colorTo: indigo", "colorTo: teal")
-    set_front_matter(space_copy, "sdk_version: 6.31.0", "sdk_version: 5.0.0")
-    set_front_matter(space_copy, "license: mit", "license: MIT License")
-    set_front_matter(space_copy, "short_description: ", "short_description: " + "very " * 12)
-    found = problems(space_copy, check_wheels=False)
-    assert len(found) == 4 and "colorTo 'teal'" in found[1] and "differs from gradio==6.31.0" in found[0], found
+    template = tmp_path / "space_readme.md"
+    shutil.copy(train.publish.SPACE_README, template)
+    set_front_matter(template, "colorTo: indigo", "colorTo: teal")
+    set_front_matter(template, "sdk_version: 6.31.0", "sdk_version: 5.0.0")
+    set_front_matter(template, "license: mit", "license: MIT License")
+    set_front_matter(template, "short_description: ", "short_description: " + "very " * 12)
+    monkeypatch.setattr(train.publish, "SPACE_README", template)
     set_test_accuracy(space_copy, 0.99)
-    assert publish(None, dry_run=True, root=space_copy) == 1
+    out = tmp_path / "space"
+    assert publish(None, dry_run=True, root=space_copy, out=out) == 1
     assert "gate: FAILED: The Space would not build as tested" in capsys.readouterr().out
+    found = problems(out, check_wheels=False)
+    assert len(found) == 4 and "colorTo 'teal'" in found[1] and "differs from gradio==6.31.0" in found[0], found
+
+
+def test_the_space_readme_is_written_for_visitors_from_the_card(space_tree: Path) -> None:
+    readme = (space_tree / "README.md").read_text()
+    card = json.loads((space_tree / "model" / "card.json").read_text())
+    assert "Use it from Python" in readme and "CC BY-SA 4.0" in readme and "../shared" not in readme
+    assert f"**{card['metrics']['test']['accuracy']:.1%} top-1**" in readme
+    assert "python -m train" not in readme  # no training instructions for visitors
 
 
 def test_dry_run_materialises_exactly_the_upload(space_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
