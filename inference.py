@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import numpy as np
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # privacy: no device id under ~/.cache/Microsoft
 import onnxruntime as ort
 from PIL import Image
 
 from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_batch, model_input, source_box
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
-
-ort.disable_telemetry_events()  # privacy by default (it is a no-op outside Windows builds)
 
 
 class ModelError(RuntimeError):

@@ -62,7 +62,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             time.sleep(0.2)
         else:
             pytest.fail(f"the Space did not start:\n{process.stderr.read() if process.poll() is not None else ''}")
-        yield {"url": url, "out": out, "venv": venv, "before": before}
+        yield {"url": url, "out": out, "venv": venv, "before": before, "home": home}
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -101,3 +101,8 @@ def test_the_browser_suite_passes_against_the_space(space: dict) -> None:
 
 def test_the_space_writes_nothing_into_its_code_directory(space: dict) -> None:
     assert tree(space["out"]) == space["before"]
+
+
+def test_no_telemetry_state_lands_in_home(space: dict) -> None:
+    """ONNX Runtime would keep a device id under ~/.cache/Microsoft; the app turns its telemetry off."""
+    assert not (space["home"] / ".cache" / "Microsoft").exists()
