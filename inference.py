@@ -6,6 +6,7 @@ python inference.py photo.jpg [more.jpg ...] [--json]
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import os
@@ -206,12 +207,27 @@ class PetClassifier:
         self.card, self.labels, self.variant, self.model_file = card, labels, variant, Path(model_file)
         self.spec, self.species = card.preprocess, card.species
         self.names = [readable_name(label) for label in labels]
-        self.temperature, self.threshold = card.temperature, card.threshold
         self.session = ort.InferenceSession(str(model_file), self._options(threads), providers=["CPUExecutionProvider"])
         self.runs = 0
         outputs = self.session.get_outputs()[0].shape[-1]
         if outputs != len(labels):
             raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(labels)} classes.")
+
+    @property
+    def temperature(self) -> float:
+        return self.card.temperature
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold
+
+    def with_card(self, card: ModelCard) -> PetClassifier:
+        """The same session under a later card of the same model (`select` adds calibration to it)."""
+        if card.variant_file(self.variant) != self.card.variant_file(self.variant):
+            raise ModelError("The new card describes another model file.")
+        clone = copy.copy(self)
+        clone.card = card
+        return clone
 
     @classmethod
     def load(

@@ -27,14 +27,22 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str] | None = None, timeout: float = 60) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`python app.py` on a free port; yields its URL and process once it answers, stops it afterwards."""
-    port = free_port()
+def running_app(
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    python: str | Path = sys.executable,
+    folder: Path = REPO,
+    port: int | None = None,
+    inherit_env: bool = True,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python app.py` in `folder` on `port` (default: a free one), with this process's environment unless
+    `inherit_env` is off; yields its URL and process once it answers, stops it afterwards."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
     process = subprocess.Popen(
-        [sys.executable, "app.py"],
-        cwd=REPO,
-        env=os.environ | {"GRADIO_SERVER_PORT": str(port)} | (env or {}),
+        [str(python), "app.py"],
+        cwd=folder,
+        env=(dict(os.environ) if inherit_env else {}) | {"GRADIO_SERVER_PORT": str(port)} | (env or {}),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -53,7 +53,6 @@ def main() -> None:
     parser.add_argument("--end-to-end-images", type=int, default=128)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         mlflow.set_tracking_uri(f"sqlite:///{scratch}/mlflow.db")
         os.chdir(scratch)
         configs = [replace(c, cache_dir=f"{scratch}/cache", experiment="bench") for c in load_sweep(args.sweep)]

@@ -10,8 +10,6 @@ import sys
 
 from train.config import ConfigError, load_config, load_sweep
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # privacy by default, for every command
-
 
 def sweep(path: str, overrides: list[str], data_dir: str | None) -> None:
     import mlflow

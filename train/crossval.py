@@ -67,11 +67,11 @@ def out_of_fold(folds: list[Fold], logits: list[np.ndarray]) -> tuple[list[str],
     return names, np.stack([rows[n][0] for n in names]), np.array([rows[n][1] for n in names])
 
 
-def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndarray, species: list[str]) -> dict:
+def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndarray, data: PetData) -> dict:
     from train.calibrate import nll
     from train.metrics import summarize
 
-    summary = summarize(logits, labels, [str(i) for i in range(len(species))], species)
+    summary = summarize(logits, labels, data.classes, data.species)
     return {
         "cv_accuracy": summary["accuracy"],
         "cv_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
@@ -108,7 +108,7 @@ def cross_validate(config: Config, data_dir: str | Path | None, config_path: str
             for fold in folds[:-1]
         ]
         names, logits, labels = out_of_fold(folds[:-1], [r.holdout_logits for r in results])
-        found = cv_metrics([r.val_accuracy for r in results], logits, labels, data.species)
+        found = cv_metrics([r.val_accuracy for r in results], logits, labels, data)
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / Path(OOF_ARTIFACT).name
@@ -137,14 +137,11 @@ def fold_data(data: PetData, fold: Fold) -> PetData:
 def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     """Every fold and the final run trained and checkpointed, with no tracking: for a GPU box without the
     MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints."""
-    from train.finetune import finetune
-    from train.model import build_net, seed_everything
+    from train.finetune import fine_tune_run
 
     data = load_dataset(data_dir, config.val_fraction, config.seed)
     for fold in plan(config, data):
-        seed_everything(config.seed)
-        net, spec = build_net(config, data.classes)
-        outcome = finetune(config, net, spec, data.classes, fold.train, fold.holdout, True, keep=not fold.holdout)
+        outcome = fine_tune_run(config, data.classes, fold.train, fold.holdout, resume=True, keep=not fold.holdout)
         if fold.holdout:
             accuracy = (outcome.holdout_logits.argmax(1) == np.array([s.label for s in fold.holdout])).mean()
             log.info("%s: held-out accuracy %.4f", fold.name, accuracy)

@@ -19,7 +19,7 @@ from mlflow.entities.model_registry import ModelVersion
 from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
 from train.data import Sample, load_dataset
-from train.gates import ParityGate, parity_failure
+from train.gates import Gates, ParityGate, parity_failure
 from train.model import Explained, PetNet
 from train.provenance import git_commit
 from train.tracking import REGISTERED_MODEL
@@ -105,8 +105,6 @@ def export(
     version: str | None = None, alias: str | None = None, out_dir: str | Path = "model", data_dir=None
 ) -> ModelCard:
     """`python -m train export`: the model, its labels and the card's first part, written."""
-    from train.gates import Gates
-
     card = export_model(Gates.load().parity, version, alias, Path(out_dir), data_dir)
     card.save(Path(out_dir) / "card.json")
     return card

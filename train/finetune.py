@@ -29,7 +29,7 @@ from tqdm import tqdm
 from preprocess import InputSpec, load_image, model_input
 from train.config import Config
 from train.data import Sample
-from train.model import PetNet, train_mode
+from train.model import PetNet, build_net, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +238,13 @@ def finetune(
     done = {"key": key, "epoch": config.epochs, "done": True, "history": history, "holdout_logits": holdout_logits}
     _save(done | ({"model": final.state_dict()} if keep else {}), checkpoint)
     return Outcome(final if keep else None, history, holdout_logits, seen / seconds if seen else 0.0)
+
+
+def fine_tune_run(
+    config: Config, classes: list[str], train: list[Sample], holdout: list[Sample], resume: bool, keep: bool
+) -> Outcome:
+    """A freshly seeded pretrained network, fine-tuned (or taken from its checkpoint): `fit` and
+    `cv --checkpoints-only` start every run this way, so their checkpoints are interchangeable."""
+    seed_everything(config.seed)
+    net, spec = build_net(config, classes)
+    return finetune(config, net, spec, classes, train, holdout, resume, keep)

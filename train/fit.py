@@ -21,8 +21,8 @@ from train import metrics, tracking
 from train.config import Config
 from train.data import PetData, load_dataset
 from train.features import CacheStats, activations
-from train.finetune import Outcome, finetune
-from train.model import PetNet, build_net, seed_everything, train_mode
+from train.finetune import Outcome, fine_tune_run
+from train.model import build_net, input_spec, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,10 @@ def train_loop(
     return history
 
 
-def train_cached(config: Config, net: PetNet, spec: InputSpec, data: PetData) -> tuple[Outcome, CacheStats]:
+def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcome, CacheStats]:
     """The fast path: the frozen prefix runs once per view into the feature cache, then the tail and head
     train on cached activations."""
-    stats = CacheStats()
+    net, stats = build_net(config, data.classes)[0], CacheStats()
 
     def cached(split: str, view: int) -> torch.Tensor:
         samples = data.splits[split]
@@ -151,16 +151,16 @@ def fit(
     and the final CV run leaves empty), log everything and register the model."""
     seed_everything(config.seed)
     data = data or load_dataset(data_dir, config.val_fraction, config.seed)
-    net, spec = build_net(config, data.classes)
+    spec = input_spec(config)
     tracking.start(config.experiment)
     with mlflow.start_run(nested=mlflow.active_run() is not None, run_name=run_name) as run:
         tracking.log_run_inputs(config.as_params(), spec, data, config_path)
         if config.end_to_end:
             train, val = data.splits["train"], data.splits["val"]
-            outcome = finetune(config, net, spec, data.classes, train, val, resume, keep=register)
+            outcome = fine_tune_run(config, data.classes, train, val, resume, keep=register)
             stats = CacheStats()
         else:
-            outcome, stats = train_cached(config, net, spec, data)
+            outcome, stats = train_cached(config, spec, data)
         for row in outcome.history:
             mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         mlflow.log_metrics({"train_images_per_s": outcome.images_per_second} | (extra_metrics or {}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import get_type_hints
 
 from train.config import ConfigError, read_toml
 
@@ -45,12 +46,9 @@ class Gates:
 
     @classmethod
     def load(cls, path: Path = GATES) -> Gates:
-        data = read_toml(path)
-        _check_keys(path, "", data, list(TABLES))
-        return cls(**{name: _table(path, name, kind, data[name]) for name, kind in TABLES.items()})
-
-
-TABLES = {"parity": ParityGate, "int8": Int8Gate, "calibration": CalibrationGate, "publish": PublishGate}
+        data, tables = read_toml(path), get_type_hints(cls)
+        _check_keys(path, "", data, list(tables))
+        return cls(**{name: _table(path, name, kind, data[name]) for name, kind in tables.items()})
 
 
 def _table(path: Path, name: str, kind: type, data: dict) -> object:

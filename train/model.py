@@ -94,9 +94,9 @@ def seed_everything(seed: int) -> None:
 def build_net(config: Config, classes: list[str]) -> tuple[PetNet, InputSpec]:
     """The pretrained backbone split where training starts, and a new head (rows from ImageNet on request)."""
     backbone, spec = get_backbone(config.backbone), input_spec(config)
-    layers = backbone.build(spec.crop)
+    layers, imagenet = backbone.build(spec.crop)
     prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
     head = make_head(config, backbone.channels, len(classes))
     if config.imagenet_init:
-        init_from_imagenet(head[-1], classes, backbone.imagenet_classifier())
+        init_from_imagenet(head[-1], classes, imagenet)
     return PetNet(prefix, tail, head), spec

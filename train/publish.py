@@ -52,13 +52,11 @@ def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> Mo
     """The promotion gate: the folder loads as serving loads it (card schema, sha256 of every shipped model,
     labels against outputs), then the test accuracy passes `gate`. Raises GateError naming what failed."""
     try:
-        classifiers = [
-            PetClassifier.load(model_dir, variant=v)
-            for v in {"fp32", ModelCard.load(model_dir / "card.json").served_variant()}
-        ]
+        card = ModelCard.load(model_dir / "card.json")
+        for variant in dict.fromkeys(("fp32", card.served_variant())):
+            PetClassifier.load(model_dir, variant=variant)  # refuses what serving would refuse
     except ModelError as error:
         raise GateError(f"{error} Re-run `python -m train select`.") from None
-    card = classifiers[0].card
     served = served_card["metrics"]["test"]["accuracy"] if served_card else None
     failure = publish_failure(card.metrics.get("test", {}).get("accuracy"), served, gate)
     if failure:
@@ -128,8 +126,7 @@ def dry_run_report(root: Path, files: list[Path], gate: PublishGate, out: Path) 
     """Files as `path<TAB>bytes`, the commit message, then the verdict; the Space's current model is not
     compared (that needs its token)."""
     try:
-        validate(root / "model", gate, None)
-        card = ModelCard.load(root / "model" / "card.json")
+        card = validate(root / "model", gate, None)
         for path in build_space(root, files, card, None, out):
             print(f"{path.as_posix()}\t{(out / path).stat().st_size}")
         print(commit_message(card))

@@ -66,20 +66,20 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
     fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")
     tests = {"fp32": evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")}
 
-    card, tests["int8"] = with_int8(card, labels, data, out_dir, gates, tests["fp32"]["accuracy"])
+    card, tests["int8"], int8 = with_int8(card, labels, data, out_dir, gates, tests["fp32"]["accuracy"])
     served = card.served_variant()
     if served != "int8":
         (out_dir / "confusion_matrix_test_int8.png").unlink()
     else:
         (out_dir / "confusion_matrix_test.png").unlink()
-    classifier = PetClassifier(card, out_dir / card.variant_file(served)[0], labels, variant=served)
+    classifier = (int8 if served == "int8" else fp32).with_card(card)
     calibration, threshold = calibrate(*calibration_logits(client, card, classifier, data), gates.calibration)
     card = replace(card, calibration=calibration, not_sure=threshold)
     test = tests[served]
     metrics = card.metrics | {"test": summarize_test(test, card, gates.calibration) | {"variant": served}}
     metrics["test_fp32"] = {key: tests["fp32"][key] for key in ("accuracy", "top5_accuracy")}
     card = replace(card, metrics=metrics)
-    card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(replace_card(classifier, card))})
+    card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(classifier.with_card(card))})
     card.save(out_dir / "card.json")
     log_test_results(client, card, test)
     log.info("test accuracy %.4f (top-5 %.4f), served %s", test["accuracy"], test["top5_accuracy"], served)
@@ -88,8 +88,9 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
 
 def with_int8(
     card: ModelCard, labels: list[str], data: PetData, out_dir: Path, gates: Gates, fp32_accuracy: float
-) -> tuple[ModelCard, dict]:
-    """Quantize, test the int8 model once, and keep it only if its gate accepts it."""
+) -> tuple[ModelCard, dict, PetClassifier]:
+    """Quantize, test the int8 model once, and keep it only if its gate accepts it; returns the card, the
+    int8 test evaluation and the int8 classifier."""
     train = data.splits["train"]
     samples = random.Random(0).sample(train, min(gates.int8.calibration_images, len(train)))
     entry = quantize(out_dir / "model.onnx", out_dir / INT8_FILE, card, samples)
@@ -111,12 +112,7 @@ def with_int8(
     log.info(
         "int8: drop %.4f, speedup %.2fx -> %s", drop, entry["speedup_1_thread"], "kept" if accepted else "discarded"
     )
-    return replace(card, int8=entry), test
-
-
-def replace_card(classifier: PetClassifier, card: ModelCard) -> PetClassifier:
-    """The same session under the finished card (its temperature and threshold)."""
-    return PetClassifier(card, classifier.model_file, classifier.labels, variant=classifier.variant)
+    return replace(card, int8=entry), test, int8
 
 
 def log_test_results(client: MlflowClient, card: ModelCard, test: dict) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -19,7 +18,6 @@ from train.provenance import git_commit, package_versions
 
 def start(experiment: str) -> None:
     """Use MLFLOW_TRACKING_URI when set, else MLflow's default (./mlflow.db with ./mlruns artifacts)."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_experiment(experiment)
 
 

@@ -4,18 +4,16 @@ REST and a browser."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.common import rest_call
+from bench.common import rest_call, running_app
 from tests.conftest import EXAMPLES, REPO
 
 pytestmark = pytest.mark.slow
@@ -44,28 +42,17 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     subprocess.run(install, check=True, capture_output=True)
     before = tree(out)
     subprocess.run(["chmod", "-R", "a-w", str(out)], check=True)  # read-only, for a runner that is not root
-    env = {
+    spaces = {
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(home),
         "SYSTEM": "spaces",
         "GRADIO_SERVER_NAME": "0.0.0.0",
-        "GRADIO_SERVER_PORT": str(PORT),
     }
-    process = subprocess.Popen([venv / "bin" / "python", "app.py"], cwd=out, env=env, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{PORT}/"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"the Space did not start:\n{process.stderr.read() if process.poll() is not None else ''}")
-        yield {"url": url, "out": out, "venv": venv, "before": before, "home": home}
+        python = venv / "bin" / "python"
+        with running_app(spaces, 120, python, out, PORT, inherit_env=False) as (url, _):
+            yield {"url": url, "out": out, "venv": venv, "before": before, "home": home}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
         subprocess.run(["chmod", "-R", "u+w", str(out)], check=True)  # so pytest can clean up
 
 

@@ -19,8 +19,8 @@ from train.__main__ import main as train_main
 from train.config import Config
 from train.data import load_dataset
 from train.export import to_onnx
-from train.finetune import finetune
-from train.model import build_net, input_spec, seed_everything
+from train.finetune import fine_tune_run
+from train.model import input_spec
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,7 @@ TINY = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, worker
 
 
 def run(config: Config, data, resume: bool = False):
-    seed_everything(config.seed)
-    net, spec = build_net(config, data.classes)
-    return finetune(config, net, spec, data.classes, data.splits["train"], data.splits["val"], resume)
+    return fine_tune_run(config, data.classes, data.splits["train"], data.splits["val"], resume, keep=True)
 
 
 def test_loss_falls_and_held_out_logits_are_what_serving_computes(tiny_data, tmp_path) -> None:
