@@ -8,25 +8,7 @@ import logging
 import os
 import sys
 
-from train.config import ConfigError, load_config, load_sweep
-
-
-def sweep(path: str, overrides: list[str], data_dir: str | None) -> None:
-    import mlflow
-
-    from train import tracking
-    from train.fit import fit
-
-    configs = load_sweep(path, overrides)
-    tracking.start(configs[0].experiment)
-    with mlflow.start_run(run_name=f"sweep:{path}"):
-        mlflow.log_param("sweep.size", len(configs))
-        mlflow.log_artifact(path, "config")
-        results = [fit(config, data_dir, path) for config in configs]
-        best = max(results, key=lambda r: (r.val_accuracy, -r.val_loss))
-        mlflow.log_metrics({"best_val_accuracy": best.val_accuracy})
-    for result in results:
-        print(f"{result.run_id}\tversion {result.version}\tval_accuracy {result.val_accuracy:.4f}")
+from train.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         if name != "sweep":
             command.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
+        if name != "fit":
+            command.add_argument("--engine", choices=("in-process", "ray"), default="in-process")
+            command.add_argument("--address", help="ray: a running cluster (host:6379); default: start a local one")
+            command.add_argument("--max-concurrent", type=int, default=0, help="ray: trials at once (0: no cap)")
     commands.choices["cv"].add_argument(
         "--checkpoints-only",
         action="store_true",
@@ -53,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--space-id", default=os.environ.get("HF_SPACE_ID"))
     publish.add_argument("--dry-run", action="store_true", help="upload nothing: list files, message and verdict")
     publish.add_argument("--out", help="with --dry-run: copy exactly the tree that would be uploaded here")
+    server = commands.add_parser("server", help="try a tracking server: MLflow on a throwaway PostgreSQL")
+    server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines log to it")
+    server.add_argument("--artifacts", help="keep the artifacts in this folder (default: a temporary one)")
     evaluate = commands.add_parser("evaluate")
     evaluate.add_argument("--model", default="model")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -66,6 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:  # GateError, DataError, ExportError, ...: already a sentence for the user
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Exception as error:  # MLflow's: a tracking server that is down, or refuses a request
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is None or not isinstance(error, mlflow.exceptions.MlflowException):
+            raise
+        print(f"error: MLflow tracking at {mlflow.get_tracking_uri()} failed: {error}", file=sys.stderr)
+        return 1
+
+
+def engine(args: argparse.Namespace):
+    from train.trials import Engine
+
+    if args.max_concurrent < 0:
+        raise ConfigError("--max-concurrent must be 0 (no cap) or more.")
+    return Engine(args.engine, args.address, args.max_concurrent)
 
 
 def run(args: argparse.Namespace) -> int | None:
@@ -75,7 +79,13 @@ def run(args: argparse.Namespace) -> int | None:
         result = fit(load_config(args.config, args.set), args.data_dir, args.config, resume=args.resume)
         print(f"{result.run_id}\tversion {result.version}\tval_accuracy {result.val_accuracy:.4f}")
     elif args.command == "sweep":
-        sweep(args.config, args.set, args.data_dir)
+        from train.trials import sweep
+
+        results = sweep(args.config, args.set, args.data_dir, engine(args))
+        for result in results:
+            outcome = f"failed: {result.error}" if result.error else f"val_accuracy {result.val_accuracy:.4f}"
+            print(f"{result.run_id}\t{result.name}\tversion {result.version}\t{outcome}")
+        return 1 if any(result.error for result in results) else 0
     elif args.command == "cv":
         from train.crossval import cross_validate, train_checkpoints
 
@@ -83,7 +93,8 @@ def run(args: argparse.Namespace) -> int | None:
         if args.checkpoints_only:
             train_checkpoints(config, args.data_dir)
         else:
-            print(json.dumps(cross_validate(config, args.data_dir, args.config, args.resume), indent=2))
+            found = cross_validate(config, args.data_dir, args.config, args.resume, engine(args))
+            print(json.dumps(found, indent=2))
     elif args.command == "select":
         from train.select import print_card, select
 
@@ -97,6 +108,10 @@ def run(args: argparse.Namespace) -> int | None:
         from train.publish import publish
 
         return publish(args.space_id, args.dry_run, out=args.out)
+    elif args.command == "server":
+        from train.tracking_server import serve
+
+        return serve(args.port, args.host, args.artifacts)
     elif args.command == "evaluate":
         from train.evaluate import evaluate
 

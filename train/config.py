@@ -35,6 +35,8 @@ class Config:
     folds: int = 5  # python -m train cv: stratified folds over trainval
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
     workers: int = 2  # end to end: data-loading processes
+    trial_cpus: float = 1.0  # --engine ray: CPUs one run reserves on the cluster
+    trial_gpus: float = 0.0  # --engine ray: GPUs one run reserves (0.5 = two runs share one GPU)
     epochs: int = 40
     batch_size: int = 64
     lr: float = 1e-3
@@ -70,6 +72,8 @@ class Config:
             "imagenet_init": not self.imagenet_init or self.head == "linear",
             "device": self.device in ("auto", "cuda", "cpu"),
             "workers": 0 <= self.workers <= 64,
+            "trial_cpus": 0.0 < self.trial_cpus <= 1024,
+            "trial_gpus": 0.0 <= self.trial_gpus <= 64,
         }
         for key, ok in checks.items():
             if not ok:
@@ -80,7 +84,7 @@ class Config:
 
     def training_params(self) -> dict[str, Any]:
         """The keys that change what a run learns: where it runs, logs or caches does not."""
-        ignored = {"experiment", "cache_dir", "checkpoint_dir", "device", "workers"}
+        ignored = {"experiment", "cache_dir", "checkpoint_dir", "device", "workers", "trial_cpus", "trial_gpus"}
         return {key: value for key, value in asdict(self).items() if key not in ignored}
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from train.config import Config
 from train.data import PetData, Sample, load_dataset
+from train.trials import Engine, Trial, run_trials
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,18 @@ def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndar
     } | {f"cv_accuracy_{kind}": value for kind, value in summary["per_species"].items()}
 
 
-def cross_validate(config: Config, data_dir: str | Path | None, config_path: str | None, resume: bool) -> dict:
-    """Folds as child runs of one parent; then the final model on all of trainval, registered with the
-    CV metrics. Returns the CV metrics."""
+IN_PROCESS = Engine()
+
+
+def cross_validate(
+    config: Config, data_dir: str | Path | None, config_path: str | None, resume: bool, engine: Engine = IN_PROCESS
+) -> dict:
+    """Folds as child runs of one parent (trials of `engine`); then the final model on all of trainval,
+    registered with the CV metrics. Returns the CV metrics."""
     import mlflow
 
     from train import tracking
-    from train.fit import fit
+    from train.fit import fit, load_holdout, save_holdout
 
     if not config.end_to_end:
         raise RuntimeError("cv runs end-to-end configurations (end_to_end = true); sweeps cover the cached path.")
@@ -96,23 +102,16 @@ def cross_validate(config: Config, data_dir: str | Path | None, config_path: str
     tracking.start(config.experiment)
     with mlflow.start_run(run_name=f"cv:{Path(config_path or 'config').stem}") as parent:
         mlflow.log_params(config.as_params())
-        results = [
-            fit(
-                config,
-                config_path=config_path,
-                data=fold_data(data, fold),
-                resume=resume,
-                register=False,
-                run_name=fold.name,
-            )
-            for fold in folds[:-1]
-        ]
-        names, logits, labels = out_of_fold(folds[:-1], [r.holdout_logits for r in results])
+        trials = [Trial(f.name, config, fold_data(data, f), register=False, resume=resume) for f in folds[:-1]]
+        results = run_trials(trials, engine, data_dir, config_path)
+        failed = [f"{r.name} ({r.error})" for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"No CV estimate without every fold; failed: {', '.join(failed)}.")
+        names, logits, labels = out_of_fold(folds[:-1], [load_holdout(r.run_id)[1] for r in results])
         found = cv_metrics([r.val_accuracy for r in results], logits, labels, data)
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / Path(OOF_ARTIFACT).name
-            np.savez(path, names=np.array(names), logits=logits, labels=labels)
+            path = save_holdout(Path(folder) / Path(OOF_ARTIFACT).name, names, logits, labels)
             mlflow.log_artifact(str(path), Path(OOF_ARTIFACT).parent.as_posix())
         final = fit(
             config,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -101,12 +105,31 @@ def export_model(
     )
 
 
+@contextmanager
+def replacing(out_dir: Path) -> Iterator[Path]:
+    """An empty folder beside `out_dir` that takes its place only when the block succeeds: a tracking
+    server lost mid-export, or a failed gate, leaves the previous model whole and no half-written one."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)
+        retired = staging.with_name(f"{staging.name}.old")
+        if out_dir.exists():
+            out_dir.rename(retired)
+        staging.rename(out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left there when the block failed
+
+
 def export(
     version: str | None = None, alias: str | None = None, out_dir: str | Path = "model", data_dir=None
 ) -> ModelCard:
-    """`python -m train export`: the model, its labels and the card's first part, written."""
-    card = export_model(Gates.load().parity, version, alias, Path(out_dir), data_dir)
-    card.save(Path(out_dir) / "card.json")
+    """`python -m train export`: the model, its labels and the card's first part, written together."""
+    with replacing(Path(out_dir)) as staging:
+        card = export_model(Gates.load().parity, version, alias, staging, data_dir)
+        card.save(staging / "card.json")
     return card
 
 

@@ -33,7 +33,6 @@ class RunResult:
     version: str | None  # registered model version; None for runs that register nothing (CV folds)
     val_accuracy: float  # on the held-out samples; nan when nothing was held out
     val_loss: float
-    holdout_logits: np.ndarray
     cache: CacheStats
     train_images_per_s: float
 
@@ -146,14 +145,17 @@ def fit(
     register: bool = True,
     run_name: str | None = None,
     extra_metrics: dict[str, float] | None = None,
+    parent_run_id: str | None = None,
 ) -> RunResult:
     """Train on data.splits["train"], evaluate on data.splits["val"] (which CV folds set to the held-out fold
-    and the final CV run leaves empty), log everything and register the model."""
+    and the final CV run leaves empty), log everything and register the model. The run is a child of the
+    active run, or of `parent_run_id` (a Ray trial, in a process where the parent is not active)."""
     seed_everything(config.seed)
     data = data or load_dataset(data_dir, config.val_fraction, config.seed)
     spec = input_spec(config)
     tracking.start(config.experiment)
-    with mlflow.start_run(nested=mlflow.active_run() is not None, run_name=run_name) as run:
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(nested=nested, run_name=run_name, parent_run_id=parent_run_id) as run:
         tracking.log_run_inputs(config.as_params(), spec, data, config_path)
         if config.end_to_end:
             train, val = data.splits["train"], data.splits["val"]
@@ -167,9 +169,22 @@ def fit(
         val_accuracy, val_loss = log_holdout(outcome, data)
         version = tracking.log_model(outcome.model) if register else None
         log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, val_accuracy, version)
-        return RunResult(
-            run.info.run_id, version, val_accuracy, val_loss, outcome.holdout_logits, stats, outcome.images_per_second
-        )
+        return RunResult(run.info.run_id, version, val_accuracy, val_loss, stats, outcome.images_per_second)
+
+
+HOLDOUT_ARTIFACT = "holdout_logits.npz"  # under evaluation/: what cross-validation gathers its folds from
+
+
+def save_holdout(path: Path, names: list[str], logits: np.ndarray, labels: np.ndarray) -> Path:
+    np.savez(path, names=np.array(names), logits=logits, labels=labels)
+    return path
+
+
+def load_holdout(run_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A run's held-out logits, read back through the tracking store (and so from any machine)."""
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"evaluation/{HOLDOUT_ARTIFACT}")
+    with np.load(path) as saved:
+        return [str(n) for n in saved["names"]], saved["logits"], saved["labels"]
 
 
 def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
@@ -191,6 +206,9 @@ def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
         | {f"val_accuracy_{k}": v for k, v in summary["per_species"].items()}
     )
     plots |= {
+        HOLDOUT_ARTIFACT: lambda p: save_holdout(
+            p, [s.name for s in data.splits["val"]], outcome.holdout_logits, val_y
+        ),
         "confusion_matrix_val.png": lambda p: metrics.plot_confusion(
             summary["confusion"], data.classes, "validation", p
         ),

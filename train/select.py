@@ -18,7 +18,7 @@ from train.calibrate import calibration_report, ece, non_pet_images, not_sure_th
 from train.crossval import OOF_ARTIFACT
 from train.data import PetData, load_dataset
 from train.evaluate import evaluate_classifier
-from train.export import export_model
+from train.export import export_model, replacing
 from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
 from train.quantize import quantize
 from train.tracking import REGISTERED_MODEL
@@ -52,11 +52,17 @@ def best_version(client: MlflowClient) -> str:
 
 
 def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
-    """Champion -> alias -> export (parity gate) -> test fp32 -> int8 (its gate) -> calibration -> card.
+    """Champion -> alias -> export (parity gate) -> test fp32 -> int8 (its gate) -> calibration -> card,
+    all into a staging folder that replaces `out_dir` only once everything, the last MLflow call included,
+    has succeeded."""
+    with replacing(Path(out_dir)) as staging:
+        return ship_champion(staging, data_dir)
 
-    Calibration, the "not sure" threshold and the card's test metrics all belong to the variant that
+
+def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
+    """Calibration, the "not sure" threshold and the card's test metrics all belong to the variant that
     serves, so the card describes what the Space answers."""
-    gates, client, out_dir = Gates.load(), MlflowClient(), Path(out_dir)
+    gates, client = Gates.load(), MlflowClient()
     version = best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
     log.info("champion: %s version %s", REGISTERED_MODEL, version)

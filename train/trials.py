@@ -1,0 +1,174 @@
+"""Where the runs of a sweep or a cross-validation execute: one after another in this process (the
+default), or as Ray Tune trials on a local or remote Ray cluster. Either way each trial is one `fit`,
+logged as a child of the caller's active MLflow run, and a trial that fails is reported while the others
+finish. Ray adds no scheduler of ours: trials declare their resources (`trial_cpus`, `trial_gpus`) and
+Tune places them."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import mlflow
+
+from train.config import Config, load_sweep
+from train.data import PetData
+from train.data import data_dir as dataset_root
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+CODE = [str(REPO / "train"), str(REPO / "preprocess.py"), str(REPO / "inference.py")]  # shipped to Ray workers
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str
+    config: Config
+    data: PetData | None = None  # a cross-validation fold; None: the config's own split of the data folder
+    register: bool = True
+    resume: bool = False  # end to end: continue from the trial's last checkpoint
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    name: str
+    run_id: str | None = None
+    version: str | None = None
+    val_accuracy: float = math.nan
+    val_loss: float = math.nan
+    error: str | None = None  # why the trial failed; None when it finished
+
+
+@dataclass(frozen=True)
+class Engine:
+    kind: str = "in-process"  # or "ray"
+    address: str | None = None  # ray: a running cluster ("auto", "host:6379"); None starts a local one
+    max_concurrent: int = 0  # ray: at most this many trials at once; 0: as many as the resources allow
+
+
+def run_trial(trial: Trial, data_dir: str | None, config_path: str | None, parent_run_id: str) -> TrialResult:
+    from train.fit import fit
+
+    result = fit(
+        trial.config,
+        data_dir,
+        config_path,
+        data=trial.data,
+        resume=trial.resume,
+        register=trial.register,
+        run_name=trial.name,
+        parent_run_id=parent_run_id,
+    )
+    return TrialResult(trial.name, result.run_id, result.version, result.val_accuracy, result.val_loss)
+
+
+def sweep(path: str, overrides: list[str], data_dir: str | None, engine: Engine) -> list[TrialResult]:
+    """`python -m train sweep`: one trial per grid point under a parent run `sweep:<path>`."""
+    from train import tracking
+
+    configs = load_sweep(path, overrides)
+    tracking.start(configs[0].experiment)
+    with mlflow.start_run(run_name=f"sweep:{path}"):
+        mlflow.log_param("sweep.size", len(configs))
+        mlflow.log_artifact(path, "config")
+        results = run_trials([Trial(name, c) for name, c in grid_names(configs)], engine, data_dir, path)
+        finished = [r for r in results if r.error is None]
+        if finished:
+            mlflow.log_metric("best_val_accuracy", max(r.val_accuracy for r in finished))
+    return results
+
+
+def grid_names(configs: list[Config]) -> list[tuple[str, Config]]:
+    """Each configuration named by the values that set it apart, as the MLflow UI lists it."""
+    varying = [key for key in Config.__dataclass_fields__ if len({getattr(c, key) for c in configs}) > 1]
+    return [(",".join(f"{key}={getattr(c, key)}" for key in varying) or "trial", c) for c in configs]
+
+
+def run_trials(trials: list[Trial], engine: Engine, data_dir: str | None, config_path: str | None) -> list[TrialResult]:
+    """Each trial as a child of the active run, results in the order of `trials`."""
+    parent = mlflow.active_run().info.run_id
+    mlflow.log_param("engine", engine.kind)
+    if engine.kind == "ray":
+        results = on_ray(trials, engine, data_dir, config_path, parent)
+    else:
+        results = [in_process(trial, data_dir, config_path, parent) for trial in trials]
+    for result in results:
+        if result.error:
+            log.error("trial %s failed: %s", result.name, result.error)
+    mlflow.log_metric("failed_trials", sum(r.error is not None for r in results))
+    return results
+
+
+def in_process(trial: Trial, data_dir: str | None, config_path: str | None, parent: str) -> TrialResult:
+    try:
+        return run_trial(trial, data_dir, config_path, parent)
+    except Exception as error:  # reported with the others' results; the sweep goes on
+        log.exception("trial %s", trial.name)
+        return TrialResult(trial.name, error=f"{type(error).__name__}: {error}")
+
+
+def portable(trial: Trial) -> Trial:
+    """Paths made absolute, since a Ray worker does not start in this folder; on a cluster they must name
+    the same place on every node (a shared mount, or the same copy)."""
+    config = replace(
+        trial.config,
+        cache_dir=str(Path(trial.config.cache_dir).resolve()),
+        checkpoint_dir=str(Path(trial.config.checkpoint_dir).resolve()),
+    )
+    return replace(trial, config=config)
+
+
+def on_ray(
+    trials: list[Trial], engine: Engine, data_dir: str | None, config_path: str | None, parent: str
+) -> list[TrialResult]:
+    import ray
+    from ray import tune
+
+    trials = [portable(trial) for trial in trials]
+    data_dir = str(dataset_root(data_dir).resolve())
+    config_path = str(Path(config_path).resolve()) if config_path else None
+    env = {
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    }
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    ray.init(
+        address=engine.address,
+        runtime_env={"py_modules": CODE, "env_vars": env},
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+    try:
+
+        def trainable(params: dict) -> dict:
+            return asdict(run_trial(trials[params["index"]], data_dir, config_path, parent))
+
+        def resources(params: dict) -> dict:
+            config = trials[params["index"]].config
+            return {"cpu": config.trial_cpus, "gpu": config.trial_gpus}
+
+        with tempfile.TemporaryDirectory(prefix="pets-tune-") as storage:  # MLflow keeps the record, not Tune
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                param_space={"index": tune.grid_search(list(range(len(trials))))},
+                tune_config=tune.TuneConfig(max_concurrent_trials=engine.max_concurrent or None),
+                run_config=tune.RunConfig(storage_path=storage, name="trials", verbose=1),
+            )
+            grid = tuner.fit()
+            found = {result.config["index"]: result for result in grid}
+    finally:
+        ray.shutdown()
+    return [ray_result(trial, found.get(i)) for i, trial in enumerate(trials)]
+
+
+def ray_result(trial: Trial, result) -> TrialResult:
+    if result is None or result.error is not None:
+        reason = str(result.error if result else "never ran").strip().splitlines()
+        return TrialResult(trial.name, error=reason[-1] if reason else "failed")
+    return TrialResult(**{key: result.metrics[key] for key in TrialResult.__dataclass_fields__})
