@@ -2,10 +2,11 @@
 
     python -m bench.train_speed [--data-dir ../shared/data/oxford-iiit-pet]
 
-A 6-configuration frozen-head sweep from a cold feature cache (the first run pays for extraction), the
-cost of each further head run, feature-extraction throughput, the throughput of fine-tuning the last
-layers on cached activations, and of end-to-end fine-tuning from images (train/configs/e2e_lite2.toml,
-one epoch on a subset, on CUDA when present, else the CPU). Uses a throwaway MLflow store and cache.
+A 6-configuration frozen-head sweep (`python -m train sweep`'s own code) in-process and on a local Ray,
+each from a cold feature cache (the first run pays for extraction) and again warm; the cost of each
+further head run; the throughput of fine-tuning the last layers on cached activations, and of end-to-end
+fine-tuning from images (train/configs/e2e_lite2.toml, one epoch on a subset, on CUDA when present, else
+the CPU). Uses a throwaway MLflow store and cache.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 
 from bench.common import REPO, SHARED_DATA
 from train.config import load_config, load_sweep
+from train.crossval import IN_PROCESS
 from train.data import load_dataset
 from train.finetune import finetune, pick_device
 from train.fit import fit
 from train.model import build_net, seed_everything
+from train.trials import Engine, sweep
 
 
 def end_to_end_images_per_s(data_dir: str, images: int, scratch: str) -> dict:
@@ -45,6 +49,43 @@ def end_to_end_images_per_s(data_dir: str, images: int, scratch: str) -> dict:
     }
 
 
+def timed_sweep(path: str, data_dir: str, engine: Engine, cache: str) -> dict:
+    """One sweep through `python -m train sweep`'s own code; each run's time comes from its MLflow record."""
+    experiment = f"bench-{engine.kind}"
+    started = time.perf_counter()
+    results = sweep(path, [f'cache_dir="{cache}"', f'experiment="{experiment}"'], data_dir, engine)
+    wall = time.perf_counter() - started
+    client = mlflow.MlflowClient()
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+    seconds = [(runs[r.run_id].info.end_time - runs[r.run_id].info.start_time) / 1000 for r in results]
+    computed = sum(runs[r.run_id].data.metrics["feature_images_computed"] for r in results)
+    extracting = sum(runs[r.run_id].data.metrics["feature_seconds"] for r in results)
+    return {
+        "wall_s": round(wall, 1),
+        "run_s": [round(s, 1) for s in seconds],
+        "computed_feature_images": int(computed),
+        "feature_extraction_images_per_s": round(computed / extracting, 1) if extracting else None,
+        "failed": sum(r.error is not None for r in results),
+        "best_val_accuracy": round(max(r.val_accuracy for r in results), 4),
+    }
+
+
+def engines_side_by_side(path: str, data_dir: str, scratch: str) -> dict:
+    """The same sweep in-process and on a local Ray, each from a cold feature cache, then again warm."""
+    ray = Engine("ray")
+    found = {
+        "in_process_cold": timed_sweep(path, data_dir, IN_PROCESS, f"{scratch}/cache-in-process"),
+        "ray_cold": timed_sweep(path, data_dir, ray, f"{scratch}/cache-ray"),
+        "in_process_warm": timed_sweep(path, data_dir, IN_PROCESS, f"{scratch}/cache-in-process"),
+        "ray_warm": timed_sweep(path, data_dir, ray, f"{scratch}/cache-ray"),
+    }
+    return found | {
+        "cpus": os.cpu_count(),
+        "ray_to_in_process_wall_cold": round(found["ray_cold"]["wall_s"] / found["in_process_cold"]["wall_s"], 2),
+        "ray_to_in_process_wall_warm": round(found["ray_warm"]["wall_s"] / found["in_process_warm"]["wall_s"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(SHARED_DATA))
@@ -54,25 +95,21 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         mlflow.set_tracking_uri(f"sqlite:///{scratch}/mlflow.db")
+        os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         os.chdir(scratch)
-        configs = [replace(c, cache_dir=f"{scratch}/cache", experiment="bench") for c in load_sweep(args.sweep)]
-        started, runs = time.perf_counter(), []
-        for config in configs:
-            run_started = time.perf_counter()
-            result = fit(config, args.data_dir)
-            runs.append({"seconds": time.perf_counter() - run_started, "result": result})
-        sweep_seconds = time.perf_counter() - started
-        first = runs[0]["result"].cache
-        tail = fit(replace(configs[0], finetune_blocks=args.finetune_blocks, epochs=3), args.data_dir)
+        sweeps = engines_side_by_side(args.sweep, args.data_dir, scratch)
+        config = replace(load_sweep(args.sweep)[0], cache_dir=f"{scratch}/cache-in-process", experiment="bench")
+        tail = fit(replace(config, finetune_blocks=args.finetune_blocks, epochs=3), args.data_dir)
         end_to_end = end_to_end_images_per_s(args.data_dir, args.end_to_end_images, scratch)
+    cold = sweeps["in_process_cold"]
     report = {
-        "sweep_configs": len(configs),
-        "sweep_wall_s": round(sweep_seconds, 1),
-        "first_run_s": round(runs[0]["seconds"], 1),
-        "further_head_run_s_median": round(statistics.median(r["seconds"] for r in runs[1:]), 1),
-        "further_head_run_s_max": round(max(r["seconds"] for r in runs[1:]), 1),
-        "feature_extraction_images_per_s": round(first.computed_images / first.seconds, 1),
-        "further_runs_computed_features": sum(r["result"].cache.computed_images for r in runs[1:]),
+        "sweep": Path(args.sweep).name,
+        "sweep_configs": len(cold["run_s"]),
+        "sweep_wall_s": cold["wall_s"],
+        "first_run_s": cold["run_s"][0],
+        "further_head_run_s_median": round(statistics.median(cold["run_s"][1:]), 1),
+        "further_head_run_s_max": max(cold["run_s"][1:]),
+        "engines": sweeps,
         "finetune": {
             "blocks": args.finetune_blocks,
             "one_off_extraction_images": tail.cache.computed_images,
@@ -80,7 +117,6 @@ def main() -> None:
             "train_images_per_s": round(tail.train_images_per_s, 1),
         },
         "end_to_end": end_to_end,
-        "best_val_accuracy": round(max(r["result"].val_accuracy for r in runs), 4),
     }
     json.dump(report, sys.stdout, indent=2)
     print()

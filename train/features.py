@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def activations(
     stats.seconds += time.perf_counter() - started
     stats.computed_images += len(samples)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent trials on a shared cache: last rename wins
     torch.save({"x": x, "names": [s.name for s in samples]}, temporary)
     temporary.rename(path)
     return x.float()

@@ -6,17 +6,19 @@ Tune places them."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mlflow
 
+from train import tracking
 from train.config import Config, load_sweep
-from train.data import PetData
+from train.data import PetData, load_dataset
 from train.data import data_dir as dataset_root
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,6 @@ def run_trial(trial: Trial, data_dir: str | None, config_path: str | None, paren
 
 def sweep(path: str, overrides: list[str], data_dir: str | None, engine: Engine) -> list[TrialResult]:
     """`python -m train sweep`: one trial per grid point under a parent run `sweep:<path>`."""
-    from train import tracking
-
     configs = load_sweep(path, overrides)
     tracking.start(configs[0].experiment)
     with mlflow.start_run(run_name=f"sweep:{path}"):
@@ -93,6 +93,8 @@ def run_trials(trials: list[Trial], engine: Engine, data_dir: str | None, config
     """Each trial as a child of the active run, results in the order of `trials`."""
     parent = mlflow.active_run().info.run_id
     mlflow.log_param("engine", engine.kind)
+    first = trials[0]
+    tracking.log_dataset(first.data or load_dataset(data_dir, first.config.val_fraction, first.config.seed))
     if engine.kind == "ray":
         results = on_ray(trials, engine, data_dir, config_path, parent)
     else:
@@ -132,18 +134,7 @@ def on_ray(
     trials = [portable(trial) for trial in trials]
     data_dir = str(dataset_root(data_dir).resolve())
     config_path = str(Path(config_path).resolve()) if config_path else None
-    env = {
-        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "RAY_CHDIR_TO_TRIAL_DIR": "0",
-    }
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    ray.init(
-        address=engine.address,
-        runtime_env={"py_modules": CODE, "env_vars": env},
-        include_dashboard=False,
-        log_to_driver=True,
-    )
+    ray.init(address=engine.address, runtime_env=worker_environment(), include_dashboard=False)
     try:
 
         def trainable(params: dict) -> dict:
@@ -160,11 +151,19 @@ def on_ray(
                 tune_config=tune.TuneConfig(max_concurrent_trials=engine.max_concurrent or None),
                 run_config=tune.RunConfig(storage_path=storage, name="trials", verbose=1),
             )
-            grid = tuner.fit()
+            with contextlib.redirect_stdout(sys.stderr):  # Tune's progress tables; stdout keeps the results
+                grid = tuner.fit()
             found = {result.config["index"]: result for result in grid}
     finally:
         ray.shutdown()
     return [ray_result(trial, found.get(i)) for i, trial in enumerate(trials)]
+
+
+def worker_environment() -> dict:
+    """What every Ray worker needs: this project's code, the tracking store this process logs to, and its
+    own working folder (Tune would otherwise move each trial into a folder of its own)."""
+    env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return {"py_modules": CODE, "env_vars": env | {"RAY_CHDIR_TO_TRIAL_DIR": "0"}}
 
 
 def ray_result(trial: Trial, result) -> TrialResult:

@@ -54,6 +54,29 @@ def test_sweep_expands_the_grid(tmp_path) -> None:
     assert all(c.epochs == 5 for c in configs)
 
 
+def test_sweep_trials_are_named_by_what_sets_them_apart(tmp_path) -> None:
+    from train.trials import grid_names
+
+    configs = load_sweep(write(tmp_path, '[base]\nepochs = 5\n[grid]\nlr = [0.1, 0.01]\nhead = ["linear", "mlp"]\n'))
+    assert [name for name, _ in grid_names(configs)][:2] == ["head=linear,lr=0.1", "head=mlp,lr=0.1"]
+    assert grid_names(configs[:1]) == [("trial", configs[0])]
+
+
+def test_trial_resources_are_checked_and_do_not_change_what_a_run_learns(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="'trial_cpus'"):
+        load_config(write(tmp_path, "trial_cpus = 0"))
+    config = load_config(write(tmp_path, "trial_gpus = 0.5"))
+    assert config.trial_gpus == 0.5 and config.training_params() == Config().training_params()
+
+
+def test_a_negative_max_concurrent_stops_before_anything_runs(tmp_path, capsys) -> None:
+    from train.__main__ import main
+
+    sweep = write(tmp_path, "[grid]\nlr = [0.1]\n")
+    assert main(["sweep", "--config", str(sweep), "--engine", "ray", "--max-concurrent", "-1"]) == 2
+    assert "--max-concurrent" in capsys.readouterr().err
+
+
 def test_sweep_rejects_unknown_tables_and_keys(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Unknown sweep table"):
         load_sweep(write(tmp_path, "[grids]\nlr = [1.0]"))

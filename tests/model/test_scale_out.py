@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
+from train.fit import load_holdout
 from train.tracking import REGISTERED_MODEL
 from train.tracking_server import ServerError, mlflow_server, postgres, stop
 
@@ -178,6 +180,7 @@ def sweep_structure(client: MlflowClient, experiment: str) -> dict:
     versions = {v.run_id: v.version for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'")}
     return {
         "parent": (parent.info.run_name.split(":")[0], parent.data.params["sweep.size"], parent.info.status),
+        "parent_inputs": [i.dataset.name for i in parent.inputs.dataset_inputs],  # logged before the children
         "best": parent.data.metrics["best_val_accuracy"],
         "children": [
             {
@@ -228,3 +231,32 @@ def test_a_failed_ray_trial_is_reported_and_the_others_finish(tracked, capsys: p
         [client.get_experiment_by_name("broken-sweep").experiment_id], "tags.mlflow.runName LIKE 'sweep:%'"
     )[0]
     assert parent.data.metrics["failed_trials"] == 1 and parent.data.metrics["best_val_accuracy"] > 0
+
+
+CV = """
+backbone = "efficientnet_lite0"
+end_to_end = true
+image_size = 64
+crop_ratio = 1.0
+epochs = {epochs}
+folds = 2
+batch_size = 8
+workers = 0
+checkpoint_dir = "{cache}/checkpoints-cv"
+experiment = "{experiment}"
+"""
+
+
+def test_cross_validation_folds_run_as_ray_trials(tracked) -> None:
+    config = write_config(tracked, "cv.toml", CV, epochs=2, experiment="cv-ray")
+    assert train_main(["--data-dir", str(tracked["data"]), "cv", "--config", config, "--engine", "ray"]) == 0
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("cv-ray").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name.startswith("cv:")]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"fold-1", "fold-2", "all"} and parent.data.params["engine"] == "ray"
+    oof = np.load(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="cv/oof.npz"))
+    held_out = [load_holdout(children[f"fold-{i}"].info.run_id)[0] for i in (1, 2)]
+    assert sorted(oof["names"].tolist()) == sorted(held_out[0] + held_out[1])
+    assert len(oof["names"]) == 24 and not set(held_out[0]) & set(held_out[1])  # the tiny trainval, once each
+    assert parent.data.metrics["cv_folds"] == 2 and children["all"].data.tags["cv.parent_run_id"] == parent.info.run_id
