@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
 from train.fit import load_holdout
 from train.tracking import REGISTERED_MODEL
-from train.tracking_server import ServerError, mlflow_server, postgres, stop
+from train.tracking_server import ServerError, free_port, mlflow_server, postgres, stop
 
 pytestmark = pytest.mark.slow
 
@@ -260,3 +261,26 @@ def test_cross_validation_folds_run_as_ray_trials(tracked) -> None:
     assert sorted(oof["names"].tolist()) == sorted(held_out[0] + held_out[1])
     assert len(oof["names"]) == 24 and not set(held_out[0]) & set(held_out[1])  # the tiny trainval, once each
     assert parent.data.metrics["cv_folds"] == 2 and children["all"].data.tags["cv.parent_run_id"] == parent.info.run_id
+
+
+def test_one_command_runs_a_throwaway_server_and_removes_it(tracked) -> None:
+    port, databases = free_port(), set(Path(tempfile.gettempdir()).glob("pets-postgres-*"))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "train", "server", "--port", str(port)],
+        cwd=tracked["root"],
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    announced = server.stdout.readline()  # printed once the server answers
+    url = f"http://127.0.0.1:{port}"
+    assert url in announced, announced
+    artifacts = Path(announced.split("artifacts in ")[1].split(". ")[0])
+    experiment = MlflowClient(url).create_experiment("tried-out")
+    assert rest(url, "experiments/get", experiment_id=experiment)["experiment"]["name"] == "tried-out"
+    server.terminate()
+    assert server.wait(timeout=60) == 0
+    assert not artifacts.exists() and set(Path(tempfile.gettempdir()).glob("pets-postgres-*")) == databases
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/health", timeout=5)
