@@ -25,12 +25,11 @@ import mlflow
 
 from bench.common import REPO, SHARED_DATA
 from train.config import load_config, load_sweep
-from train.crossval import IN_PROCESS
 from train.data import load_dataset
 from train.finetune import finetune, pick_device
 from train.fit import fit
 from train.model import build_net, seed_everything
-from train.trials import Engine, sweep
+from train.trials import IN_PROCESS, Engine, sweep
 
 
 def end_to_end_images_per_s(data_dir: str, images: int, scratch: str) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 
 from train.config import Config
 from train.data import PetData, Sample, load_dataset
-from train.trials import Engine, Trial, run_trials
+from train.trials import IN_PROCESS, Engine, Trial, run_trials
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +80,6 @@ def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndar
         "cv_loss": nll(logits, labels),
         "cv_folds": float(len(fold_accuracies)),
     } | {f"cv_accuracy_{kind}": value for kind, value in summary["per_species"].items()}
-
-
-IN_PROCESS = Engine()
 
 
 def cross_validate(

@@ -53,6 +53,9 @@ class Engine:
     max_concurrent: int = 0  # ray: at most this many trials at once; 0: as many as the resources allow
 
 
+IN_PROCESS = Engine()
+
+
 def run_trial(trial: Trial, data_dir: str | None, config_path: str | None, parent_run_id: str) -> TrialResult:
     from train.fit import fit
 
