@@ -94,7 +94,6 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         mlflow.set_tracking_uri(f"sqlite:///{scratch}/mlflow.db")
-        os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
         os.chdir(scratch)
         sweeps = engines_side_by_side(args.sweep, args.data_dir, scratch)
         config = replace(load_sweep(args.sweep)[0], cache_dir=f"{scratch}/cache-in-process", experiment="bench")

@@ -18,8 +18,6 @@ from train.trials import IN_PROCESS, Engine, Trial, run_trials
 
 log = logging.getLogger(__name__)
 
-OOF_ARTIFACT = "cv/oof.npz"
-
 
 @dataclass(frozen=True)
 class Fold:
@@ -90,7 +88,7 @@ def cross_validate(
     import mlflow
 
     from train import tracking
-    from train.fit import fit, load_holdout, save_holdout
+    from train.fit import fit
 
     if not config.end_to_end:
         raise RuntimeError("cv runs end-to-end configurations (end_to_end = true); sweeps cover the cached path.")
@@ -100,16 +98,17 @@ def cross_validate(
     with mlflow.start_run(run_name=f"cv:{Path(config_path or 'config').stem}") as parent:
         mlflow.log_params(config.as_params())
         trials = [Trial(f.name, config, fold_data(data, f), register=False, resume=resume) for f in folds[:-1]]
-        results = run_trials(trials, engine, data_dir, config_path)
+        results = run_trials(trials, engine, config_path)
         failed = [f"{r.name} ({r.error})" for r in results if r.error]
         if failed:
             raise RuntimeError(f"No CV estimate without every fold; failed: {', '.join(failed)}.")
-        names, logits, labels = out_of_fold(folds[:-1], [load_holdout(r.run_id)[1] for r in results])
+        held_out = [tracking.load_logits(r.run_id, tracking.HOLDOUT_LOGITS)[1] for r in results]
+        names, logits, labels = out_of_fold(folds[:-1], held_out)
         found = cv_metrics([r.val_accuracy for r in results], logits, labels, data)
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
-            path = save_holdout(Path(folder) / Path(OOF_ARTIFACT).name, names, logits, labels)
-            mlflow.log_artifact(str(path), Path(OOF_ARTIFACT).parent.as_posix())
+            path = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
+            mlflow.log_artifact(str(path), Path(tracking.OOF_LOGITS).parent.as_posix())
         final = fit(
             config,
             config_path=config_path,

@@ -114,7 +114,7 @@ def _stratified_split(samples: list[Sample], fraction: float, seed: int) -> tupl
 
 
 def load_dataset(root: str | Path | None = None, val_fraction: float = 0.15, seed: int = 0) -> PetData:
-    root = data_dir(root)
+    root = data_dir(root).resolve()  # absolute sample paths: a Ray worker does not start in this folder
     ensure_dataset(root)
     trainval, test = _read_split(root, "trainval"), _read_split(root, "test")
     classes, species = _class_table(trainval + test)

@@ -172,21 +172,6 @@ def fit(
         return RunResult(run.info.run_id, version, val_accuracy, val_loss, stats, outcome.images_per_second)
 
 
-HOLDOUT_ARTIFACT = "holdout_logits.npz"  # under evaluation/: what cross-validation gathers its folds from
-
-
-def save_holdout(path: Path, names: list[str], logits: np.ndarray, labels: np.ndarray) -> Path:
-    np.savez(path, names=np.array(names), logits=logits, labels=labels)
-    return path
-
-
-def load_holdout(run_id: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """A run's held-out logits, read back through the tracking store (and so from any machine)."""
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"evaluation/{HOLDOUT_ARTIFACT}")
-    with np.load(path) as saved:
-        return [str(n) for n in saved["names"]], saved["logits"], saved["labels"]
-
-
 def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
     """Validation metrics and pictures of the held-out split; (nan, nan) when nothing was held out."""
     plots = {"curves.png": lambda p: metrics.plot_curves(outcome.history, p)}
@@ -206,7 +191,7 @@ def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
         | {f"val_accuracy_{k}": v for k, v in summary["per_species"].items()}
     )
     plots |= {
-        HOLDOUT_ARTIFACT: lambda p: save_holdout(
+        Path(tracking.HOLDOUT_LOGITS).name: lambda p: tracking.save_logits(
             p, [s.name for s in data.splits["val"]], outcome.holdout_logits, val_y
         ),
         "confusion_matrix_val.png": lambda p: metrics.plot_confusion(

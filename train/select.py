@@ -9,19 +9,17 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
 from inference import ModelCard, PetClassifier, not_sure, softmax
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
-from train.crossval import OOF_ARTIFACT
 from train.data import PetData, load_dataset
 from train.evaluate import evaluate_classifier
 from train.export import export_model, replacing
 from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
 from train.quantize import quantize
-from train.tracking import REGISTERED_MODEL
+from train.tracking import OOF_LOGITS, REGISTERED_MODEL, load_logits
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +136,8 @@ def calibration_logits(
     so no held-out split is left); else the served model's logits on the validation split."""
     parent = client.get_run(card.mlflow["run_id"]).data.tags.get("cv.parent_run_id")
     if parent:
-        oof = np.load(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path=OOF_ARTIFACT))
-        return oof["logits"], oof["labels"], "out-of-fold"
+        _, logits, labels = load_logits(parent, OOF_LOGITS)
+        return logits, labels, "out-of-fold"
     val = evaluate_classifier(served, data, "val")
     return val["logits"], val["labels"], "val"
 

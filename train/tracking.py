@@ -8,6 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 
@@ -42,6 +43,21 @@ def log_dataset(data: PetData) -> None:
     frame = pd.DataFrame(rows, columns=["image", "label", "split"])
     dataset = mlflow.data.from_pandas(frame, source=str(data.root), name="oxford-iiit-pet", digest=data.digest[:16])
     mlflow.log_input(dataset, context="training")
+
+
+HOLDOUT_LOGITS = "evaluation/holdout_logits.npz"  # each run's held-out logits: what `cv` gathers its folds from
+OOF_LOGITS = "cv/oof.npz"  # a cross-validation parent's out-of-fold logits: what `select` calibrates on
+
+
+def save_logits(path: Path, names: list[str], logits: np.ndarray, labels: np.ndarray) -> Path:
+    np.savez(path, names=np.array(names), logits=logits, labels=labels)
+    return path
+
+
+def load_logits(run_id: str, artifact: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Logits saved by `save_logits` in a run, read back through the tracking store (so from any machine)."""
+    with np.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)) as saved:
+        return [str(n) for n in saved["names"]], saved["logits"], saved["labels"]
 
 
 def log_files(files: dict[str, callable]) -> None:

@@ -60,10 +60,10 @@ def run(command: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def postgres(port: int | None = None) -> Iterator[str]:
-    """A PostgreSQL cluster in its own temporary folder; yields the SQLAlchemy URI of its `mlflow` database
-    and removes everything when the block ends."""
-    port = port or free_port()
+def postgres() -> Iterator[str]:
+    """A PostgreSQL cluster in its own temporary folder on a free port; yields the SQLAlchemy URI of its
+    `mlflow` database and removes everything when the block ends."""
+    port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="pets-postgres-"))
     user = as_postgres_user()
     if user:
@@ -82,7 +82,7 @@ def postgres(port: int | None = None) -> Iterator[str]:
 
 @contextlib.contextmanager
 def mlflow_server(
-    backend_uri: str, artifacts: Path, port: int | None = None, host: str = "127.0.0.1", timeout: float = 120
+    backend_uri: str, artifacts: Path, port: int | None = None, host: str = "127.0.0.1"
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """`mlflow server` on `backend_uri`, artifacts proxied to `artifacts`; yields its URL and process once
     /health answers, and stops it (its workers too) afterwards."""
@@ -93,13 +93,13 @@ def mlflow_server(
     with tempfile.TemporaryFile(mode="w+") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_for_health(url, process, log, timeout)
+            wait_for_health(url, process, log)
             yield url, process
         finally:
             stop(process)
 
 
-def wait_for_health(url: str, process: subprocess.Popen, log, timeout: float) -> None:
+def wait_for_health(url: str, process: subprocess.Popen, log, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -112,10 +112,10 @@ def wait_for_health(url: str, process: subprocess.Popen, log, timeout: float) ->
     raise ServerError(f"mlflow server at {url} did not answer within {timeout:.0f} s")
 
 
-def stop(process: subprocess.Popen, signal_number: int = signal.SIGTERM) -> None:
+def stop(process: subprocess.Popen) -> None:
     """The server forks workers into its own session: signal the whole group."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal_number)
+        os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:

@@ -19,7 +19,6 @@ import mlflow
 from train import tracking
 from train.config import Config, load_sweep
 from train.data import PetData, load_dataset
-from train.data import data_dir as dataset_root
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ CODE = [str(REPO / "train"), str(REPO / "preprocess.py"), str(REPO / "inference.
 class Trial:
     name: str
     config: Config
-    data: PetData | None = None  # a cross-validation fold; None: the config's own split of the data folder
+    data: PetData  # the config's own split, or a cross-validation fold
     register: bool = True
     resume: bool = False  # end to end: continue from the trial's last checkpoint
 
@@ -56,13 +55,12 @@ class Engine:
 IN_PROCESS = Engine()
 
 
-def run_trial(trial: Trial, data_dir: str | None, config_path: str | None, parent_run_id: str) -> TrialResult:
+def run_trial(trial: Trial, config_path: str | None, parent_run_id: str) -> TrialResult:
     from train.fit import fit
 
     result = fit(
         trial.config,
-        data_dir,
-        config_path,
+        config_path=config_path,
         data=trial.data,
         resume=trial.resume,
         register=trial.register,
@@ -75,11 +73,13 @@ def run_trial(trial: Trial, data_dir: str | None, config_path: str | None, paren
 def sweep(path: str, overrides: list[str], data_dir: str | None, engine: Engine) -> list[TrialResult]:
     """`python -m train sweep`: one trial per grid point under a parent run `sweep:<path>`."""
     configs = load_sweep(path, overrides)
+    splits = {key: load_dataset(data_dir, *key) for key in {(c.val_fraction, c.seed) for c in configs}}
+    trials = [Trial(name, c, splits[c.val_fraction, c.seed]) for name, c in grid_names(configs)]
     tracking.start(configs[0].experiment)
     with mlflow.start_run(run_name=f"sweep:{path}"):
         mlflow.log_param("sweep.size", len(configs))
         mlflow.log_artifact(path, "config")
-        results = run_trials([Trial(name, c) for name, c in grid_names(configs)], engine, data_dir, path)
+        results = run_trials(trials, engine, path)
         finished = [r for r in results if r.error is None]
         if finished:
             mlflow.log_metric("best_val_accuracy", max(r.val_accuracy for r in finished))
@@ -92,16 +92,15 @@ def grid_names(configs: list[Config]) -> list[tuple[str, Config]]:
     return [(",".join(f"{key}={getattr(c, key)}" for key in varying) or "trial", c) for c in configs]
 
 
-def run_trials(trials: list[Trial], engine: Engine, data_dir: str | None, config_path: str | None) -> list[TrialResult]:
+def run_trials(trials: list[Trial], engine: Engine, config_path: str | None) -> list[TrialResult]:
     """Each trial as a child of the active run, results in the order of `trials`."""
     parent = mlflow.active_run().info.run_id
     mlflow.log_param("engine", engine.kind)
-    first = trials[0]
-    tracking.log_dataset(first.data or load_dataset(data_dir, first.config.val_fraction, first.config.seed))
+    tracking.log_dataset(trials[0].data)
     if engine.kind == "ray":
-        results = on_ray(trials, engine, data_dir, config_path, parent)
+        results = on_ray(trials, engine, config_path, parent)
     else:
-        results = [in_process(trial, data_dir, config_path, parent) for trial in trials]
+        results = [in_process(trial, config_path, parent) for trial in trials]
     for result in results:
         if result.error:
             log.error("trial %s failed: %s", result.name, result.error)
@@ -109,9 +108,9 @@ def run_trials(trials: list[Trial], engine: Engine, data_dir: str | None, config
     return results
 
 
-def in_process(trial: Trial, data_dir: str | None, config_path: str | None, parent: str) -> TrialResult:
+def in_process(trial: Trial, config_path: str | None, parent: str) -> TrialResult:
     try:
-        return run_trial(trial, data_dir, config_path, parent)
+        return run_trial(trial, config_path, parent)
     except Exception as error:  # reported with the others' results; the sweep goes on
         log.exception("trial %s", trial.name)
         return TrialResult(trial.name, error=f"{type(error).__name__}: {error}")
@@ -128,20 +127,17 @@ def portable(trial: Trial) -> Trial:
     return replace(trial, config=config)
 
 
-def on_ray(
-    trials: list[Trial], engine: Engine, data_dir: str | None, config_path: str | None, parent: str
-) -> list[TrialResult]:
+def on_ray(trials: list[Trial], engine: Engine, config_path: str | None, parent: str) -> list[TrialResult]:
     import ray
     from ray import tune
 
     trials = [portable(trial) for trial in trials]
-    data_dir = str(dataset_root(data_dir).resolve())
     config_path = str(Path(config_path).resolve()) if config_path else None
     ray.init(address=engine.address, runtime_env=worker_environment(), include_dashboard=False)
     try:
 
         def trainable(params: dict) -> dict:
-            return asdict(run_trial(trials[params["index"]], data_dir, config_path, parent))
+            return asdict(run_trial(trials[params["index"]], config_path, parent))
 
         def resources(params: dict) -> dict:
             config = trials[params["index"]].config

@@ -13,15 +13,13 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
-from train.fit import load_holdout
-from train.tracking import REGISTERED_MODEL
+from train.tracking import HOLDOUT_LOGITS, OOF_LOGITS, REGISTERED_MODEL, load_logits
 from train.tracking_server import ServerError, free_port, mlflow_server, postgres, stop
 
 pytestmark = pytest.mark.slow
@@ -256,10 +254,10 @@ def test_cross_validation_folds_run_as_ray_trials(tracked) -> None:
     (parent,) = [r for r in runs if r.info.run_name.startswith("cv:")]
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"fold-1", "fold-2", "all"} and parent.data.params["engine"] == "ray"
-    oof = np.load(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="cv/oof.npz"))
-    held_out = [load_holdout(children[f"fold-{i}"].info.run_id)[0] for i in (1, 2)]
-    assert sorted(oof["names"].tolist()) == sorted(held_out[0] + held_out[1])
-    assert len(oof["names"]) == 24 and not set(held_out[0]) & set(held_out[1])  # the tiny trainval, once each
+    oof_names = load_logits(parent.info.run_id, OOF_LOGITS)[0]
+    held_out = [load_logits(children[f"fold-{i}"].info.run_id, HOLDOUT_LOGITS)[0] for i in (1, 2)]
+    assert sorted(oof_names) == sorted(held_out[0] + held_out[1])
+    assert len(oof_names) == 24 and not set(held_out[0]) & set(held_out[1])  # the tiny trainval, once each
     assert parent.data.metrics["cv_folds"] == 2 and children["all"].data.tags["cv.parent_run_id"] == parent.info.run_id
 
 
