@@ -8,6 +8,7 @@ Every action is a named API endpoint; see README.md for a `gradio_client` exampl
 from __future__ import annotations
 
 import base64
+import binascii
 import functools
 import json
 import logging
@@ -20,7 +21,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default
 import gradio as gr
 from gradio.components.label import LabelConfidence, LabelData
 from PIL import Image
+from starlette.middleware import Middleware
 
+import limits
 import preprocess
 import transforms
 from inference import ModelCard, PetClassifier, Prediction, overlay, readable_name
@@ -30,7 +33,10 @@ log = logging.getLogger("app")
 HERE = Path(__file__).parent
 EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
-MAX_BATCH_FILES = 32
+MAX_BODY_BYTES = 20_000_000  # any request body: a data URL in a JSON call is held to the upload limit
+MAX_BATCH_FILES = 32  # files per batch and per upload request
+MAX_QUEUED_PER_CLIENT = 4  # waiting or running requests one visitor (session or address) may hold
+FEW_TEST_PHOTOS = 10  # per-class accuracies on fewer test photos are marked as too few to judge
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
 # Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
 # evicts the oldest only past this many sessions; each REST call is a new session. The app keeps no
@@ -52,8 +58,19 @@ class ImageUpload(gr.Image):
         if payload is None:
             return None
         if payload.path is None and payload.url and payload.url.startswith("data:"):
-            return base64.b64decode(payload.url.split(",", 1)[1])
+            return decode_data_url(payload.url)
         return payload.path
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a `data:<type>;base64,<data>` URL, or a user error that says what is wrong with it."""
+    header, comma, data = url.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise user_error("The image's data URL is malformed: expected data:image/<type>;base64,<data>.")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise user_error("The image's data URL is not valid base64.") from None
 
 
 class BreedLabel(gr.Label):
@@ -69,58 +86,75 @@ class BreedLabel(gr.Label):
         return LabelData(label=NOT_SURE if value.not_sure else value.top[0][0], confidences=confidences)
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Turn the loader's and transforms' errors into a `gr.Error` the user sees; never a traceback."""
+def user_error(message: str) -> gr.Error:
+    """A `gr.Error` for a user's mistake: the user sees the message, the log gets one line, no traceback."""
+    log.warning("user error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+def endpoint(fn: Callable) -> Callable:
+    """Every endpoint's wrapper: the loader's and transforms' errors become a `gr.Error` the user sees
+    (one log line); an unexpected error keeps its traceback in the log but not in the answer. After each
+    request the heap's free pages go back to the OS, so one large photo does not leave RSS high."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
         try:
             return fn(*args)
         except preprocess.PreprocessError as error:
-            raise gr.Error(str(error)) from None
+            raise user_error(str(error)) from None
         except gr.Error:
             raise
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
             raise gr.Error("Something went wrong while processing this request; please try another image.") from None
+        finally:
+            limits.trim_memory()
 
     return wrapper
 
 
-def _require(image: Any) -> Image.Image:
+def _require(image: Any, for_model: bool = False) -> Image.Image:
+    """The uploaded image decoded: at full size for transforms, no larger than needed for the model."""
     if image is None:
-        raise gr.Error("Upload a photo first.")
-    return preprocess.load_image(image)
+        raise user_error("Upload a photo first.")
+    return preprocess.load_for_model(image, classifier.spec) if for_model else preprocess.load_image(image)
 
 
 # --------------------------------------------------------------------------- prediction
 
 
-@user_errors
+@endpoint
 def identify(image: Any) -> tuple[Prediction, str, dict, Image.Image]:
     """The Identify button: one decode and one model run (logits and CAM) feed the label, the summary
     line, the JSON details and the heatmap."""
-    photo = _require(image)
+    photo = _require(image, for_model=True)
     prediction, heat = classifier.explain(photo)
     return prediction, summary_line(prediction), prediction.as_details(), overlay(photo, heat)
 
 
-@user_errors
+def identify_example(selected: gr.SelectData) -> tuple[str, Prediction, str, dict, Image.Image]:
+    """A click on an example photo: show it and identify it at once (one decode, one model run)."""
+    path = EXAMPLES[selected.index]
+    return (path, *identify(path))
+
+
+@endpoint
 def predict(image: Any) -> Prediction:
     """The five most likely breeds with their probabilities; the label reads "Not sure" when unsure."""
-    return classifier.predict(_require(image))
+    return classifier.predict(_require(image, for_model=True))
 
 
-@user_errors
+@endpoint
 def predict_details(image: Any) -> dict:
     """Top-5, species, and whether the model is unsure the photo shows one of its 37 breeds."""
-    return classifier.predict(_require(image)).as_details()
+    return classifier.predict(_require(image, for_model=True)).as_details()
 
 
-@user_errors
+@endpoint
 def explain(image: Any) -> Image.Image:
     """The photo with a heatmap of where the evidence for the top-1 breed lies."""
-    photo = _require(image)
+    photo = _require(image, for_model=True)
     return overlay(photo, classifier.explain(photo)[1])
 
 
@@ -135,25 +169,24 @@ def summary_line(prediction: Prediction) -> str:
     return f"Looks like a **{prediction.species}**: most likely a {breed} ({confidence:.0%})."
 
 
-@user_errors
+@endpoint
 def predict_batch(files: list[Any] | None) -> list[list[Any]]:
-    """One row per file: file, top-1 breed, its probability, the top-5; unreadable files say why."""
+    """One row per file: file, top-1 breed, its probability, "not sure" or not, the top-5; unreadable files
+    say why. One file is decoded, predicted and released at a time, so memory is one photo's, not 32."""
     files = files or []
     if len(files) > MAX_BATCH_FILES:
-        raise gr.Error(f"At most {MAX_BATCH_FILES} files per batch, got {len(files)}.")
-    rows: dict[int, list[Any]] = {}
-    images: dict[int, Image.Image] = {}
-    paths = [Path(getattr(file, "name", file)) for file in files]
-    names = [path.name for path in paths]
-    for i, path in enumerate(paths):
-        try:
-            images[i] = preprocess.load_image(path)
-        except preprocess.PreprocessError as error:
-            rows[i] = [names[i], "", None, f"error: {error}"]
-    for i, prediction in zip(images, classifier.predict_batch(list(images.values())), strict=True):
-        top1, probability = prediction.top[0]
-        rows[i] = [names[i], top1, round(probability, 4), ", ".join(f"{n} ({p:.1%})" for n, p in prediction.top)]
-    return [rows[i] for i in range(len(files))]
+        raise user_error(f"At most {MAX_BATCH_FILES} files per batch, got {len(files)}.")
+    return [batch_row(Path(getattr(file, "name", file))) for file in files]
+
+
+def batch_row(path: Path) -> list[Any]:
+    try:
+        prediction = classifier.predict(preprocess.load_for_model(path, classifier.spec))
+    except preprocess.PreprocessError as error:
+        return [path.name, "", None, "", f"error: {error}"]
+    top1, probability = prediction.top[0]
+    sure = f"not sure (below {prediction.threshold:.0%})" if prediction.not_sure else "sure"
+    return [path.name, top1, round(probability, 4), sure, ", ".join(f"{n} ({p:.1%})" for n, p in prediction.top)]
 
 
 def model_runs() -> int:
@@ -175,7 +208,7 @@ def classes() -> list[dict[str, str]]:
 def transform_endpoint(transform: transforms.Transform) -> Callable:
     """An endpoint for one transform: the image first, then the transform's parameters in table order."""
 
-    @user_errors
+    @endpoint
     def run(image: Any, *params: Any) -> Image.Image:
         return transform(_require(image), *(None if p == "" else p for p in params))
 
@@ -183,7 +216,7 @@ def transform_endpoint(transform: transforms.Transform) -> Callable:
     return run
 
 
-@user_errors
+@endpoint
 def pipeline(image: Any, steps: str) -> Image.Image:
     """Apply a JSON list of steps, e.g. [{"op": "resize", "width": 256}, {"op": "grayscale"}]."""
     return transforms.pipeline(_require(image), steps)
@@ -196,7 +229,12 @@ def control(param: transforms.Param) -> gr.components.Component:
     if param.choices:
         return gr.Radio(list(param.choices), value=param.default, label=param.name)
     value = param.example if param.example is not None else param.default
-    return gr.Number(label=param.describe(), value=None if value is transforms.REQUIRED else value)
+    return gr.Number(
+        label=param.describe(),
+        value=None if value is transforms.REQUIRED else value,
+        placeholder=param.note or "empty",  # without one, Gradio shows an empty number as 0
+        precision=0 if param.kind is int else None,
+    )
 
 
 # --------------------------------------------------------------------------- the model card
@@ -208,10 +246,18 @@ def selection_row(card: ModelCard) -> str:
         cv = card.metrics["cv"]
         return (
             f"| {cv['folds']}-fold cross-validation (trainval) | {card.data['images']['train']} | "
-            f"{cv['accuracy']:.1%} ± {cv['accuracy_std']:.1%} | {cv['top5_accuracy']:.1%} |"
+            f"{cv['accuracy']:.1%} ± {cv['accuracy_std']:.1%} | {percent(cv.get('mean_per_class_accuracy'))} | "
+            f"{cv['top5_accuracy']:.1%} |"
         )
     val = card.metrics["val"]
-    return f"| validation | {card.data['images']['val']} | {val['accuracy']:.1%} | {val['top5_accuracy']:.1%} |"
+    return (
+        f"| validation | {card.data['images']['val']} | {val['accuracy']:.1%} | "
+        f"{percent(val.get('mean_per_class_accuracy'))} | {val['top5_accuracy']:.1%} |"
+    )
+
+
+def percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
 
 
 def trust_text(card: ModelCard) -> str:
@@ -219,7 +265,12 @@ def trust_text(card: ModelCard) -> str:
     if "test" not in card.metrics or not card.calibration or not card.not_sure:
         return "Not tested or calibrated yet (`python -m train select`): confidences are raw softmax."
     test, calibration, not_sure = card.metrics["test"], card.calibration, card.not_sure
-    species = ", ".join(f"{k} {v:.1%}" for k, v in test["per_species"].items())
+    counts = test_counts(card)
+    species = ", ".join(
+        f"{kind}s {share:.1%}"
+        + (f" ({sum(n for c, n in counts.items() if card_species(card, c) == kind)} photos)" if counts else "")
+        for kind, share in test["per_species"].items()
+    )
     return (
         f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
         f"{calibration['temperature']:.2f}, fitted on {calibration['fitted_on']} predictions): test ECE "
@@ -227,6 +278,14 @@ def trust_text(card: ModelCard) -> str:
         f"marked *not sure* ({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of "
         "non-pet images)."
     )
+
+
+def missing_sentence(card: ModelCard) -> str:
+    missing = card.data["missing"]
+    if not any(missing.values()):
+        return "Every image the dataset lists was present."
+    parts = " and ".join(f"{count:,} {split}" for split, count in missing.items() if count)
+    return f"This copy of the dataset lacks {parts} images that the official lists name; they were skipped."
 
 
 def card_markdown(card: ModelCard) -> str:
@@ -240,21 +299,65 @@ def card_markdown(card: ModelCard) -> str:
             f"- **MLflow** `{card.mlflow['registered_model']}` version {card.mlflow['version']} "
             f"(alias `{card.mlflow['alias']}`), run `{card.mlflow['run_id']}`",
             "",
-            "| split | images | top-1 | top-5 |",
-            "|---|---|---|---|",
+            "| split | images | top-1 | mean per breed | top-5 |",
+            "|---|---|---|---|---|",
             selection_row(card),
-            f"| test | {test['images']} | {test['accuracy']:.1%} | {test['top5_accuracy']:.1%} |" if test else "",
+            (
+                f"| test | {test['images']} | {test['accuracy']:.1%} | {percent(test.get('mean_per_class_accuracy'))}"
+                f" | {test['top5_accuracy']:.1%} |"
+                if test
+                else ""
+            ),
             "",
             trust_text(card),
-            f"Data digest `{card.data['digest'][:12]}`; listed images missing from this copy, skipped: "
-            f"{card.data['missing']}.",
+            "",
+            f"Data digest `{card.data['digest'][:12]}`. {missing_sentence(card)}",
         ]
     )
 
 
+def test_confusion(card: ModelCard) -> list[list[int]]:
+    return card.metrics.get("test", {}).get("confusion", [])
+
+
+def test_counts(card: ModelCard) -> dict[str, int]:
+    """Test photos per class, from the card's confusion counts (empty for a card without them)."""
+    return {label: sum(row) for label, row in zip(classifier.labels, test_confusion(card), strict=False)}
+
+
+def card_species(card: ModelCard, label: str) -> str:
+    return card.species[classifier.labels.index(label)]
+
+
 def per_class_rows(card: ModelCard) -> list[list[Any]]:
-    per_class = card.metrics.get("test", {}).get("per_class", {})
-    return [[readable_name(k), round(v, 3)] for k, v in sorted(per_class.items(), key=lambda item: item[1])]
+    """Breed, species, test photos, accuracy in %, and a note where the photos are too few to judge."""
+    per_class, counts = card.metrics.get("test", {}).get("per_class", {}), test_counts(card)
+    rows = []
+    for label, accuracy in sorted(per_class.items(), key=lambda item: item[1]):
+        count = counts.get(label)
+        note = (
+            f"fewer than {FEW_TEST_PHOTOS} photos: too few to judge"
+            if count is not None and count < FEW_TEST_PHOTOS
+            else ""
+        )
+        rows.append([readable_name(label), card_species(card, label), count, f"{accuracy:.1%}", note])
+    return rows
+
+
+def confused_pairs(card: ModelCard, top: int = 10) -> list[list[Any]]:
+    """The most frequent mistakes on test: true breed → answered, count, and share of that breed's photos."""
+    confusion = test_confusion(card)
+    pairs = [
+        (count, true, answered)
+        for true, row in enumerate(confusion)
+        for answered, count in enumerate(row)
+        if count and true != answered
+    ]
+    names = classifier.names
+    return [
+        [names[true], names[answered], count, f"{count / sum(confusion[true]):.0%}"]
+        for count, true, answered in sorted(pairs, key=lambda pair: -pair[0])[:top]
+    ]
 
 
 def confusion_image(card: ModelCard) -> str | None:
@@ -262,66 +365,132 @@ def confusion_image(card: ModelCard) -> str | None:
     return str(classifier.model_file.parent / name) if name else None
 
 
+def example_caption(path: str) -> str:
+    label = Path(path).stem.rsplit("_", 1)[0]
+    return f"{readable_name(label)} ({card_species(classifier.card, label)})"
+
+
 # --------------------------------------------------------------------------- the app
 
+CSS = """
+#examples .grid-wrap { min-height: 0; }
+@media (max-width: 640px) { #examples .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
+"""
 
 with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo:
     gr.Markdown("# 🐾 Pet breed recognition\nThe breed of a cat or dog in a photo, among the 37 of Oxford-IIIT Pet.")
-    with gr.Tab("Identify"):
-        with gr.Row():
-            photo = ImageUpload(
-                label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath", elem_id="photo"
+    with gr.Tabs(elem_id="tabs"):
+        with gr.Tab("Identify", id="identify", elem_id="tab-identify"):
+            with gr.Row():
+                photo = ImageUpload(
+                    label="Photo", sources=["upload", "webcam", "clipboard"], type="filepath", elem_id="photo"
+                )
+                with gr.Column():
+                    breeds = BreedLabel(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
+                    summary = gr.Markdown(elem_id="summary")
+                heatmap = gr.Image(
+                    label="What it looked at (class activation map)", type="pil", format="jpeg", elem_id="heatmap"
+                )
+            identify_button = gr.Button("Identify", variant="primary")
+            examples = gr.Gallery(
+                [(path, example_caption(path)) for path in EXAMPLES],
+                label="Examples: click one to identify it",
+                columns=6,
+                height="auto",
+                allow_preview=False,
+                interactive=False,
+                elem_id="examples",
             )
-            with gr.Column():
-                breeds = BreedLabel(label="Top 5 breeds", num_top_classes=5, elem_id="breeds")
-                summary = gr.Markdown(elem_id="summary")
-            heatmap = gr.Image(
-                label="What it looked at (class activation map)", type="pil", format="jpeg", elem_id="heatmap"
+            gr.Markdown("Example photos: Oxford-IIIT Pet test images (Parkhi et al., CC BY-SA 4.0).")
+            with gr.Accordion("Details as JSON", open=False):
+                details = gr.JSON()
+            with gr.Accordion("Several photos at once", open=False):
+                files = gr.File(file_count="multiple", label=f"Photos (at most {MAX_BATCH_FILES})")
+                table = gr.Dataframe(
+                    headers=["file", "top-1", "probability", "sure", "top-5"], label="Predictions", wrap=True
+                )
+                gr.Button("Identify all").click(
+                    predict_batch, files, table, api_name="predict_batch", concurrency_id="model"
+                )
+
+        with gr.Tab("Transform", id="transform", elem_id="tab-transform"):
+            with gr.Row():
+                source = ImageUpload(label="Image", type="filepath", elem_id="transform-source")
+                result = gr.Image(label="Result", type="pil", format="png", elem_id="transform-result")
+            for name, transform in transforms.TRANSFORMS.items():
+                with gr.Accordion(f"{name}: {transform.summary}", open=name == "resize", elem_id=f"op-{name}"):
+                    controls = [control(param) for param in transform.params]
+                    gr.Button(f"Apply {name}").click(
+                        transform_endpoint(transform),
+                        [source, *controls],
+                        result,
+                        api_name=name,
+                        concurrency_id="transform",
+                        concurrency_limit=1,
+                    )
+            with gr.Accordion(f"pipeline: {pipeline.__doc__.splitlines()[0]}", open=False, elem_id="op-pipeline"):
+                steps = gr.Code(json.dumps([{"op": "resize", "width": 256}, {"op": "grayscale"}]), language="json")
+                gr.Button("Apply pipeline").click(
+                    pipeline,
+                    [source, steps],
+                    result,
+                    api_name="pipeline",
+                    concurrency_id="transform",
+                    concurrency_limit=1,
+                )
+
+        with gr.Tab("Model", id="model", elem_id="tab-model"):
+            gr.Markdown(card_markdown(classifier.card), elem_id="card")
+            gr.Dataframe(
+                per_class_rows(classifier.card),
+                headers=["breed", "species", "test photos", "test accuracy", "note"],
+                label="Per breed, worst first",
+                elem_id="per-class",
+                wrap=True,
             )
-        identify_button = gr.Button("Identify", variant="primary")
-        gr.Examples(EXAMPLES, inputs=photo)
-        with gr.Accordion("Details as JSON", open=False):
-            details = gr.JSON()
-        with gr.Accordion("Several photos at once", open=False):
-            files = gr.File(file_count="multiple", label="Photos")
-            table = gr.Dataframe(headers=["file", "top-1", "probability", "top-5"], label="Predictions")
-            gr.Button("Identify all").click(predict_batch, files, table, api_name="predict_batch")
-    identify_button.click(identify, photo, [breeds, summary, details, heatmap], api_name="identify")
-    for fn, output in ((predict, breeds), (predict_details, details), (explain, heatmap)):  # API only
-        gr.Button(visible=False).click(fn, photo, output, api_name=fn.__name__)
+            gr.Dataframe(
+                confused_pairs(classifier.card),
+                headers=["true breed", "answered", "photos", "share of that breed"],
+                label="Most confused pairs on test",
+                elem_id="confused",
+                wrap=True,
+            )
+            gr.Image(
+                confusion_image(classifier.card),
+                label="Test confusion matrix",
+                elem_id="confusion",
+                buttons=["fullscreen"],
+            )
+            with gr.Accordion("The 37 breeds", open=False):
+                gr.JSON(classes())
+
+    outputs = [breeds, summary, details, heatmap]
+    identify_button.click(identify, photo, outputs, api_name="identify", concurrency_id="model")
+    photo.upload(identify, photo, outputs, api_visibility="private", concurrency_id="model")
+    examples.select(identify_example, None, [photo, *outputs], api_visibility="private", concurrency_id="model")
+    for fn, output in ((predict, breeds), (predict_details, details), (explain, heatmap)):  # API only: no trigger
+        gr.on([], fn, photo, output, api_name=fn.__name__, concurrency_id="model")
+    gr.api(classes, api_name="classes")
     if os.environ.get("PETS_BENCH_NOOP") == "1":  # the floor for bench/latency.py: same upload, no work
-        gr.Button(visible=False).click(lambda image: "ok", photo, gr.Textbox(visible=False), api_name="noop")
+        gr.on([], lambda image: "ok", photo, gr.Textbox(visible=False, render=False), api_name="noop")
         gr.api(model_runs, api_name="model_runs")
 
-    with gr.Tab("Transform"):
-        with gr.Row():
-            source = ImageUpload(label="Image", type="filepath", elem_id="transform-source")
-            result = gr.Image(label="Result", type="pil", format="png", elem_id="transform-result")
-        for name, transform in transforms.TRANSFORMS.items():
-            with gr.Tab(name):
-                controls = [control(param) for param in transform.params]
-                gr.Button(f"Apply {name}").click(
-                    transform_endpoint(transform), [source, *controls], result, api_name=name
-                )
-        with gr.Tab("pipeline"):
-            steps = gr.Code(json.dumps([{"op": "resize", "width": 256}, {"op": "grayscale"}]), language="json")
-            gr.Button("Apply pipeline").click(pipeline, [source, steps], result, api_name="pipeline")
-
-    with gr.Tab("Model"):
-        gr.Markdown(card_markdown(classifier.card), elem_id="card")
-        with gr.Row():
-            gr.Dataframe(per_class_rows(classifier.card), headers=["breed", "test accuracy"], label="Per class")
-            gr.Image(confusion_image(classifier.card), label="Test confusion matrix")
-        with gr.Accordion("The 37 breeds", open=False):
-            gr.JSON(classes())
-        gr.api(classes, api_name="classes")
-
-# Two requests at a time on the Space's 2 vCPUs, up to 64 waiting: chosen with bench/load.py (README).
+# The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,
+# so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's.
 demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
+limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
 
 
 def launch(**overrides: Any) -> None:
-    """Serve the app with its limits: upload size, session capacity, no tracebacks to users."""
+    """Serve the app with its limits: upload and body size, files per upload, queued requests per visitor,
+    session capacity, no tracebacks to users."""
+    limits.return_memory_to_the_os()
+    middleware = Middleware(
+        limits.RequestLimits,
+        max_body=MAX_BODY_BYTES,
+        max_upload_body=MAX_BATCH_FILES * MAX_BODY_BYTES,
+        max_files=MAX_BATCH_FILES,
+    )
     demo.launch(
         **{
             "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -329,6 +498,8 @@ def launch(**overrides: Any) -> None:
             "max_file_size": MAX_FILE_SIZE,
             "state_session_capacity": SESSION_CAPACITY,
             "show_error": False,
+            "app_kwargs": {"middleware": [middleware]},
+            "css": CSS,
         }
         | overrides
     )

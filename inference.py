@@ -22,7 +22,16 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # privacy: no device id und
 import onnxruntime as ort
 from PIL import Image
 
-from preprocess import ImageSource, InputSpec, PreprocessError, load_image, model_batch, model_input, source_box
+from preprocess import (
+    ImageSource,
+    InputSpec,
+    PreprocessError,
+    display_size,
+    load_for_model,
+    model_batch,
+    model_input,
+    source_box,
+)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 
@@ -283,9 +292,9 @@ class PetClassifier:
         return Prediction(top, self.species[order[0]], flag, self.threshold)
 
     def explain(self, image: ImageSource, top_k: int = 5) -> tuple[Prediction, np.ndarray]:
-        """The prediction and, for its top-1 breed, a class activation map in [0, 1] of the photo's size
-        (rows × columns); zero outside the centre crop the model sees."""
-        photo = load_image(image)
+        """The prediction and, for its top-1 breed, a class activation map in [0, 1] at the photo's display
+        size (`preprocess.display_size`: rows × columns); zero outside the centre crop the model sees."""
+        photo = load_for_model(image, self.spec)
         outputs = [self.card.model.output_name, self.card.model.cam_output]
         logits, maps = self._run(outputs, model_input(photo, self.spec))
         probabilities = softmax(logits, self.temperature)[0]
@@ -293,11 +302,20 @@ class PetClassifier:
         heat = maps[0, int(probabilities.argmax())]
         heat = np.maximum(heat - heat.mean(), 0)  # positions that raise the logit above its average
         heat = heat / heat.max() if heat.max() > 0 else heat
-        left, top, right, bottom = (round(v) for v in source_box(photo.size, self.spec))
-        resized = Image.fromarray(heat.astype(np.float32), "F").resize((right - left, bottom - top), Image.BICUBIC)
-        canvas = np.zeros((photo.height, photo.width), dtype=np.float32)
-        canvas[top:bottom, left:right] = np.asarray(resized)[: photo.height - top, : photo.width - left]
-        return prediction, np.clip(canvas, 0, 1)  # bicubic overshoots a little
+        return prediction, _heat_canvas(heat, photo.size, self.spec)
+
+
+def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec) -> np.ndarray:
+    """The map placed where the model's crop lies, on a float32 canvas of the photo's display size."""
+    width, height = display_size(photo_size)
+    scale = width / photo_size[0], height / photo_size[1]
+    left, top, right, bottom = source_box(photo_size, spec)
+    left, right = round(left * scale[0]), max(round(left * scale[0]) + 1, round(right * scale[0]))
+    top, bottom = round(top * scale[1]), max(round(top * scale[1]) + 1, round(bottom * scale[1]))
+    resized = Image.fromarray(heat.astype(np.float32), "F").resize((right - left, bottom - top), Image.BICUBIC)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    canvas[top:bottom, left:right] = np.asarray(resized)[: height - top, : width - left]
+    return np.clip(canvas, 0, 1)  # bicubic overshoots a little
 
 
 # Matplotlib's "inferno" at nine stops: perceptually uniform, readable in grey and by most colour-blind eyes.
@@ -306,16 +324,24 @@ INFERNO_STOPS = np.array(
      (249, 201, 50), (252, 255, 164)],
     dtype=np.float32,
 )  # fmt: skip
-INFERNO = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 9), INFERNO_STOPS[:, c]) for c in range(3)], 1)
+INFERNO = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 9), INFERNO_STOPS[:, c]) for c in range(3)], 1
+).astype(np.float32)
 
 
 def overlay(photo: Image.Image, heat: np.ndarray, opacity: float = 0.7) -> Image.Image:
-    """The heatmap in the inferno colour map over the photo: the photo shows through where it is cold,
-    the colour dominates where it is hot (a gamma of 0.6 widens the warm band so it reads at a glance)."""
+    """The heatmap in the inferno colour map over the photo, at the heatmap's (display) size: the photo
+    shows through where it is cold, the colour dominates where it is hot (a gamma of 0.6 widens the warm
+    band so it reads at a glance). Float32 at display size: a 50 MP photo costs a 1 MP blend."""
+    shown = (
+        photo.resize((heat.shape[1], heat.shape[0]), Image.Resampling.BILINEAR)
+        if photo.size != heat.shape[::-1]
+        else photo
+    )
     level = np.clip(heat, 0, 1) ** 0.6
     colour = INFERNO[(level * 255).astype(np.uint8)]
     alpha = (opacity * (0.25 + 0.75 * level))[..., None]
-    blended = np.asarray(photo, dtype=np.float32) * (1 - alpha) + colour * alpha
+    blended = np.asarray(shown, dtype=np.float32) * (1 - alpha) + colour * alpha
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8))
 
 
@@ -336,10 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{path}: {error}", file=sys.stderr)
             continue
         if args.json:
-            top = [{"breed": name, "probability": round(p, 6)} for name, p in prediction.top]
-            print(json.dumps({"file": str(path), "species": prediction.species, "top": top}))
+            print(json.dumps({"file": str(path)} | prediction.as_details()))
         else:
-            print(f"{path} ({prediction.species})")
+            flag = f", not sure: below {prediction.threshold:.0%}" if prediction.not_sure else ""
+            print(f"{path} ({prediction.species}{flag})")
             for name, probability in prediction.top:
                 print(f"  {probability:7.2%}  {name}")
     return 1 if failed else 0

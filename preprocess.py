@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DISPLAY_SIDE = 1024  # the longer side of images the app shows about a photo (the heatmap)
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
@@ -35,21 +36,33 @@ def max_pixels() -> int:
 # --------------------------------------------------------------------------- loading
 
 
-def load_image(src: ImageSource, pixel_cap: int | None = None) -> Image.Image:
-    """Decode any supported input into an upright 8-bit RGB image, or raise PreprocessError."""
+def load_image(src: ImageSource, pixel_cap: int | None = None, at_least: int | None = None) -> Image.Image:
+    """Decode any supported input into an upright 8-bit RGB image, or raise PreprocessError.
+
+    `at_least`: the shorter side the caller needs (the model's `resize_shorter`). A photo more than twice
+    that is decoded reduced (JPEG: at a smaller DCT scale) and box-reduced by a whole factor before its
+    mode is converted, so memory follows what the model needs, not what the file claims. Training and
+    serving both ask for it through `load_for_model`, so they see the same pixels."""
     cap = pixel_cap or max_pixels()
     if isinstance(src, Image.Image):
         image = src
     elif isinstance(src, np.ndarray):
         image = _from_array(src)
     else:
-        image = _decode(src, cap)
+        image = _decode(src, cap, at_least)
     _check_size(image.width, image.height, cap)
+    if at_least:
+        image = _reduce(image, at_least)
     image = ImageOps.exif_transpose(image)
     return _to_rgb(image)
 
 
-def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int) -> Image.Image:
+def load_for_model(src: ImageSource, spec: InputSpec) -> Image.Image:
+    """The photo as the model's input is built from it: decoded no larger than the model needs."""
+    return load_image(src, at_least=spec.resize_shorter)
+
+
+def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int, at_least: int | None) -> Image.Image:
     if isinstance(src, (bytes, bytearray)):
         if not src:
             raise PreprocessError("The file is empty (0 bytes): upload a JPEG, PNG, WebP, GIF or TIFF photo.")
@@ -63,11 +76,14 @@ def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int) -> 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(src) as opened:
-                _check_size(opened.width, opened.height, cap)
-                opened.seek(0)  # first frame of animated GIF/WebP/APNG
-                opened.load()
-                return opened.copy()
+            opened = Image.open(src)
+            _check_size(opened.width, opened.height, cap)
+            if at_least and opened.format == "JPEG" and min(opened.size) >= 2 * at_least:
+                scale = min(opened.size) / (2 * at_least)  # the decoder picks 1/2, 1/4 or 1/8 of at most this
+                opened.draft(opened.mode, (int(opened.width / scale), int(opened.height / scale)))
+            opened.seek(0)  # first frame of animated GIF/WebP/APNG
+            opened.load()
+            return _detached(opened)
     except PreprocessError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -78,6 +94,27 @@ def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int) -> 
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise PreprocessError(f"The image is truncated or corrupt and cannot be decoded ({error}).") from None
+
+
+def _detached(opened: Image.Image) -> Image.Image:
+    """The decoded image without its file. A single-frame image owns its pixels once loaded (Pillow has
+    closed the file): no copy, which for a 50 MP photo is 150 MB. A multi-frame one keeps its file
+    open, so its first frame is copied and the file closed."""
+    if getattr(opened, "n_frames", 1) == 1:
+        return opened
+    frame = opened.copy()
+    opened.close()
+    return frame
+
+
+def _reduce(image: Image.Image, at_least: int) -> Image.Image:
+    """Box-reduce by the largest whole factor that keeps the shorter side at `at_least` or more."""
+    factor = min(image.size) // at_least
+    if factor < 2:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK"):
+        image = _to_rgb(image)  # palette, 1-bit and 16-bit modes have no box reduction of their own
+    return image.reduce(factor)
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -109,18 +146,28 @@ def _too_large_message(cap: int, width: int = 0, height: int = 0) -> str:
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Every Pillow mode to RGB: transparency composited on white, 16-bit and float scaled to 8 bits."""
+    """Every Pillow mode to RGB: transparency composited on white, 16-bit and float scaled to 8 bits.
+    Deep modes go through in bands of rows, so no full-size float64 copy is ever made."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        scaled = np.asarray(image, dtype=np.float64) / 257.0
-        image = Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
+        image = _banded_to_l(image, lambda rows: (rows.astype(np.int64) + 128) // 257)  # = round(v / 257)
     elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8))
+        image = _banded_to_l(image, lambda rows: rows)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
+        return background
     return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _banded_to_l(image: Image.Image, scale: Callable[[np.ndarray], np.ndarray], band: int = 256) -> Image.Image:
+    """An 8-bit grey image from a deep one, `scale`d and clipped to 0–255 a band of rows at a time."""
+    out = Image.new("L", image.size)
+    for top in range(0, image.height, band):
+        rows = np.asarray(image.crop((0, top, image.width, min(top + band, image.height))))
+        out.paste(Image.fromarray(np.clip(scale(rows), 0, 255).astype(np.uint8)), (0, top))
+    return out
 
 
 # --------------------------------------------------------------------------- the model's input
@@ -153,26 +200,19 @@ def shorter_side_size(size: tuple[int, int], shorter: int) -> tuple[int, int]:
     return width, height
 
 
-def resize_shorter(image: Image.Image, size: int) -> Image.Image:
-    return image.resize(shorter_side_size(image.size, size), Image.Resampling.BILINEAR)
-
-
-def center_crop(image: Image.Image, size: int) -> Image.Image:
-    left, top = (image.width - size) // 2, (image.height - size) // 2
-    return image.crop((left, top, left + size, top + size))
-
-
 def source_box(size: tuple[int, int], spec: InputSpec) -> tuple[float, float, float, float]:
-    """Where the model's centre crop lies in the original image (left, top, right, bottom), for heatmaps."""
-    width, height = size
-    scale = spec.resize_shorter / min(size)
-    resized_w, resized_h = (
-        max(spec.resize_shorter, round(width * scale)),
-        max(spec.resize_shorter, round(height * scale)),
-    )
+    """Where the model's centre crop lies in the original image (left, top, right, bottom): the crop of
+    the photo resized so its shorter side is `resize_shorter`, mapped back to the photo's pixels."""
+    resized_w, resized_h = shorter_side_size(size, spec.resize_shorter)
     left, top = (resized_w - spec.crop) // 2, (resized_h - spec.crop) // 2
-    sx, sy = width / resized_w, height / resized_h
+    sx, sy = size[0] / resized_w, size[1] / resized_h
     return left * sx, top * sy, (left + spec.crop) * sx, (top + spec.crop) * sy
+
+
+def display_size(size: tuple[int, int], longest: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """(width, height) to show a photo at: its own, or scaled so the longer side is `longest`."""
+    scale = min(1.0, longest / max(size))
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
@@ -183,10 +223,13 @@ def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
 
 
 def model_input(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """The exact tensor the model sees: resize shorter side, centre crop, scale to [0,1], normalize."""
-    return to_tensor(center_crop(resize_shorter(image, spec.resize_shorter), spec.crop), spec)
+    """The exact tensor the model sees: the centre crop of the photo scaled to a shorter side of
+    `resize_shorter`, resampled straight from its box in the photo (the resized whole is never made, so
+    a 400000×50 strip costs a crop's pixels, not 2.7 billion), scaled to [0,1] and normalized."""
+    crop = image.resize((spec.crop, spec.crop), Image.Resampling.BILINEAR, box=source_box(image.size, spec))
+    return to_tensor(crop, spec)
 
 
 def model_batch(sources: Sequence[ImageSource], spec: InputSpec) -> np.ndarray:
     """Load each source and stack their model inputs into one N×3×H×W batch."""
-    return np.concatenate([model_input(load_image(source), spec) for source in sources])
+    return np.concatenate([model_input(load_for_model(source, spec), spec) for source in sources])

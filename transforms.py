@@ -18,10 +18,11 @@ from typing import Any
 
 from PIL import Image, ImageFilter, ImageOps
 
-from preprocess import PreprocessError, load_image
+from preprocess import PreprocessError, load_image, max_pixels
 
-MAX_SIDE = 4096
+MAX_SIDE = 4096  # the longest side any transform outputs (checked before it computes)
 MAX_PIPELINE_STEPS = 20
+MAX_PIPELINE_PIXELS = 64_000_000  # a pipeline's output pixels over all its steps: bounds its time
 REQUIRED = object()  # a parameter without a default must be given
 
 
@@ -41,7 +42,9 @@ class Param:
         if value is None and self.default is None:
             return None
         if self.kind is bool:
-            return bool(value)
+            if not isinstance(value, bool):  # "false" is a non-empty string: truthy, so never coerce
+                raise PreprocessError(f"{self.name} must be true or false, got {value!r}.")
+            return value
         if self.kind is str:
             if value not in self.choices:
                 raise PreprocessError(f"{self.name} must be {' or '.join(map(repr, self.choices))}, got {value!r}.")
@@ -69,12 +72,26 @@ class Param:
         return f"{self.name} ({allowed}{', ' + self.note if self.note else ''})"
 
 
+def check_output(width: int, height: int) -> None:
+    """Refuse, before any pixel is computed, a result larger than MAX_SIDE a side or the pixel cap."""
+    if max(width, height) > MAX_SIDE or width * height > max_pixels():
+        raise PreprocessError(
+            f"The result would be {width}×{height} pixels; at most {MAX_SIDE} px a side is made. "
+            "Resize the image down first."
+        )
+
+
+def same_size(image: Image.Image, **params: Any) -> tuple[int, int]:
+    return image.size
+
+
 @dataclass(frozen=True)
 class Transform:
     name: str
     operation: Callable[..., Image.Image]  # gets parameters that passed their checks
     params: tuple[Param, ...] = ()
     summary: str = ""
+    output_size: Callable[..., tuple[int, int]] = same_size  # the result's size, known before computing it
 
     def __call__(self, image: Image.Image, *args: Any, **kwargs: Any) -> Image.Image:
         names = [p.name for p in self.params]
@@ -88,15 +105,20 @@ class Transform:
             if param.name not in given and param.default is REQUIRED:
                 raise PreprocessError(f"{self.name} needs {param.name}.")
             checked[param.name] = param.check(given.get(param.name, param.default))
+        check_output(*self.output_size(image, **checked))
         return self.operation(image, **checked)
 
 
-def _resize(image: Image.Image, width: int | None, height: int | None) -> Image.Image:
+def _resize_size(image: Image.Image, width: int | None, height: int | None) -> tuple[int, int]:
     if width is None and height is None:
         raise PreprocessError("resize needs a width, a height or both.")
     w = width or min(MAX_SIDE, max(1, round(image.width * height / image.height)))
     h = height or min(MAX_SIDE, max(1, round(image.height * w / image.width)))
-    return image.resize((w, h), Image.Resampling.LANCZOS)
+    return w, h
+
+
+def _resize(image: Image.Image, width: int | None, height: int | None) -> Image.Image:
+    return image.resize(_resize_size(image, width, height), Image.Resampling.LANCZOS)
 
 
 def _crop(image: Image.Image, width: int, height: int, left: int | None, top: int | None) -> Image.Image:
@@ -105,6 +127,15 @@ def _crop(image: Image.Image, width: int, height: int, left: int | None, top: in
     x = (image.width - w) // 2 if left is None else Param("left", int, 0, image.width - w).check(left)
     y = (image.height - h) // 2 if top is None else Param("top", int, 0, image.height - h).check(top)
     return image.crop((x, y, x + w, y + h))
+
+
+def _rotate_size(image: Image.Image, angle: float, expand: bool) -> tuple[int, int]:
+    """Pillow's canvas for `expand`: the rotated corners' bounding box (up to rounding)."""
+    if not expand:
+        return image.size
+    radians = math.radians(angle % 360.0)
+    cos, sin = abs(math.cos(radians)), abs(math.sin(radians))
+    return math.ceil(image.width * cos + image.height * sin), math.ceil(image.width * sin + image.height * cos)
 
 
 def _rotate(image: Image.Image, angle: float, expand: bool) -> Image.Image:
@@ -119,8 +150,12 @@ SIZE = {"kind": int, "low": 1, "high": MAX_SIDE}
 resize = Transform(
     "resize",
     _resize,
-    (Param("width", **SIZE, default=None, note="empty keeps the aspect ratio"), Param("height", **SIZE, default=None)),
+    (
+        Param("width", **SIZE, default=None, example=512, note="empty keeps the aspect ratio"),
+        Param("height", **SIZE, default=None, note="empty keeps the aspect ratio"),
+    ),
     "Resize; with one side given, keep the aspect ratio.",
+    _resize_size,
 )
 crop = Transform(
     "crop",
@@ -132,6 +167,7 @@ crop = Transform(
         Param("top", int, 0, MAX_SIDE, default=None),
     ),
     "Crop a width × height box at (left, top), centred when they are empty.",
+    lambda image, width, height, **_: (min(width, image.width), min(height, image.height)),
 )
 grayscale = Transform("grayscale", lambda image: image.convert("L").convert("RGB"), (), "Grey levels, as RGB.")
 rotate = Transform(
@@ -139,6 +175,7 @@ rotate = Transform(
     _rotate,
     (Param("angle", float, example=90, note="degrees, counter-clockwise"), Param("expand", bool, default=True)),
     "Rotate; `expand` grows the canvas to keep the corners.",
+    _rotate_size,
 )
 flip = Transform(
     "flip",
@@ -162,12 +199,21 @@ TRANSFORMS: dict[str, Transform] = {t.name: t for t in (resize, crop, grayscale,
 
 
 def pipeline(image: Image.Image, steps: Sequence[dict[str, Any]] | str) -> Image.Image:
-    """Apply steps such as [{"op": "resize", "width": 256}, {"op": "flip"}] in order (list or JSON text)."""
+    """Apply steps such as [{"op": "resize", "width": 256}, {"op": "flip"}] in order (list or JSON text).
+    Each step's result is size-checked before it is made, and all steps together make at most
+    MAX_PIPELINE_PIXELS, so a pipeline's time is bounded as well as its memory."""
+    made = 0
     for number, step in enumerate(parse_steps(steps), start=1):
         try:
             image = TRANSFORMS[step["op"]](image, **{key: value for key, value in step.items() if key != "op"})
         except PreprocessError as error:
             raise PreprocessError(f"Step {number} ({step['op']}): {error}") from None
+        made += image.width * image.height
+        if made > MAX_PIPELINE_PIXELS:
+            raise PreprocessError(
+                f"Step {number} ({step['op']}): the pipeline would make over {MAX_PIPELINE_PIXELS / 1e6:.0f} "
+                "megapixels in all; use fewer steps or a smaller image."
+            )
     return image
 
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 from torch import nn
 from tqdm import tqdm
 
-from preprocess import InputSpec, load_image, model_input, to_tensor
+from preprocess import InputSpec, load_for_model, model_input, to_tensor
 from train.data import Sample
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _extract(prefix: nn.Module, spec: InputSpec, samples: list[Sample], view: in
     with tqdm(total=len(samples), desc=f"features, view {view}", unit="image", disable=None) as progress:
         for start in range(0, len(samples), EXTRACT_BATCH):
             batch = samples[start : start + EXTRACT_BATCH]
-            x = np.concatenate([view_input(load_image(s.path), spec, view, s.name) for s in batch])
+            x = np.concatenate([view_input(load_for_model(s.path, spec), spec, view, s.name) for s in batch])
             y = prefix(torch.from_numpy(x))
             outputs.append(y.mean((2, 3), keepdim=True) if pool else y.half())
             progress.update(len(batch))

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from preprocess import InputSpec, load_image, model_input
+from preprocess import InputSpec, load_for_model, model_input
 from train.config import Config
 from train.data import Sample
 from train.model import PetNet, build_net, seed_everything, train_mode
@@ -66,15 +66,15 @@ def train_transform(size: int, spec: InputSpec, augment: str) -> v2.Compose:
 class Images(Dataset):
     """Samples decoded by the serving loader; `transform` turns the PIL image into a 3×H×W tensor."""
 
-    def __init__(self, samples: list[Sample], transform: Callable) -> None:
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list[Sample], transform: Callable, spec: InputSpec) -> None:
+        self.samples, self.transform, self.spec = samples, transform, spec
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        return self.transform(load_image(sample.path)), sample.label
+        return self.transform(load_for_model(sample.path, self.spec)), sample.label
 
 
 class ServingTensor:
@@ -109,7 +109,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def predict_logits(model: nn.Module, samples: list[Sample], spec: InputSpec, device: torch.device, workers: int):
     """fp32 logits for samples prepared exactly as serving prepares them."""
     model.eval()
-    loader = DataLoader(Images(samples, ServingTensor(spec)), batch_size=64, num_workers=workers)
+    loader = DataLoader(Images(samples, ServingTensor(spec), spec), batch_size=64, num_workers=workers)
     outputs = [model(x.to(device)).float().cpu() for x, _ in loader]
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
 
@@ -182,7 +182,7 @@ def finetune(
         history = state["history"]
     kept = ema.module if ema else model
 
-    images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment))
+    images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment), spec)
     holdout_y = torch.tensor([s.label for s in holdout])
     first = len(history) + 1
     progress = tqdm(total=(config.epochs - first + 1) * steps_per_epoch, desc="fine-tuning", unit="step", disable=None)

@@ -14,7 +14,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from inference import ModelCard, sha256_file
-from preprocess import load_image, model_input
+from preprocess import load_for_model, model_input
 from train.data import Sample
 
 
@@ -23,7 +23,9 @@ class TrainingImages(CalibrationDataReader):
 
     def __init__(self, samples: list[Sample], card: ModelCard) -> None:
         name = card.model.input_name
-        self.batches = iter([{name: model_input(load_image(s.path), card.preprocess)} for s in samples])
+        self.batches = iter(
+            [{name: model_input(load_for_model(s.path, card.preprocess), card.preprocess)} for s in samples]
+        )
 
     def get_next(self) -> dict | None:
         return next(self.batches, None)
@@ -58,7 +60,7 @@ def quantize(fp32: Path, out: Path, card: ModelCard, samples: list[Sample]) -> d
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-    x = model_input(load_image(samples[0].path), card.preprocess)
+    x = model_input(load_for_model(samples[0].path, card.preprocess), card.preprocess)
     name = card.model.input_name
     latency = {"fp32": median_latency_ms(fp32, x, name), "int8": median_latency_ms(out, x, name)}
     return {

@@ -154,13 +154,15 @@ def summarize_test(test: dict, card: ModelCard, gate: CalibrationGate) -> dict:
     probabilities = softmax(test["logits"], card.temperature)
     correct = probabilities.argmax(1) == test["labels"]
     flagged = not_sure(probabilities.max(1), card.threshold)
-    return {key: test[key] for key in ("accuracy", "top5_accuracy", "images", "per_species", "per_class")} | {
+    kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "images", "per_species", "per_class")
+    return {key: test[key] for key in kept} | {
         "ece": ece(probabilities, test["labels"], gate.ece_bins),
         "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"], gate.ece_bins),
         "not_sure_rate": float(flagged.mean()),
         "not_sure_rate_correct": float(flagged[correct].mean()),
         "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
         "confusion_matrix": Path(test["confusion_matrix_png"]).name,
+        "confusion": test["confusion"].tolist(),  # counts, true × answered: the Model tab's tables
     }
 
 

@@ -71,11 +71,17 @@ def test_predict_details_and_explain(client: Client) -> None:
 def test_predict_batch_reports_each_file(client: Client, tmp_path: Path) -> None:
     text = tmp_path / "notes.jpg"
     text.write_text("not a photo")
-    table = client.predict([handle_file(CHELSEA), handle_file(text)], api_name="/predict_batch")
-    assert table["headers"] == ["file", "top-1", "probability", "top-5"]
-    good, bad = table["data"]
-    assert good[0] == "chelsea.jpg" and good[1] and 0 < good[2] <= 1 and good[3].count("%") == 5
-    assert bad[0] == "notes.jpg" and bad[3].startswith("error: This file is not an image")
+    Image.new("RGB", (320, 240), (255, 255, 255)).save(tmp_path / "white.png")
+    files = [handle_file(CHELSEA), handle_file(text), handle_file(tmp_path / "white.png")]
+    table = client.predict(files, api_name="/predict_batch")
+    assert table["headers"] == ["file", "top-1", "probability", "sure", "top-5"]
+    good, bad, white = table["data"]
+    assert good[0] == "chelsea.jpg" and good[1] and 0 < good[2] <= 1 and good[4].count("%") == 5
+    assert bad[0] == "notes.jpg" and bad[4].startswith("error: This file is not an image")
+    for row, photo in ((good, CHELSEA), (white, tmp_path / "white.png")):  # the flag /predict_details gives
+        details = client.predict(handle_file(photo), api_name="/predict_details")
+        assert row[3] == (f"not sure (below {details['threshold']:.0%})" if details["not_sure"] else "sure")
+    assert white[3].startswith("not sure")
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,16 @@ def test_model_input_shape_and_normalization() -> None:
 def test_model_input_resizes_shorter_side_then_centre_crops() -> None:
     image = Image.new("RGB", (512, 256), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 64, 256))  # a white band on the left edge, cropped away
-    assert preprocess.resize_shorter(image, 256).size == (512, 256)
+    assert preprocess.shorter_side_size(image.size, 256) == (512, 256)
     assert preprocess.model_input(image, SPEC).max() < 0  # only black is left after the centre crop
+
+
+def test_model_input_from_the_crop_box_matches_resizing_the_whole_photo(photo: Image.Image) -> None:
+    """Resampling the box directly gives the pixels of resize-then-crop (within Pillow's rounding)."""
+    whole = photo.resize(preprocess.shorter_side_size(photo.size, SPEC.resize_shorter), Image.Resampling.BILINEAR)
+    left, top = (whole.width - SPEC.crop) // 2, (whole.height - SPEC.crop) // 2
+    reference = preprocess.to_tensor(whole.crop((left, top, left + SPEC.crop, top + SPEC.crop)), SPEC)
+    assert np.abs(preprocess.model_input(photo, SPEC) - reference).max() <= 2 / 255 / min(SPEC.std) + 1e-6
 
 
 # --------------------------------------------------------------------------- transforms

@@ -15,7 +15,15 @@ from tests.conftest import REPO
 from train.gates import Gates, PublishGate, publish_failure
 from train.publish import GateError, publish, validate
 
-SPACE_TOP_LEVEL = {"app.py", "inference.py", "preprocess.py", "transforms.py", "requirements.txt", "README.md"}
+SPACE_TOP_LEVEL = {
+    "app.py",
+    "inference.py",
+    "limits.py",
+    "preprocess.py",
+    "transforms.py",
+    "requirements.txt",
+    "README.md",
+}
 
 
 @pytest.fixture

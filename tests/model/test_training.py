@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from inference import PetClassifier, sha256_file
-from preprocess import load_image
+from preprocess import load_for_model
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
 from train.config import Config
@@ -142,8 +142,8 @@ def test_training_and_serving_see_the_identical_tensor(trained) -> None:
     spec = input_spec(Config())
     assert spec == classifier.spec
     for sample in data.splits["val"][:3]:
-        served = __import__("preprocess").model_input(load_image(sample.path), classifier.spec)
-        assert np.array_equal(view_input(load_image(sample.path), spec, 0, sample.name), served)
+        served = __import__("preprocess").model_batch([sample.path], classifier.spec)
+        assert np.array_equal(view_input(load_for_model(sample.path, spec), spec, 0, sample.name), served)
 
 
 def test_same_seed_gives_the_same_metrics(trained, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,154 @@
+"""Limits on every way into the app that Gradio does not bound itself: request bodies, files per upload,
+queued requests per client, and process memory after large requests.
+
+Gradio caps each uploaded file (`max_file_size`) but not a request body (a data URL inside a JSON call
+can be any size), not the number of files in one upload (1000), and not how many queued requests one
+client holds (one burst could fill the queue for everyone). `RequestLimits` is a plain ASGI middleware
+for the first two; `limit_queue_per_client` wraps the queue's admission for the third. Imports nothing
+from the project.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("app.limits")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    """Raised from inside `receive` when a body grows past its limit, however it is framed."""
+
+
+class RequestLimits:
+    """Refuse a request body over `max_body` bytes (413) and an upload of more than `max_files` files
+    (413), counting bytes and multipart parts as they stream in, so nothing over the limit is stored."""
+
+    def __init__(self, app: Callable, max_body: int, max_upload_body: int, max_files: int) -> None:
+        self.app, self.max_body, self.max_upload_body, self.max_files = app, max_body, max_upload_body, max_files
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        upload = scope["path"].endswith("/upload")
+        limit = self.max_upload_body if upload else self.max_body
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return await refuse(send, 413, too_large(limit))
+        boundary = multipart_boundary(scope) if upload else None
+        started = False
+
+        async def counted_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, BodyCounter(receive, limit, boundary, self.max_files), counted_send)
+        except BodyTooLarge as error:
+            if not started:
+                await refuse(send, 413, str(error))
+
+
+class BodyCounter:
+    """A `receive` that counts body bytes and, for multipart bodies, the parts (files) begun so far."""
+
+    def __init__(self, receive: Receive, limit: int, boundary: bytes | None, max_files: int) -> None:
+        self.receive, self.limit, self.max_files = receive, limit, max_files
+        self.delimiter = b"\r\n--" + boundary if boundary else None
+        self.seen, self.parts, self.tail = 0, 0, b"\r\n"  # the first delimiter has no CRLF before it
+
+    async def __call__(self) -> dict:
+        message = await self.receive()
+        if message["type"] != "http.request":
+            return message
+        chunk = message.get("body", b"")
+        self.seen += len(chunk)
+        if self.seen > self.limit:
+            raise BodyTooLarge(too_large(self.limit))
+        if self.delimiter:
+            window = self.tail + chunk
+            self.parts += window.count(self.delimiter) - self.tail.count(self.delimiter)
+            self.tail = window[-len(self.delimiter) :]
+            if self.parts - 1 > self.max_files:  # the closing delimiter ends the last part
+                raise BodyTooLarge(f"At most {self.max_files} files per upload.")
+        return message
+
+
+def multipart_boundary(scope: Scope) -> bytes | None:
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
+    for option in content_type.split(b";")[1:]:
+        key, _, value = option.strip().partition(b"=")
+        if key.lower() == b"boundary":
+            return value.strip(b'"')
+    return None
+
+
+def too_large(limit: int) -> str:
+    return f"The request is too large: at most {limit / 1e6:.0f} MB."
+
+
+async def refuse(send: Send, status: int, message: str) -> None:
+    log.warning("refused a request (%d): %s", status, message)
+    body = json.dumps({"error": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def client_keys(session_hash: str | None, headers: Any, host: str | None) -> set[str]:
+    """Who is asking: the session, and the address (the first X-Forwarded-For entry, as Spaces pass it)."""
+    forwarded = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    return {f"session:{session_hash}", f"ip:{forwarded or host}"}
+
+
+def limit_queue_per_client(queue: Any, per_client: int) -> None:
+    """Wrap Gradio's queue admission so one client (by session or address) holds at most `per_client`
+    waiting or running events; more are refused like a full queue, with a message that says why."""
+    push = queue.push
+
+    async def admit(body: Any, request: Any, username: str | None) -> tuple[bool, Any, str]:
+        keys = client_keys(body.session_hash, request.headers, request.client.host if request.client else None)
+        held = sum(bool(keys & event_keys(event)) for event in queued_events(queue))
+        if held >= per_client:
+            message = f"Too many requests at once: at most {per_client} per visitor. Wait for your earlier ones."
+            log.warning("refused a request: %s (%s)", message, ", ".join(sorted(keys)))
+            return False, message, "queue_full"
+        return await push(body, request, username)
+
+    queue.push = admit
+
+
+def queued_events(queue: Any) -> list[Any]:
+    waiting = [event for events in queue.event_queue_per_concurrency_id.values() for event in events.queue]
+    return waiting + [event for job in queue.active_jobs if job for event in job]
+
+
+def event_keys(event: Any) -> set[str]:
+    request = event.request
+    return client_keys(event.session_hash, request.headers, request.client.host if request.client else None)
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+M_MMAP_THRESHOLD = -3
+
+
+def return_memory_to_the_os() -> None:
+    """glibc keeps freed heap memory for reuse, so after one 300 MB request RSS would stay 300 MB higher.
+    Serve large blocks (≥ 1 MB) from their own mappings, which go back to the OS when freed, at start."""
+    if hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+def trim_memory() -> None:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim); after each large request."""
+    if hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
