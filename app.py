@@ -20,6 +20,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: set it to True to opt in
 import gradio as gr
 from gradio.components.label import LabelConfidence, LabelData
+from gradio.route_utils import FnIndexInferError
 from PIL import Image
 from starlette.middleware import Middleware
 
@@ -498,7 +499,10 @@ def launch(**overrides: Any) -> None:
             "max_file_size": MAX_FILE_SIZE,
             "state_session_capacity": SESSION_CAPACITY,
             "show_error": False,
-            "app_kwargs": {"middleware": [middleware]},
+            "app_kwargs": {
+                "middleware": [middleware],
+                "exception_handlers": {FnIndexInferError: limits.unknown_endpoint},
+            },
             "css": CSS,
         }
         | overrides

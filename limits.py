@@ -43,19 +43,24 @@ class RequestLimits:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return await refuse(send, 413, too_large(limit))
-        boundary = multipart_boundary(scope) if upload else None
-        started = False
+        counter = BodyCounter(receive, limit, multipart_boundary(scope) if upload else None, self.max_files)
+        refused = False
 
-        async def counted_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def checked_send(message: dict) -> None:
+            """Once the body broke a limit, whatever the app answers (it may call it a parse error) is
+            replaced by the 413 that says which limit."""
+            nonlocal refused
+            if counter.exceeded and not refused:
+                refused = True
+                await refuse(send, 413, counter.exceeded)
+            elif not refused:
+                await send(message)
 
         try:
-            await self.app(scope, BodyCounter(receive, limit, boundary, self.max_files), counted_send)
-        except BodyTooLarge as error:
-            if not started:
-                await refuse(send, 413, str(error))
+            await self.app(scope, counter, checked_send)
+        except BodyTooLarge:
+            if not refused:
+                await refuse(send, 413, counter.exceeded)
 
 
 class BodyCounter:
@@ -65,6 +70,7 @@ class BodyCounter:
         self.receive, self.limit, self.max_files = receive, limit, max_files
         self.delimiter = b"\r\n--" + boundary if boundary else None
         self.seen, self.parts, self.tail = 0, 0, b"\r\n"  # the first delimiter has no CRLF before it
+        self.exceeded = ""  # which limit the body broke, once it has
 
     async def __call__(self) -> dict:
         message = await self.receive()
@@ -73,13 +79,15 @@ class BodyCounter:
         chunk = message.get("body", b"")
         self.seen += len(chunk)
         if self.seen > self.limit:
-            raise BodyTooLarge(too_large(self.limit))
+            self.exceeded = too_large(self.limit)
+            raise BodyTooLarge(self.exceeded)
         if self.delimiter:
             window = self.tail + chunk
             self.parts += window.count(self.delimiter) - self.tail.count(self.delimiter)
             self.tail = window[-len(self.delimiter) :]
             if self.parts - 1 > self.max_files:  # the closing delimiter ends the last part
-                raise BodyTooLarge(f"At most {self.max_files} files per upload.")
+                self.exceeded = f"At most {self.max_files} files per upload."
+                raise BodyTooLarge(self.exceeded)
         return message
 
 
@@ -102,6 +110,15 @@ async def refuse(send: Send, status: int, message: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def unknown_endpoint(request: Any, error: Exception) -> Any:
+    """A call to an endpoint the app does not have: 404 and one log line, not a 500 with a traceback."""
+    from starlette.responses import JSONResponse
+
+    message = f"No such endpoint: {request.url.path.rsplit('/', 1)[-1]!r}; the app's endpoints are at /gradio_api/info."
+    log.warning("refused a request (404): %s", message)
+    return JSONResponse({"error": message}, status_code=404)
 
 
 def client_keys(session_hash: str | None, headers: Any, host: str | None) -> set[str]:

@@ -9,6 +9,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,29 +35,49 @@ def running_app(
     `inherit_env` is off; yields its URL and process once it answers, stops it afterwards."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/"
+    log = Path(tempfile.mkstemp(prefix="app-", suffix=".log")[1])  # a file, not a pipe: a full pipe would block it
     process = subprocess.Popen(
         [str(python), "app.py"],
         cwd=folder,
         env=(dict(os.environ) if inherit_env else {}) | {"GRADIO_SERVER_PORT": str(port)} | (env or {}),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log.open("w"),
         text=True,
     )
+    process.log = log  # what the app wrote to stderr (its log), for tests to read
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"app.py exited early:\n{process.stderr.read()}")
+                raise RuntimeError(f"app.py exited before it served on port {port}:\n{log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(url + "gradio_api/info", timeout=2).status_code == 200:
                     break
             time.sleep(0.1)
         else:
-            raise RuntimeError("app.py did not start in time")
+            raise RuntimeError(f"app.py did not start on port {port} in {timeout:.0f} s")
+        if not listens_on(process.pid, port):
+            raise RuntimeError(f"port {port} is answered by another process, not the app.py this started")
         yield url, process
     finally:
         process.terminate()
         process.wait(timeout=10)
+        log.unlink(missing_ok=True)
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the listening TCP socket on `port` (Linux /proc): the proof that an
+    answer on the port comes from the server a test started, not from one left running."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                    inodes.add(fields[9])
+    fds = Path(f"/proc/{pid}/fd")
+    held = {os.readlink(fd)[8:-1] for fd in fds.iterdir() if os.readlink(fd).startswith("socket:[")}
+    return bool(inodes & held)
 
 
 def rest_call(http: httpx.Client, url: str, api_name: str, image: Path, inline: bool = False) -> object:
