@@ -152,7 +152,7 @@ def test_one_visitor_cannot_fill_the_queue_or_hold_up_predict(live, tmp_path: Pa
 class Decoy(http.server.BaseHTTPRequestHandler):
     """Another server on the port, answering like a Gradio app."""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.send_response(200)
         self.end_headers()
         self.wfile.write(b'{"named_endpoints": {}}')
@@ -176,9 +176,8 @@ def test_a_busy_port_makes_the_fixture_fail_not_pass() -> None:
     """The deploy rehearsal and every live test start the app through `running_app`: when the port is
     already answered by something else, it must fail with a clear message, not test the other server."""
     port = free_port()
-    with decoy_server(port), pytest.raises(RuntimeError, match=f"port {port}"):
-        with running_app(port=port, timeout=60):
-            pass
+    with decoy_server(port), pytest.raises(RuntimeError, match=f"port {port}"), running_app(port=port, timeout=60):
+        pass
 
 
 def test_the_strip_that_took_4_8_gb_costs_little(tmp_path: Path) -> None:
