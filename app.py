@@ -210,8 +210,8 @@ def transform_endpoint(transform: transforms.Transform) -> Callable:
     """An endpoint for one transform: the image first, then the transform's parameters in table order."""
 
     @endpoint
-    def run(image: Any, *params: Any) -> Image.Image:
-        return transform(_require(image), *(None if p == "" else p for p in params))
+    def run(image: Any, *values: Any) -> Image.Image:
+        return transform(_require(image), *(p.from_text(v) for p, v in zip(transform.params, values, strict=True)))
 
     run.__name__, run.__doc__ = transform.name, transform.summary
     return run
@@ -230,12 +230,12 @@ def control(param: transforms.Param) -> gr.components.Component:
     if param.choices:
         return gr.Radio(list(param.choices), value=param.default, label=param.name)
     value = param.example if param.example is not None else param.default
-    return gr.Number(
-        label=param.describe(),
-        value=None if value is transforms.REQUIRED else value,
-        placeholder=param.note or "empty",  # without one, Gradio shows an empty number as 0
-        precision=0 if param.kind is int else None,
-    )
+    if param.optional_number:  # gr.Number shows and sends an empty value as 0: a text field can be empty
+        return gr.Textbox(
+            label=param.describe(), value="" if value is None else str(value), placeholder=param.note or "empty"
+        )
+    initial = None if value is transforms.REQUIRED else value
+    return gr.Number(label=param.describe(), value=initial, precision=0 if param.kind is int else None)
 
 
 # --------------------------------------------------------------------------- the model card
@@ -473,7 +473,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
         gr.on([], fn, photo, output, api_name=fn.__name__, concurrency_id="model")
     gr.api(classes, api_name="classes")
     if os.environ.get("PETS_BENCH_NOOP") == "1":  # the floor for bench/latency.py: same upload, no work
-        gr.on([], lambda image: "ok", photo, gr.Textbox(visible=False, render=False), api_name="noop")
+        gr.on([], lambda image: "ok", photo, summary, api_name="noop")  # what the page never triggers
         gr.api(model_runs, api_name="model_runs")
 
 # The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,

@@ -59,6 +59,23 @@ class Param:
             raise PreprocessError(f"{self.name} must be a whole number, got {value!r}.")
         return self.kind(value)
 
+    @property
+    def optional_number(self) -> bool:
+        return self.kind in (int, float) and self.default is None
+
+    def from_text(self, value: Any) -> Any:
+        """A value typed into a text field: empty is None (the parameter left out), digits are a number;
+        anything else goes to `check` as it is, which names the parameter and says what is allowed."""
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            try:
+                return float(text)
+            except ValueError:
+                return text
+        return value
+
     def describe(self) -> str:
         """For people: the README's endpoint table and the app's labels."""
         if self.choices:

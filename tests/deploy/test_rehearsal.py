@@ -18,8 +18,6 @@ from tests.conftest import EXAMPLES, REPO
 
 pytestmark = pytest.mark.slow
 
-PORT = 7860  # what Spaces use
-
 
 def tree(root: Path) -> dict[str, tuple[int, int]]:
     """Every path with its size and mtime, but for two caches that Python and Gradio skip without a word
@@ -50,7 +48,9 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     }
     try:
         python = venv / "bin" / "python"
-        with running_app(spaces, 120, python, out, PORT, inherit_env=False) as (url, _):
+        # A free port, not Spaces' 7860: a Quick-start app left running there must not answer for the Space
+        # (running_app also checks that the port's listener is the process it started).
+        with running_app(spaces, 120, python, out, inherit_env=False) as (url, _):
             yield {"url": url, "out": out, "venv": venv, "before": before, "home": home}
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(out)], check=True)  # so pytest can clean up
