@@ -95,22 +95,25 @@ def user_error(message: str) -> gr.Error:
 
 def endpoint(fn: Callable) -> Callable:
     """Every endpoint's wrapper: the loader's and transforms' errors become a `gr.Error` the user sees
-    (one log line); an unexpected error keeps its traceback in the log but not in the answer. After each
-    request the heap's free pages go back to the OS, so one large photo does not leave RSS high."""
+    (one log line); an unexpected error keeps its traceback in the log but not in the answer. The error is
+    raised outside the `except` block, so it carries no traceback into the request's frames: Gradio holds
+    on to the error for a while, and those frames hold the decoded image. After each request the heap's
+    free pages go back to the OS, so one large photo does not leave RSS high."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
         try:
             return fn(*args)
         except preprocess.PreprocessError as error:
-            raise user_error(str(error)) from None
-        except gr.Error:
-            raise
+            message = str(error)
         except Exception:
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error("Something went wrong while processing this request; please try another image.") from None
+            message = None
         finally:
             limits.trim_memory()
+        if message is None:
+            raise gr.Error("Something went wrong while processing this request; please try another image.")
+        raise user_error(message)
 
     return wrapper
 
@@ -118,7 +121,7 @@ def endpoint(fn: Callable) -> Callable:
 def _require(image: Any, for_model: bool = False) -> Image.Image:
     """The uploaded image decoded: at full size for transforms, no larger than needed for the model."""
     if image is None:
-        raise user_error("Upload a photo first.")
+        raise preprocess.PreprocessError("Upload a photo first.")
     return preprocess.load_for_model(image, classifier.spec) if for_model else preprocess.load_image(image)
 
 
@@ -176,7 +179,7 @@ def predict_batch(files: list[Any] | None) -> list[list[Any]]:
     say why. One file is decoded, predicted and released at a time, so memory is one photo's, not 32."""
     files = files or []
     if len(files) > MAX_BATCH_FILES:
-        raise user_error(f"At most {MAX_BATCH_FILES} files per batch, got {len(files)}.")
+        raise preprocess.PreprocessError(f"At most {MAX_BATCH_FILES} files per batch, got {len(files)}.")
     return [batch_row(Path(getattr(file, "name", file))) for file in files]
 
 

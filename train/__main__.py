@@ -1,4 +1,4 @@
-"""python -m train {fit,sweep,cv,select,export,evaluate,publish} — see README.md "Training"."""
+"""python -m train {fit,sweep,cv,select,export,evaluate,publish,server,stanford-dogs} — see README.md "Training"."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--port", type=int, default=5000)
     server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines log to it")
     server.add_argument("--artifacts", help="keep the artifacts in this folder (default: a temporary one)")
+    dogs = commands.add_parser("stanford-dogs", help="build the extra dog photos folder from Stanford Dogs")
+    dogs.add_argument("--out", default="data/stanford-dogs-extra")
+    dogs.add_argument("--archive", default="data/stanford-dogs/images.tar", help="downloaded here when absent")
+    dogs.add_argument("--sha256", help="refuse an archive with another checksum")
     evaluate = commands.add_parser("evaluate")
     evaluate.add_argument("--model", default="model")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
@@ -112,6 +116,13 @@ def run(args: argparse.Namespace) -> int | None:
         from train.tracking_server import serve
 
         return serve(args.port, args.host, args.artifacts)
+    elif args.command == "stanford-dogs":
+        from pathlib import Path
+
+        from train.stanford import build, fetch
+
+        written = build(fetch(Path(args.archive)), Path(args.out), args.sha256)
+        print(json.dumps(written, indent=2))
     elif args.command == "evaluate":
         from train.evaluate import evaluate
 

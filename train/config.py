@@ -33,6 +33,8 @@ class Config:
     ema_decay: float = 0.0  # end to end: weight EMA per step (0 = off); the average is what is kept
     imagenet_init: bool = False  # start the head rows of breeds that are ImageNet classes from its classifier
     folds: int = 5  # python -m train cv: stratified folds over trainval
+    extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
+    balance: str = "none"  # "none", or "loss": class weights ∝ 1 / training images, so each breed counts alike
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
     workers: int = 2  # end to end: data-loading processes
     trial_cpus: float = 1.0  # --engine ray: CPUs one run reserves on the cluster
@@ -71,6 +73,7 @@ class Config:
             "folds": 2 <= self.folds <= 20,
             "imagenet_init": not self.imagenet_init or self.head == "linear",
             "device": self.device in ("auto", "cuda", "cpu"),
+            "balance": self.balance in ("none", "loss"),
             "workers": 0 <= self.workers <= 64,
             "trial_cpus": 0.0 < self.trial_cpus <= 1024,
             "trial_gpus": 0.0 <= self.trial_gpus <= 64,
@@ -97,6 +100,8 @@ def _coerce(key: str, value: Any) -> Any:
     kind = FIELD_TYPES[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is tuple and isinstance(value, list) and all(isinstance(item, str) for item in value):
+        value = tuple(value)
     if type(value) is not kind:
         raise ConfigError(f"Config key '{key}' must be {kind.__name__}, got {value!r}.")
     return value

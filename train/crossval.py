@@ -92,7 +92,7 @@ def cross_validate(
 
     if not config.end_to_end:
         raise RuntimeError("cv runs end-to-end configurations (end_to_end = true); sweeps cover the cached path.")
-    data = load_dataset(data_dir, config.val_fraction, config.seed)
+    data = load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
     folds = plan(config, data)
     tracking.start(config.experiment)
     with mlflow.start_run(run_name=f"cv:{Path(config_path or 'config').stem}") as parent:
@@ -134,7 +134,7 @@ def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints."""
     from train.finetune import fine_tune_run
 
-    data = load_dataset(data_dir, config.val_fraction, config.seed)
+    data = load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
     for fold in plan(config, data):
         outcome = fine_tune_run(config, data.classes, fold.train, fold.holdout, resume=True, keep=not fold.holdout)
         if fold.holdout:

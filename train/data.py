@@ -1,8 +1,13 @@
 """The Oxford-IIIT Pet dataset in torchvision's layout: official splits, a seeded validation split,
-and honest accounting of list entries whose image file is absent."""
+and honest accounting of list entries whose image file is absent; plus extra image folders, for training
+only (`<root>/images/<label>/*.jpg` listed in `<root>/MANIFEST.tsv`, labelled with the Oxford class names).
+
+Extra images never enter a split: they sit in `PetData.extra`, and only `PetData.training()` adds them,
+so validation, cross-validation folds, calibration and test are Oxford images whatever is configured."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
@@ -16,6 +21,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = "data/oxford-iiit-pet"
 SPECIES = {"1": "cat", "2": "dog"}
 LAYOUT = "<data-dir>/images/<Name>_<n>.jpg and <data-dir>/annotations/{trainval,test}.txt"
+EXTRA_LAYOUT = "<folder>/images/<label>/<stem>.jpg, listed in <folder>/MANIFEST.tsv (columns relative_path, label)"
 
 
 class DataError(RuntimeError):
@@ -37,9 +43,16 @@ class PetData:
     splits: dict[str, list[Sample]]  # "train", "val", "test"
     missing: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> absent files
     digest: str = ""
+    extra: list[Sample] = field(default_factory=list)  # extra folders' images: training only, never held out
+
+    def training(self) -> list[Sample]:
+        """What a run trains on: the train split, then the extra images."""
+        return self.splits["train"] + self.extra
 
     def counts(self) -> dict[str, int]:
-        return {split: len(samples) for split, samples in self.splits.items()}
+        return {split: len(samples) for split, samples in self.splits.items()} | (
+            {"extra": len(self.extra)} if self.extra else {}
+        )
 
     def missing_totals(self) -> dict[str, int]:
         return {split: sum(per_class.values()) for split, per_class in self.missing.items()}
@@ -113,7 +126,45 @@ def _stratified_split(samples: list[Sample], fraction: float, seed: int) -> tupl
     return train, val
 
 
-def load_dataset(root: str | Path | None = None, val_fraction: float = 0.15, seed: int = 0) -> PetData:
+@dataclass(frozen=True)
+class ExtraImages:
+    samples: list[Sample]
+    missing: dict[str, int]  # class -> listed files that are absent
+    digest: str  # the manifest and every present file's bytes
+
+
+def load_extra(root: str | Path, classes: list[str]) -> ExtraImages:
+    """An extra image folder: its MANIFEST.tsv rows whose file is present, labels checked against `classes`."""
+    root = Path(root).resolve()
+    manifest = root / "MANIFEST.tsv"
+    if not manifest.is_file():
+        raise DataError(f"No MANIFEST.tsv in the extra image folder {root}. Expected {EXTRA_LAYOUT}.")
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    if rows and not {"relative_path", "label"} <= set(rows[0]):
+        raise DataError(f"{manifest} needs the columns relative_path and label. Expected {EXTRA_LAYOUT}.")
+    digest = hashlib.sha256(manifest.read_bytes())
+    samples, absent = [], Counter()
+    for number, row in enumerate(rows, start=2):
+        label = row["label"]
+        if label not in classes:
+            raise DataError(f"{manifest}:{number}: unknown label {label!r}; labels are the dataset's 37 class names.")
+        path = root / row["relative_path"]
+        if not path.is_file():
+            absent[label] += 1
+            continue
+        digest.update(row["relative_path"].encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+        samples.append(Sample(f"extra:{row['relative_path']}", path, classes.index(label)))
+    if absent:
+        log.warning("%s: %d listed images are missing and were skipped", root.name, sum(absent.values()))
+    return ExtraImages(samples, {name: absent.get(name, 0) for name in classes}, digest.hexdigest())
+
+
+def load_dataset(
+    root: str | Path | None = None, val_fraction: float = 0.15, seed: int = 0, extra: tuple[str, ...] = ()
+) -> PetData:
+    """Oxford-IIIT Pet's splits (a seeded, stratified validation split of trainval) and, for training only,
+    the images of each `extra` folder; the digest covers both."""
     root = data_dir(root).resolve()  # absolute sample paths: a Ray worker does not start in this folder
     ensure_dataset(root)
     trainval, test = _read_split(root, "trainval"), _read_split(root, "test")
@@ -134,4 +185,9 @@ def load_dataset(root: str | Path | None = None, val_fraction: float = 0.15, see
     for split, total in data.missing_totals().items():
         if total:
             log.warning("%s: %d listed images are missing and were skipped", split, total)
+    folders = [load_extra(folder, classes) for folder in extra]
+    if folders:
+        data.extra = [sample for folder in folders for sample in folder.samples]
+        data.missing["extra"] = {name: sum(f.missing[name] for f in folders) for name in classes}
+        data.digest = hashlib.sha256("\n".join([data.digest, *(f.digest for f in folders)]).encode()).hexdigest()
     return data

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from preprocess import InputSpec, load_for_model, model_input
 from train.config import Config
 from train.data import Sample
-from train.model import PetNet, build_net, seed_everything, train_mode
+from train.model import PetNet, build_net, class_weights, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,8 @@ def finetune(
     kept = ema.module if ema else model
 
     images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment), spec)
+    weights = class_weights([s.label for s in train], len(classes), config.balance)
+    weights = weights.to(device) if weights is not None else None
     holdout_y = torch.tensor([s.label for s in holdout])
     first = len(history) + 1
     progress = tqdm(total=(config.epochs - first + 1) * steps_per_epoch, desc="fine-tuning", unit="step", disable=None)
@@ -205,7 +207,7 @@ def finetune(
             x, y = x.to(device, memory_format=layout, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -22,7 +22,7 @@ from train.config import Config
 from train.data import PetData, load_dataset
 from train.features import CacheStats, activations
 from train.finetune import Outcome, fine_tune_run
-from train.model import build_net, input_spec, seed_everything, train_mode
+from train.model import build_net, class_weights, input_spec, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,13 @@ def train_loop(
     y: torch.Tensor,
     val_x: torch.Tensor,
     val_y: torch.Tensor,
+    classes: int,
 ) -> list[dict[str, float]]:
-    """AdamW with a cosine schedule; each sample shows a random cached view per epoch; early stopping on
+    """AdamW with a cosine schedule (class-weighted loss with `balance = "loss"`); each sample shows a random cached view per epoch; early stopping on
     validation loss restores the best weights."""
     params = [p for p in [*tail.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    weights = class_weights(y.tolist(), classes, config.balance)
     steps = config.epochs * math.ceil(len(y) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=steps, pct_start=0.1)
     generator = torch.Generator().manual_seed(config.seed)
@@ -68,7 +70,7 @@ def train_loop(
         for start in range(0, len(y), config.batch_size):
             index = order[start : start + config.batch_size]
             logits = head(tail(views[chosen[index], index]))
-            loss = F.cross_entropy(logits, y[index], label_smoothing=config.label_smoothing)
+            loss = F.cross_entropy(logits, y[index], weights, label_smoothing=config.label_smoothing)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -103,8 +105,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcom
     train on cached activations."""
     net, stats = build_net(config, data.classes)[0], CacheStats()
 
-    def cached(split: str, view: int) -> torch.Tensor:
-        samples = data.splits[split]
+    def cached(samples: list, view: int) -> torch.Tensor:
         return activations(
             net.prefix,
             config.backbone,
@@ -117,8 +118,9 @@ def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcom
             len(net.tail) == 0,
         )
 
-    views = torch.stack([cached("train", v) for v in range(config.views)])
-    val_x = cached("val", 0)
+    training = data.training()
+    views = torch.stack([cached(training, v) for v in range(config.views)])
+    val_x = cached(data.splits["val"], 0)
     mlflow.log_metrics(
         {
             "feature_cache_hits": stats.hits,
@@ -126,11 +128,11 @@ def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcom
             "feature_seconds": stats.seconds,
         }
     )
-    y = torch.tensor([s.label for s in data.splits["train"]])
+    y = torch.tensor([s.label for s in training])
     val_y = torch.tensor([s.label for s in data.splits["val"]])
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    history = train_loop(config, net.tail, net.head, views, y, val_x, val_y)
+    history = train_loop(config, net.tail, net.head, views, y, val_x, val_y, len(data.classes))
     throughput = len(y) * len(history) / (time.perf_counter() - started)
     holdout = evaluate_logits(net.tail, net.head, val_x).numpy()
     return Outcome(net.eval(), history, holdout, throughput), stats
@@ -151,14 +153,14 @@ def fit(
     and the final CV run leaves empty), log everything and register the model. The run is a child of the
     active run, or of `parent_run_id` (a Ray trial, in a process where the parent is not active)."""
     seed_everything(config.seed)
-    data = data or load_dataset(data_dir, config.val_fraction, config.seed)
+    data = data or load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
     spec = input_spec(config)
     tracking.start(config.experiment)
     nested = mlflow.active_run() is not None
     with mlflow.start_run(nested=nested, run_name=run_name, parent_run_id=parent_run_id) as run:
         tracking.log_run_inputs(config.as_params(), spec, data, config_path)
         if config.end_to_end:
-            train, val = data.splits["train"], data.splits["val"]
+            train, val = data.training(), data.splits["val"]
             outcome = fine_tune_run(config, data.classes, train, val, resume, keep=register)
             stats = CacheStats()
         else:

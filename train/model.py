@@ -100,3 +100,16 @@ def build_net(config: Config, classes: list[str]) -> tuple[PetNet, InputSpec]:
     if config.imagenet_init:
         init_from_imagenet(head[-1], classes, imagenet)
     return PetNet(prefix, tail, head), spec
+
+
+def class_weights(labels: list[int], classes: int, balance: str) -> torch.Tensor | None:
+    """Loss weights for `balance = "loss"`: each class's images weigh total / (classes present × its count),
+    so every breed contributes alike however many photos it has (the extra dogs make some breeds ~10× the
+    five they leave out). None for "none": plain cross-entropy."""
+    if balance == "none":
+        return None
+    counts = torch.bincount(torch.as_tensor(labels), minlength=classes).float()
+    present = counts > 0
+    weights = torch.zeros(classes)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights

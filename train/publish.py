@@ -108,6 +108,9 @@ def space_readme(card: ModelCard, space_id: str | None) -> str:
         cats=f"{test['per_species'].get('cat', float('nan')):.1%}",
         dogs=f"{test['per_species'].get('dog', float('nan')):.1%}",
         top5=f"{test['top5_accuracy']:.1%}",
+        mean_per_class=f"{test['mean_per_class_accuracy']:.1%}"
+        if "mean_per_class_accuracy" in test
+        else "not measured",
         weakest=", ".join(f"{readable_name(name)} {value:.0%}" for name, value in weakest),
         ece=f"{test['ece']:.1%}",
     )

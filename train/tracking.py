@@ -39,7 +39,8 @@ def log_run_inputs(params: dict, spec: InputSpec, data: PetData, config_path: st
 def log_dataset(data: PetData) -> None:
     """The images and their splits as the run's input. A parent logs it before its children start: the
     store creates a dataset on first sight, and concurrent children racing to create it would collide."""
-    rows = [(s.name, data.classes[s.label], split) for split, samples in data.splits.items() for s in samples]
+    splits = data.splits | ({"extra (training only)": data.extra} if data.extra else {})
+    rows = [(s.name, data.classes[s.label], split) for split, samples in splits.items() for s in samples]
     frame = pd.DataFrame(rows, columns=["image", "label", "split"])
     dataset = mlflow.data.from_pandas(frame, source=str(data.root), name="oxford-iiit-pet", digest=data.digest[:16])
     mlflow.log_input(dataset, context="training")
