@@ -53,8 +53,8 @@ def train_loop(
     val_y: torch.Tensor,
     classes: int,
 ) -> list[dict[str, float]]:
-    """AdamW with a cosine schedule (class-weighted loss with `balance = "loss"`); each sample shows a random cached view per epoch; early stopping on
-    validation loss restores the best weights."""
+    """AdamW with a cosine schedule (class-weighted loss with `balance = "loss"`); each sample shows a
+    random cached view per epoch; early stopping on validation loss restores the best weights."""
     params = [p for p in [*tail.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     weights = class_weights(y.tolist(), classes, config.balance)
