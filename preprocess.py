@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+EXIF_ORIENTATION = 0x0112
 DISPLAY_SIDE = 1024  # the longer side of images the app shows about a photo (the heatmap)
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
@@ -53,7 +54,8 @@ def load_image(src: ImageSource, pixel_cap: int | None = None, at_least: int | N
     _check_size(image.width, image.height, cap)
     if at_least:
         image = _reduce(image, at_least)
-    image = ImageOps.exif_transpose(image)
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
+        image = ImageOps.exif_transpose(image)
     return _to_rgb(image)
 
 
@@ -147,27 +149,35 @@ def _too_large_message(cap: int, width: int = 0, height: int = 0) -> str:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Every Pillow mode to RGB: transparency composited on white, 16-bit and float scaled to 8 bits.
-    Deep modes go through in bands of rows, so no full-size float64 copy is ever made."""
+    Deep and transparent modes go through a band of rows at a time, so the only full-size copy made is
+    the RGB result (no float64 image, no full-size RGBA and white canvas beside it)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        image = _banded_to_l(image, lambda rows: (rows.astype(np.int64) + 128) // 257)  # = round(v / 257)
+        image = _banded(image, "L", lambda rows: _scaled_to_l(rows, lambda v: (v.astype(np.int64) + 128) // 257))
     elif image.mode == "F":
-        image = _banded_to_l(image, lambda rows: rows)
+        image = _banded(image, "L", lambda rows: _scaled_to_l(rows, lambda v: v))
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba.convert("RGB"), mask=rgba.getchannel("A"))
-        return background
+        return _banded(image, "RGB", _on_white)
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _banded_to_l(image: Image.Image, scale: Callable[[np.ndarray], np.ndarray], band: int = 256) -> Image.Image:
-    """An 8-bit grey image from a deep one, `scale`d and clipped to 0–255 a band of rows at a time."""
-    out = Image.new("L", image.size)
+def _banded(
+    image: Image.Image, mode: str, convert: Callable[[Image.Image], Image.Image], band: int = 256
+) -> Image.Image:
+    """`image` in `mode`, converted by `convert` a band of rows at a time."""
+    out = Image.new(mode, image.size)
     for top in range(0, image.height, band):
-        rows = np.asarray(image.crop((0, top, image.width, min(top + band, image.height))))
-        out.paste(Image.fromarray(np.clip(scale(rows), 0, 255).astype(np.uint8)), (0, top))
+        out.paste(convert(image.crop((0, top, image.width, min(top + band, image.height)))), (0, top))
     return out
+
+
+def _scaled_to_l(rows: Image.Image, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    return Image.fromarray(np.clip(scale(np.asarray(rows)), 0, 255).astype(np.uint8))
+
+
+def _on_white(rows: Image.Image) -> Image.Image:
+    rgba = rows.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
 
 
 # --------------------------------------------------------------------------- the model's input

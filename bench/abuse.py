@@ -139,6 +139,9 @@ class Bystander:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        deadline = time.monotonic() + 10  # a request shorter than one /predict: wait for the one in flight
+        while not self.samples and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.stop.set()
         self.thread.join(timeout=60)
 

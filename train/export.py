@@ -72,13 +72,15 @@ def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
     )
 
 
-def check_parity(model: torch.nn.Module, path: Path, spec: InputSpec, samples: list[Sample], gate: ParityGate) -> float:
+def check_parity(model: PetNet, path: Path, spec: InputSpec, samples: list[Sample], gate: ParityGate) -> float:
+    """Both outputs, logits and the class activation maps, as torch and ONNX Runtime compute them."""
     batch = model_batch([s.path for s in samples], spec)
     with torch.no_grad():
-        expected = model.eval()(torch.from_numpy(batch)).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([LOGITS], {INPUT: batch})[0]
-    delta = float(np.abs(expected - got).max())
-    failure = parity_failure(delta, bool((expected.argmax(1) == got.argmax(1)).all()), gate)
+        expected = [output.numpy() for output in Explained(model).eval()(torch.from_numpy(batch))]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([LOGITS, CAM], {INPUT: batch})
+    finite = all(np.isfinite(output).all() for output in (*expected, *got))
+    delta = max(float(np.abs(want - have).max()) for want, have in zip(expected, got, strict=True))
+    failure = parity_failure(delta, bool((expected[0].argmax(1) == got[0].argmax(1)).all()), gate, finite)
     if failure:
         raise ExportError(f"ONNX parity failed on {len(samples)} images: {failure}.")
     return delta

@@ -71,9 +71,12 @@ def _check_keys(path: Path, where: str, data: dict, expected: list[str]) -> None
         raise ConfigError(f"{path}: {where}missing key(s) {missing}, unknown key(s) {unknown}.")
 
 
-def parity_failure(max_abs_delta: float, same_top1: bool, gate: ParityGate) -> str | None:
-    """Why the ONNX model does not reproduce torch, or None when it does."""
-    if max_abs_delta > gate.max_abs_logit_delta or not same_top1:
+def parity_failure(max_abs_delta: float, same_top1: bool, gate: ParityGate, finite: bool = True) -> str | None:
+    """Why the ONNX model does not reproduce torch, or None when it does. Non-finite outputs fail however
+    they compare (NaN on both sides would otherwise pass: NaN > tolerance is false, argmax of NaN is 0)."""
+    if not finite:
+        return "the outputs are not all finite (NaN or infinite values in torch's or ONNX Runtime's)"
+    if not max_abs_delta <= gate.max_abs_logit_delta or not same_top1:
         return f"max |Δlogit| = {max_abs_delta:.2e} (at most {gate.max_abs_logit_delta:g}), same top-1: {same_top1}"
     return None
 

@@ -13,6 +13,8 @@ def test_parity_gate() -> None:
     assert parity_failure(gate.max_abs_logit_delta, True, gate) is None
     assert "max |Δlogit|" in parity_failure(gate.max_abs_logit_delta * 1.01, True, gate)
     assert "same top-1: False" in parity_failure(0.0, False, gate)
+    assert "not all finite" in parity_failure(0.0, True, gate, finite=False)  # NaN on both sides fails
+    assert parity_failure(float("nan"), True, gate) is not None
 
 
 def test_int8_gate_needs_accuracy_and_speed() -> None:

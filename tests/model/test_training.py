@@ -202,3 +202,21 @@ def test_select_calibrates_and_gates_the_int8_model(trained) -> None:
     gate = Gates.load().int8
     assert int8["accepted"] == int8_accepted(int8["test_accuracy_drop"], int8["speedup_1_thread"], gate)
     assert (trained["model"] / "model.int8.onnx").exists() == int8["accepted"]
+
+
+def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> None:
+    """A model whose outputs are NaN on both sides fails the gate (it passed before: NaN compares false,
+    and argmax of a NaN row is 0 on both sides)."""
+    import mlflow.pytorch
+    import torch
+
+    from train.export import ExportError, check_parity, to_onnx
+
+    model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@champion")
+    spec = PetClassifier.load(trained["model"]).spec
+    samples = load_dataset(trained["data"], 0.25, 0).splits["val"][:4]
+    with torch.no_grad():
+        model.head[-1].bias.fill_(float("nan"))
+    to_onnx(model, spec, tmp_path / "nan.onnx")
+    with pytest.raises(ExportError, match="not all finite"):
+        check_parity(model, tmp_path / "nan.onnx", spec, samples, Gates.load().parity)
