@@ -75,6 +75,7 @@ def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndar
         "cv_accuracy": summary["accuracy"],
         "cv_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
         "cv_top5_accuracy": summary["top5_accuracy"],
+        "cv_mean_per_class_accuracy": summary["mean_per_class_accuracy"],
         "cv_loss": nll(logits, labels),
         "cv_folds": float(len(fold_accuracies)),
     } | {f"cv_accuracy_{kind}": value for kind, value in summary["per_species"].items()}

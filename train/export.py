@@ -185,4 +185,6 @@ def selection_metrics(found: dict[str, float]) -> dict:
         per_species = {key.removeprefix("accuracy_"): cv.pop(key) for key in species}
         return {"cv": cv | {"folds": int(cv["folds"]), "per_species": per_species}}
     val = {"accuracy": found["val_accuracy"], "top5_accuracy": found["val_top5_accuracy"], "loss": found["val_loss"]}
+    if "val_mean_per_class_accuracy" in found:
+        val["mean_per_class_accuracy"] = found["val_mean_per_class_accuracy"]
     return {"val": val}

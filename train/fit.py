@@ -187,6 +187,7 @@ def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
         {
             "val_accuracy": summary["accuracy"],
             "val_top5_accuracy": summary["top5_accuracy"],
+            "val_mean_per_class_accuracy": summary["mean_per_class_accuracy"],
             "val_loss": val_loss,
             "best_epoch": min(outcome.history, key=lambda r: r["val_loss"])["epoch"],
         }

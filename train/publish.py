@@ -57,8 +57,8 @@ def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> Mo
             PetClassifier.load(model_dir, variant=variant)  # refuses what serving would refuse
     except ModelError as error:
         raise GateError(f"{error} Re-run `python -m train select`.") from None
-    served = served_card["metrics"]["test"]["accuracy"] if served_card else None
-    failure = publish_failure(card.metrics.get("test", {}).get("accuracy"), served, gate)
+    served = served_card["metrics"]["test"] if served_card else None
+    failure = publish_failure(card.metrics.get("test"), served, gate)
     if failure:
         raise GateError(failure)
     return card

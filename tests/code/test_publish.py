@@ -164,10 +164,20 @@ def test_gates_file_names_a_missing_key(tmp_path: Path) -> None:
 
 def test_publish_gate_function() -> None:
     gate = PublishGate(min_test_accuracy=0.9, max_regression=0.005)
-    assert publish_failure(0.91, None, gate) is None and publish_failure(0.91, 0.914, gate) is None
-    assert "below the threshold" in publish_failure(0.89, None, gate)
-    assert "below the 0.9200 the Space serves now" in publish_failure(0.91, 0.92, gate)
+
+    def metrics(accuracy: float, mean: float | None = None) -> dict:
+        return {"accuracy": accuracy} | ({"mean_per_class_accuracy": mean} if mean is not None else {})
+
+    assert (
+        publish_failure(metrics(0.91), None, gate) is None
+        and publish_failure(metrics(0.91), metrics(0.914), gate) is None
+    )
+    assert "below the threshold" in publish_failure(metrics(0.89), None, gate)
+    assert "below the 0.9200 the Space serves now" in publish_failure(metrics(0.91), metrics(0.92), gate)
     assert "no test accuracy" in publish_failure(None, None, gate)
+    # a model as good on top-1 but worse over breeds is refused; a served card without the mean is no bar
+    assert "Mean per-class test accuracy 0.8500" in publish_failure(metrics(0.92, 0.85), metrics(0.92, 0.88), gate)
+    assert publish_failure(metrics(0.92, 0.85), metrics(0.92), gate) is None
 
 
 def set_front_matter(readme: Path, old: str, new: str) -> None:
