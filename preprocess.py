@@ -51,7 +51,7 @@ def load_image(src: ImageSource, pixel_cap: int | None = None, at_least: int | N
         image = _from_array(src)
     else:
         image = _decode(src, cap, at_least)
-    _check_size(image.width, image.height, cap)
+    _check_size(image.width, image.height, cap, len(image.getbands()))
     if at_least:
         image = _reduce(image, at_least)
     if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
@@ -79,7 +79,7 @@ def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int, at_
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(src)
-            _check_size(opened.width, opened.height, cap)
+            _check_size(opened.width, opened.height, cap, len(opened.getbands()))
             if at_least and opened.format == "JPEG" and min(opened.size) >= 2 * at_least:
                 scale = min(opened.size) / (2 * at_least)  # the decoder picks 1/2, 1/4 or 1/8 of at most this
                 opened.draft(opened.mode, (int(opened.width / scale), int(opened.height / scale)))
@@ -116,7 +116,12 @@ def _reduce(image: Image.Image, at_least: int) -> Image.Image:
         return image
     if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F", "CMYK"):
         image = _to_rgb(image)  # palette, 1-bit and 16-bit modes have no box reduction of their own
-    return image.reduce(factor)
+    out = Image.new(image.mode, (-(-image.width // factor), -(-image.height // factor)))
+    band = factor * 16  # whole blocks of `factor` rows: the same result as reducing the image at once
+    for top in range(0, image.height, band):
+        rows = image.crop((0, top, image.width, min(top + band, image.height)))
+        out.paste(rows.reduce(factor), (0, top // factor))  # Pillow reduces RGBA via a full premultiplied copy
+    return out
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -137,14 +142,18 @@ def _from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def _check_size(width: int, height: int, cap: int) -> None:
-    if width * height > cap:
-        raise PreprocessError(_too_large_message(cap, width, height))
+def _check_size(width: int, height: int, cap: int, bands: int = 3) -> None:
+    """The pixel cap, held in decoded bytes: an image of four bands (RGBA, CMYK) may have 3/4 of the
+    pixels, since it decodes to 4 bytes a pixel and is converted to RGB beside itself."""
+    allowed = cap if bands <= 3 else cap * 3 // bands
+    if width * height > allowed:
+        raise PreprocessError(_too_large_message(allowed, width, height, bands > 3))
 
 
-def _too_large_message(cap: int, width: int = 0, height: int = 0) -> str:
+def _too_large_message(cap: int, width: int = 0, height: int = 0, four_bands: bool = False) -> str:
     size = f" ({width}×{height})" if width else ""
-    return f"The image is too large{size}: at most {cap / 1e6:.0f} megapixels are accepted. Downscale it first."
+    kind = " with transparency or in CMYK" if four_bands else ""
+    return f"The image is too large{size}: at most {cap / 1e6:.1f} megapixels are accepted{kind}. Downscale it first."
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

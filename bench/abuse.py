@@ -52,7 +52,7 @@ def hostile_inputs() -> dict[str, bytes]:
         "strip_4x4000.png": encoded(Image.new("RGB", (4, 4000)), "PNG"),
         "grey_7071x7071.png": encoded(smooth, "PNG"),
         "rgb16_like_7071x7071.png": encoded(Image.fromarray(np.asarray(smooth, np.uint16) * 257), "PNG"),
-        "rgba_7071x7071.png": encoded(smooth.convert("RGBA"), "PNG"),
+        "rgba_6123x6123.png": encoded(smooth.resize((6123, 6123)).convert("RGBA"), "PNG"),  # 4 bands: the cap's 3/4
         "photo_8000x6000.jpg": encoded(Image.open(PHOTO).resize((8000, 6000)), "JPEG", quality=80),
         "tiny_8x8.png": encoded(Image.new("RGB", (8, 8), (10, 200, 30)), "PNG"),
     }
@@ -182,7 +182,7 @@ def four_at_once(url: str, files: dict[str, bytes]) -> dict:
     """The four heaviest requests together: the app must stay up and answer."""
     heavy = [("strip_1000000x50.png", "predict", []), ("grey_7071x7071.png", "explain", [])]
     heavy += [("photo_8000x6000.jpg", "pipeline", ['[{"op": "resize", "width": 4096}, {"op": "blur", "radius": 50}]'])]
-    heavy += [("rgba_7071x7071.png", "identify", [])]
+    heavy += [("rgba_6123x6123.png", "identify", [])]
     with httpx.Client(timeout=120) as http, ThreadPoolExecutor(4) as pool:
         images = {name: upload(http, url, name, files[name]) for name, _, _ in heavy}
         outcomes = list(pool.map(lambda job: call(http, url, job[1], [images[job[0]], *job[2]])[0], heavy))

@@ -23,6 +23,11 @@ from train.tracking import OOF_LOGITS, REGISTERED_MODEL, load_logits
 
 log = logging.getLogger(__name__)
 
+
+class SelectionError(RuntimeError):
+    """The champion cannot be shipped as it stands; the message says why and what to do."""
+
+
 INT8_FILE = "model.int8.onnx"
 
 
@@ -134,12 +139,29 @@ def calibration_logits(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Out-of-fold logits of a cross-validated champion (its final model trained on every trainval image,
     so no held-out split is left); else the served model's logits on the validation split."""
-    parent = client.get_run(card.mlflow["run_id"]).data.tags.get("cv.parent_run_id")
+    run = client.get_run(card.mlflow["run_id"]).data
+    parent = calibration_parent(run.tags, run.params)
     if parent:
         _, logits, labels = load_logits(parent, OOF_LOGITS)
         return logits, labels, "out-of-fold"
     val = evaluate_classifier(served, data, "val")
     return val["logits"], val["labels"], "val"
+
+
+def calibration_parent(tags: dict[str, str], params: dict[str, str]) -> str | None:
+    """The CV parent whose out-of-fold logits calibrate this run, or None where its own validation split
+    may (a run that held one out). A run that trained on every trainval image and names no parent is
+    refused: its "validation" images are ones it learned from, and would make it look sure."""
+    parent = tags.get("cv.parent_run_id")
+    if parent:
+        return parent
+    if params.get("images.val") == "0":
+        raise SelectionError(
+            "The champion trained on all of trainval and its run names no cross-validation parent "
+            "(tag cv.parent_run_id): there are no held-out images to calibrate it on. Tag the run with its "
+            "cv parent, or re-run `python -m train cv --resume`."
+        )
+    return None
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str, gate: CalibrationGate) -> tuple[dict, dict]:

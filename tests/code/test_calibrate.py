@@ -51,3 +51,12 @@ def test_threshold_flags_at_most_five_percent_of_correct_predictions() -> None:
     threshold = not_sure_threshold(probabilities, labels, GATE.max_flagged_correct)
     correct = probabilities.argmax(1) == labels
     assert (probabilities.max(1)[correct] < threshold).mean() <= 0.05
+
+
+def test_calibration_never_fits_on_images_the_model_trained_on() -> None:
+    from train.select import SelectionError, calibration_parent
+
+    assert calibration_parent({"cv.parent_run_id": "abc"}, {"images.val": "0"}) == "abc"  # out-of-fold logits
+    assert calibration_parent({}, {"images.val": "230"}) is None  # its own held-out validation split
+    with pytest.raises(SelectionError, match="no held-out images"):  # a CV final run whose tag went missing
+        calibration_parent({}, {"images.val": "0"})

@@ -151,6 +151,15 @@ def test_decompression_bomb_is_refused_fast() -> None:
     assert time.perf_counter() - started < 2
 
 
+def test_four_band_images_are_capped_by_their_decoded_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RGBA and CMYK decode to 4 bytes a pixel and are converted beside themselves: 3/4 of the pixel cap."""
+    monkeypatch.setenv("PETS_MAX_PIXELS", "1200")
+    assert load_image(encode(Image.new("RGBA", (30, 30)), "PNG")).size == (30, 30)  # 900 ≤ 1200 × 3/4
+    assert load_image(encode(Image.new("RGB", (40, 30)), "PNG")).size == (40, 30)  # 1200: at the cap
+    with pytest.raises(PreprocessError, match="with transparency or in CMYK"):
+        load_image(encode(Image.new("RGBA", (40, 30)), "PNG"))
+
+
 def test_pixel_cap_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     data = encode(Image.new("RGB", (100, 100)), "PNG")
     assert load_image(data).size == (100, 100)
