@@ -1,9 +1,12 @@
-"""The feature cache: activations of the frozen part of a backbone, computed once per
-(backbone, input spec, cut point, dataset digest, view) and reused by every run that needs them."""
+"""The feature cache: activations of the frozen part of a backbone, computed once per (backbone and its
+weights package, input spec and preprocessing code, cut point, dataset digest, view) and reused by every
+run that needs them."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import inspect
 import json
 import logging
 import os
@@ -18,12 +21,14 @@ from PIL import Image, ImageOps
 from torch import nn
 from tqdm import tqdm
 
+import preprocess
 from preprocess import InputSpec, load_for_model, model_input, to_tensor
 from train.data import Sample
 
 log = logging.getLogger(__name__)
 
 EXTRACT_BATCH = 32
+PREPROCESS_CODE = hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]  # a change: new features
 
 
 @dataclass
@@ -50,9 +55,22 @@ def view_input(image: Image.Image, spec: InputSpec, view: int, name: str) -> np.
 
 
 def _cache_key(backbone: str, spec: InputSpec, cut: int, view: int, digest: str, samples: list[Sample]) -> str:
+    """Everything the cached activations depend on: the network and its weights package, the pixels (the
+    preprocessing code and the input spec), the view, and the images."""
     names = hashlib.sha256("\n".join(s.name for s in samples).encode()).hexdigest()
     identity = {"backbone": backbone, "spec": spec.to_dict(), "cut": cut, "view": view, "data": digest, "names": names}
+    views_code = hashlib.sha256(inspect.getsource(view_input).encode()).hexdigest()[:16]
+    identity |= {"weights": weights_version(backbone), "preprocess": PREPROCESS_CODE, "views_code": views_code}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def weights_version(backbone: str) -> str:
+    """The installed version of the package that holds the backbone's pretrained weights."""
+    package = f"{backbone.replace('_', '-')}-pytorch-model"
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "torchvision " + importlib.metadata.version("torchvision")
 
 
 @torch.no_grad()

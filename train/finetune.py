@@ -64,16 +64,23 @@ def train_transform(size: int, spec: InputSpec, augment: str) -> v2.Compose:
 
 
 class Images(Dataset):
-    """Samples decoded by the serving loader; `transform` turns the PIL image into a 3×H×W tensor."""
+    """Samples decoded by the serving loader; `transform` turns the PIL image into a 3×H×W tensor.
+
+    With `seed` set (each training epoch sets it), a sample's random augmentation is seeded by (seed, its
+    index): the same whichever loader process draws it, so a run resumed with another worker count goes
+    on with the same augmentation stream its checkpoint key promises."""
 
     def __init__(self, samples: list[Sample], transform: Callable, spec: InputSpec) -> None:
         self.samples, self.transform, self.spec = samples, transform, spec
+        self.seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
+        if self.seed is not None:
+            torch.manual_seed(self.seed * 1_000_003 + index)
         return self.transform(load_for_model(sample.path, self.spec)), sample.label
 
 
@@ -192,6 +199,7 @@ def finetune(
     for epoch in range(first, config.epochs + 1):
         seed = config.seed * 100_003 + epoch  # each epoch's shuffle and augmentation depend on (seed, epoch)
         torch.manual_seed(seed)
+        images.seed = seed
         loader = DataLoader(
             images,
             batch_size=config.batch_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from preprocess import InputSpec
 from tests.conftest import TINY_CLASSES
 from train.data import DataError, load_dataset
 
@@ -65,3 +66,40 @@ def test_evaluating_a_model_on_another_dataset_is_a_clear_error(tiny_data, capsy
 
     assert main(["--data-dir", str(tiny_data), "evaluate", "--model", str(MODEL_DIR)]) == 1
     assert "3 classes differ from the model's 37" in capsys.readouterr().err
+
+
+def test_the_feature_cache_key_follows_the_preprocessing_code_and_the_weights(monkeypatch, tiny_data) -> None:
+    """A change to preprocess.py or to the weights package must not reuse features made before it."""
+    from train import features
+
+    data = load_dataset(tiny_data, 0.25, 0)
+    spec = InputSpec(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    key = features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, data.splits["train"])
+    assert features.weights_version("efficientnet_lite0") == "0.1.0"
+    monkeypatch.setattr(features, "PREPROCESS_CODE", "edited")
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, data.splits["train"]) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(features, "weights_version", lambda backbone: "0.2.0")
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, data.splits["train"]) != key
+
+
+def test_augmentation_does_not_depend_on_the_worker_count(tiny_data) -> None:
+    """Each sample's augmentation is seeded by (epoch seed, index), so 0 or 2 loader processes give the
+    same batches: a run resumed with another `workers` goes on with the stream its key promises."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from train.finetune import Images, train_transform
+
+    spec = InputSpec(80, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    images = Images(load_dataset(tiny_data, 0.25, 0).splits["train"][:6], train_transform(64, spec, "trivial"), spec)
+    images.seed = 7
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        loader = DataLoader(images, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1), num_workers=workers)
+        return [x for x, _ in loader]
+
+    single, several = batches(0), batches(2)
+    assert all(torch.equal(a, b) for a, b in zip(single, several, strict=True))
+    images.seed = 8
+    assert not all(torch.equal(a, b) for a, b in zip(single, batches(0), strict=True))  # the seed matters
