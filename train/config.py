@@ -35,6 +35,7 @@ class Config:
     folds: int = 5  # python -m train cv: stratified folds over trainval
     extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
     balance: str = "none"  # "none", or "loss": class weights ∝ 1 / training images, so each breed counts alike
+    prior_correction: bool = False  # cv: fit logits − τ·log(prior) on out-of-fold logits, fold it into the bias
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
     workers: int = 2  # end to end: data-loading processes
     trial_cpus: float = 1.0  # --engine ray: CPUs one run reserves on the cluster

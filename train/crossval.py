@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train import prior
 from train.config import Config
 from train.data import PetData, Sample, load_dataset
 from train.trials import IN_PROCESS, Engine, Trial, run_trials
@@ -105,7 +106,11 @@ def cross_validate(
             raise RuntimeError(f"No CV estimate without every fold; failed: {', '.join(failed)}.")
         held_out = [tracking.load_logits(r.run_id, tracking.HOLDOUT_LOGITS)[1] for r in results]
         names, logits, labels = out_of_fold(folds[:-1], held_out)
+        correction = fit_correction(config, logits, labels, fold_data(data, folds[-1]))
+        if correction:
+            logits = prior.corrected(logits, np.asarray(correction["log_prior"]), correction["strength"])
         found = cv_metrics([r.val_accuracy for r in results], logits, labels, data)
+        found |= {"cv_prior_strength": correction["strength"]} if correction else {}
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
             path = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
@@ -119,11 +124,24 @@ def cross_validate(
             extra_metrics=found,
         )
         mlflow.set_tag("cv.final_run_id", final.run_id)
+        if correction:  # export folds it into the head's bias; select calibrates on the corrected logits
+            mlflow.MlflowClient().log_dict(final.run_id, correction, tracking.PRIOR_CORRECTION)
         mlflow.MlflowClient().set_tag(final.run_id, "cv.parent_run_id", parent.info.run_id)
     log.info(
         "cv accuracy %.4f ± %.4f; registered version %s", found["cv_accuracy"], found["cv_accuracy_std"], final.version
     )
     return found | {"version": final.version}
+
+
+def fit_correction(config: Config, logits: np.ndarray, labels: np.ndarray, final: PetData) -> dict | None:
+    """With `prior_correction`: τ and the final model's log training prior (Oxford and extra images), τ
+    fitted on the out-of-fold logits for the mean per-class accuracy; None without it, or when τ = 0 wins."""
+    if not config.prior_correction:
+        return None
+    log_prior = prior.log_prior([s.label for s in final.training()], len(final.classes))
+    strength, scores = prior.fit_strength(logits, labels, log_prior)
+    log.info("prior correction: τ = %.3f (mean per-class OOF accuracy by τ: %s)", strength, scores)
+    return {"strength": strength, "log_prior": log_prior.tolist(), "scores": scores} if strength else None
 
 
 def fold_data(data: PetData, fold: Fold) -> PetData:
@@ -137,7 +155,8 @@ def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
 
     data = load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
     for fold in plan(config, data):
-        outcome = fine_tune_run(config, data.classes, fold.train, fold.holdout, resume=True, keep=not fold.holdout)
+        train = fold_data(data, fold).training()  # what `cv --resume` trains on: the same checkpoint key
+        outcome = fine_tune_run(config, data.classes, train, fold.holdout, resume=True, keep=not fold.holdout)
         if fold.holdout:
             accuracy = (outcome.holdout_logits.argmax(1) == np.array([s.label for s in fold.holdout])).mean()
             log.info("%s: held-out accuracy %.4f", fold.name, accuracy)

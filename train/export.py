@@ -22,11 +22,12 @@ from mlflow.entities.model_registry import ModelVersion
 
 from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
+from train import prior
 from train.data import Sample, load_dataset
 from train.gates import Gates, ParityGate, parity_failure
 from train.model import Explained, PetNet
 from train.provenance import git_commit
-from train.tracking import REGISTERED_MODEL
+from train.tracking import PRIOR_CORRECTION, REGISTERED_MODEL
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def export_model(
     chosen = model_version(version, alias)
     run = MlflowClient().get_run(chosen.run_id)
     model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{chosen.version}")
+    fold_prior_correction(model, run.info.run_id)
     spec = InputSpec.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/input_spec.json"))
     classes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/classes.json")
     onnx_path = out_dir / "model.onnx"
@@ -105,6 +107,19 @@ def export_model(
     return make_card(
         chosen, run, spec, classes["species"], onnx_path, {"images": len(samples), "max_abs_logit_delta": delta}
     )
+
+
+def fold_prior_correction(model: PetNet, run_id: str) -> None:
+    """Where cross-validation kept a prior correction for this run, it goes into the head's bias, so the
+    exported model (and the parity check against it) gives the corrected logits."""
+    artifacts = {
+        entry.path for entry in MlflowClient().list_artifacts(run_id, Path(PRIOR_CORRECTION).parent.as_posix())
+    }
+    if PRIOR_CORRECTION not in artifacts:
+        return
+    correction = mlflow.artifacts.load_dict(f"runs:/{run_id}/{PRIOR_CORRECTION}")
+    prior.fold_into_bias(model.head[-1], np.asarray(correction["log_prior"]), correction["strength"])
+    log.info("prior correction τ = %.3f folded into the head's bias", correction["strength"])
 
 
 @contextmanager

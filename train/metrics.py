@@ -74,3 +74,18 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, path: 
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("train", "val") if f"val_{metric}" in history[0] else ("train",):
+            ax.plot(epochs, [row[f"{split}_{metric}"] for row in history], label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -15,12 +15,14 @@ from mlflow import MlflowClient
 
 import train.finetune
 from preprocess import model_batch
+from tests.data.test_extra import write_extra
 from train.__main__ import main as train_main
 from train.config import Config
 from train.data import load_dataset
 from train.export import to_onnx
 from train.finetune import fine_tune_run
 from train.model import input_spec
+from train.tracking import OOF_LOGITS, PRIOR_CORRECTION, load_logits
 
 pytestmark = pytest.mark.slow
 
@@ -87,10 +89,12 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    extra = write_extra(tmp_path / "extra", {"dots": 8})  # training only, and an imbalance to correct
     config = tmp_path / "cv.toml"
     config.write_text(
         'backbone = "efficientnet_lite0"\nend_to_end = true\nimage_size = 64\ncrop_ratio = 1.0\nepochs = 2\n'
         f'folds = 2\nbatch_size = 8\nworkers = 0\nimagenet_init = true\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
+        f'extra_data = ["{extra}"]\nbalance = "loss"\nprior_correction = true\n'
     )
     data = ["--data-dir", str(tiny_data)]
     assert train_main([*data, "cv", "--config", str(config), "--checkpoints-only"]) == 0  # as on a GPU box
@@ -103,7 +107,10 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert set(children) == {"fold-1", "fold-2", "all"}
     assert {"cv_accuracy", "cv_accuracy_std", "cv_accuracy_cat", "cv_accuracy_dog"} <= set(parent.data.metrics)
+    assert "cv_mean_per_class_accuracy" in parent.data.metrics
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "cv")] == ["cv/oof.npz"]
+    oof_names = load_logits(parent.info.run_id, OOF_LOGITS)[0]
+    assert len(oof_names) == 24 and not any(name.startswith("extra:") for name in oof_names)  # Oxford only
     assert len(client.get_metric_history(children["fold-1"].info.run_id, "epoch_val_loss")) == 2
     final = children["all"]
     assert final.data.metrics["cv_accuracy"] == parent.data.metrics["cv_accuracy"]
@@ -114,4 +121,8 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     assert card["calibration"]["fitted_on"] == "out-of-fold" and card["metrics"]["cv"]["folds"] == 2
     assert card["metrics"]["cv"]["accuracy"] == pytest.approx(parent.data.metrics["cv_accuracy"])
+    folded = [a.path for a in client.list_artifacts(final.info.run_id, "cv")] == [PRIOR_CORRECTION]
+    assert folded == ("cv_prior_strength" in parent.data.metrics)  # kept only where τ > 0 won
+    if folded:
+        assert card["metrics"]["cv"]["prior_strength"] == parent.data.metrics["cv_prior_strength"] > 0
     mlflow.set_tracking_uri(None)

@@ -220,3 +220,25 @@ def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> 
     to_onnx(model, spec, tmp_path / "nan.onnx")
     with pytest.raises(ExportError, match="not all finite"):
         check_parity(model, tmp_path / "nan.onnx", spec, samples, Gates.load().parity)
+
+
+def test_the_folded_onnx_model_gives_the_corrected_probabilities(trained, tmp_path: Path) -> None:
+    """Export with the correction in the head's bias: ONNX Runtime's logits are torch's minus τ·log prior."""
+    import mlflow.pytorch
+    import onnxruntime as ort
+    import torch
+
+    from preprocess import model_batch
+    from train.export import to_onnx
+    from train.prior import corrected, fold_into_bias, log_prior
+
+    model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@champion").eval()
+    spec = PetClassifier.load(trained["model"]).spec
+    batch = model_batch([s.path for s in load_dataset(trained["data"], 0.25, 0).splits["val"][:4]], spec)
+    with torch.no_grad():
+        plain = model(torch.from_numpy(batch)).numpy()
+    prior = log_prior([0] * 20 + [1] * 3 + [2] * 7, 3)
+    fold_into_bias(model.head[-1], prior, 0.8)
+    to_onnx(model, spec, tmp_path / "folded.onnx")
+    got = ort.InferenceSession(str(tmp_path / "folded.onnx")).run(["logits"], {"image": batch})[0]
+    assert np.abs(got - corrected(plain, prior, 0.8)).max() < 1e-3
