@@ -160,10 +160,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Every Pillow mode to RGB: transparency composited on white, 16-bit and float scaled to 8 bits.
     Deep and transparent modes go through a band of rows at a time, so the only full-size copy made is
     the RGB result (no float64 image, no full-size RGBA and white canvas beside it)."""
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        image = _banded(image, "L", lambda rows: _scaled_to_l(rows, lambda v: (v.astype(np.int64) + 128) // 257))
-    elif image.mode == "F":
-        image = _banded(image, "L", lambda rows: _scaled_to_l(rows, lambda v: v))
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # round(v / 257): 16 bits to 8
+        return _banded(image, "RGB", lambda rows: _scaled_grey(rows, lambda v: (v.astype(np.int64) + 128) // 257))
+    if image.mode == "F":
+        return _banded(image, "RGB", lambda rows: _scaled_grey(rows, lambda v: v))
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         return _banded(image, "RGB", _on_white)
@@ -180,8 +180,9 @@ def _banded(
     return out
 
 
-def _scaled_to_l(rows: Image.Image, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
-    return Image.fromarray(np.clip(scale(np.asarray(rows)), 0, 255).astype(np.uint8))
+def _scaled_grey(rows: Image.Image, scale: Callable[[np.ndarray], np.ndarray]) -> Image.Image:
+    """Grey levels `scale`d and clipped to 0–255, as RGB."""
+    return Image.fromarray(np.clip(scale(np.asarray(rows)), 0, 255).astype(np.uint8)).convert("RGB")
 
 
 def _on_white(rows: Image.Image) -> Image.Image:

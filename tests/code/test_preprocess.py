@@ -205,6 +205,14 @@ def test_resize_keeps_aspect_ratio_with_one_side(photo: Image.Image) -> None:
     assert transforms.resize(photo, width=10, height=20).size == (10, 20)
 
 
+def test_resize_in_bands_gives_pillows_pixels(photo: Image.Image) -> None:
+    """Resampling each band of rows from its own box: Pillow's resize, up to a rare rounding of one level."""
+    for size in ((700, None), (100, 333)):
+        banded = transforms._resize(photo, *size, band=16)
+        whole = photo.resize(banded.size, Image.Resampling.LANCZOS)
+        assert np.abs(np.asarray(banded, dtype=int) - np.asarray(whole)).max() <= 1
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
