@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train import prior
+from train import duplicates, prior
 from train.config import Config
 from train.data import PetData, Sample, load_dataset
 from train.trials import IN_PROCESS, Engine, Trial, run_trials
@@ -27,28 +27,32 @@ class Fold:
     holdout: list[Sample]
 
 
-def stratified_folds(samples: list[Sample], k: int, seed: int) -> list[list[Sample]]:
-    """k disjoint held-out sets covering `samples`, each class spread as evenly as its size allows."""
+def stratified_folds(
+    samples: list[Sample], k: int, seed: int, together: list[list[Sample]] | None = None
+) -> list[list[Sample]]:
+    """k disjoint held-out sets covering `samples`, each class spread as evenly as its size allows; the
+    samples of each group in `together` (near-duplicate photos) land in one fold."""
     rng = random.Random(seed)
     folds: list[list[Sample]] = [[] for _ in range(k)]
-    by_class: dict[int, list[Sample]] = {}
-    for sample in samples:
-        by_class.setdefault(sample.label, []).append(sample)
+    by_class: dict[int, list[list[Sample]]] = {}
+    for unit in together or [[sample] for sample in samples]:
+        by_class.setdefault(unit[0].label, []).append(unit)
     offset = 0
     for label in sorted(by_class):
-        group = sorted(by_class[label], key=lambda s: s.name)
-        rng.shuffle(group)
-        for i, sample in enumerate(group):
-            folds[(offset + i) % k].append(sample)
-        offset += len(group)  # the next class starts where this one stopped, so fold sizes stay level
+        units = sorted(by_class[label], key=lambda unit: unit[0].name)
+        rng.shuffle(units)
+        for i, unit in enumerate(units):
+            folds[(offset + i) % k].extend(unit)
+        offset += len(units)  # the next class starts where this one stopped, so fold sizes stay level
     return folds
 
 
 def plan(config: Config, data: PetData) -> list[Fold]:
-    """The k fold runs, then the run on all of trainval."""
+    """The k fold runs, then the run on all of trainval; near-duplicate photos are held out together."""
     trainval = data.splits["train"] + data.splits["val"]
     runs = []
-    for i, holdout in enumerate(stratified_folds(trainval, config.folds, config.seed), start=1):
+    together = duplicates.groups(trainval)
+    for i, holdout in enumerate(stratified_folds(trainval, config.folds, config.seed, together), start=1):
         held = {s.name for s in holdout}
         runs.append(Fold(f"fold-{i}", [s for s in trainval if s.name not in held], holdout))
     return [*runs, Fold("all", trainval, [])]
@@ -99,6 +103,7 @@ def cross_validate(
     tracking.start(config.experiment)
     with mlflow.start_run(run_name=f"cv:{Path(config_path or 'config').stem}") as parent:
         mlflow.log_params(config.as_params())
+        log_twins(data)
         trials = [Trial(f.name, config, fold_data(data, f), register=False, resume=resume) for f in folds[:-1]]
         results = run_trials(trials, engine, config_path)
         failed = [f"{r.name} ({r.error})" for r in results if r.error]
@@ -131,6 +136,21 @@ def cross_validate(
         "cv accuracy %.4f ± %.4f; registered version %s", found["cv_accuracy"], found["cv_accuracy_std"], final.version
     )
     return found | {"version": final.version}
+
+
+def log_twins(data: PetData) -> None:
+    """Test photos with a near-duplicate in trainval, and extra photos with one among Oxford's: counted
+    and listed in the CV parent run (test accuracy on those photos is not a fresh measurement)."""
+    import mlflow
+
+    trainval = data.splits["train"] + data.splits["val"]
+    pairs = {"test_in_trainval": duplicates.twins(data.splits["test"], trainval)}
+    if data.extra:
+        pairs["extra_in_oxford"] = duplicates.twins(data.extra, trainval + data.splits["test"])
+    for kind, found in pairs.items():
+        log.info("near-duplicates, %s: %d %s", kind, len(found), found[:10])
+    mlflow.log_metrics({f"near_duplicates_{kind}": len(found) for kind, found in pairs.items()})
+    mlflow.log_dict(pairs, "data/near_duplicates.json")
 
 
 def fit_correction(config: Config, logits: np.ndarray, labels: np.ndarray, final: PetData) -> dict | None:

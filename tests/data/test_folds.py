@@ -4,6 +4,7 @@ fold run that held a sample out."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,47 @@ def test_out_of_fold_refuses_a_prediction_made_on_a_training_fold(trainval) -> N
         out_of_fold([leaky], [np.zeros((1, 3), np.float32)])
     with pytest.raises(ValueError, match="held out twice"):
         out_of_fold([first, first], [np.zeros((len(first.holdout), 3), np.float32)] * 2)
+
+
+def test_near_duplicates_are_held_out_in_one_fold(trainval) -> None:
+    _, samples = trainval
+    pair = [samples[0], next(s for s in samples[1:] if s.label == samples[0].label)]
+    together = [pair] + [[s] for s in samples if s not in pair]
+    for seed in range(5):
+        folds = stratified_folds(samples, 5, seed, together)
+        assert sum(all(s in fold for s in pair) for fold in folds) == 1
+        assert sorted(s.name for fold in folds for s in fold) == sorted(s.name for s in samples)
+
+
+def test_a_re_encoded_copy_is_a_near_duplicate_and_another_photo_is_not(tmp_path) -> None:
+    from PIL import Image
+
+    from tests.conftest import CHELSEA, EXAMPLES
+    from train.data import Sample
+    from train.duplicates import groups, twins
+
+    photo = Image.open(CHELSEA).convert("RGB")
+    photo.crop((4, 3, photo.width - 4, photo.height - 3)).resize((300, 200)).save(tmp_path / "copy.jpg", quality=60)
+    samples = [Sample("original", CHELSEA, 0), Sample("copy", tmp_path / "copy.jpg", 0), Sample("other", EXAMPLES[0], 0)]
+    assert sorted(sorted(s.name for s in group) for group in groups(samples)) == [["copy", "original"], ["other"]]
+    assert twins(samples[1:], samples[:1]) == [("copy", "original")]
+
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "oxford-iiit-pet"
+
+
+@pytest.mark.skipif(not (SHARED / "annotations" / "test.txt").is_file(), reason="no Oxford-IIIT Pet copy beside the repo")
+def test_the_six_known_test_twins_are_found() -> None:
+    """The review's six test photos with a twin in trainval, and no others."""
+    from train.duplicates import twins
+
+    data = load_dataset(SHARED, 0.15, 0)
+    found = set(twins(data.splits["test"], data.splits["train"] + data.splits["val"]))
+    assert found == {
+        ("British_Shorthair_278", "British_Shorthair_160"),
+        ("British_Shorthair_271", "British_Shorthair_186"),
+        ("Egyptian_Mau_219", "Egyptian_Mau_138"),
+        ("Egyptian_Mau_6", "Egyptian_Mau_186"),
+        ("Bombay_82", "Bombay_146"),
+        ("Abyssinian_99", "Abyssinian_151"),
+    }
