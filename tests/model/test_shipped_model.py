@@ -104,6 +104,7 @@ def test_readme_reports_the_cards_numbers() -> None:
         test["per_species"]["cat"],
         test["per_species"]["dog"],
         test["top5_accuracy"],
+        test["mean_per_class_accuracy"],
         test["ece"],
         card["metrics"]["cv" if "cv" in card["metrics"] else "val"]["accuracy"],
         card["not_sure"]["threshold"],
