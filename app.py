@@ -292,13 +292,32 @@ def missing_sentence(card: ModelCard) -> str:
     return f"This copy of the dataset lacks {parts} images that the official lists name; they were skipped."
 
 
+def int8_row(card: ModelCard) -> str:
+    """The int8 model's test numbers, where it ships beside fp32 (its gate is fidelity to fp32 on trainval)."""
+    if "int8" not in card.variants() or "test" not in card.int8 or "test" not in card.metrics:
+        return ""
+    test = card.int8["test"]
+    return (
+        f"| test, int8 | {card.metrics['test']['images']} | {test['accuracy']:.1%} | "
+        f"{percent(test.get('mean_per_class_accuracy'))} | {test['top5_accuracy']:.1%} |"
+    )
+
+
+def variant_note() -> str:
+    """Why this variant serves: the timings `PetClassifier.load` took on this host, where it had a choice."""
+    if not classifier.timings:
+        return ""
+    timed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(classifier.timings.items(), key=lambda t: t[1]))
+    return f", the faster on this host at start ({timed} a photo)"
+
+
 def card_markdown(card: ModelCard) -> str:
     spec, model, test = card.preprocess, card.model, card.metrics.get("test")
     training = "fine-tuned end to end" if model.end_to_end else f"fine-tuned layers {model.finetune_blocks}"
     return "\n".join(
         [
             f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "
-            f"**{classifier.variant}** model ({classifier.model_file.stat().st_size / 1e6:.1f} MB)",
+            f"**{classifier.variant}** model ({classifier.model_file.stat().st_size / 1e6:.1f} MB){variant_note()}",
             f"- **Input** shorter side {spec.resize_shorter} px, centre crop {spec.crop} px",
             f"- **MLflow** `{card.mlflow['registered_model']}` version {card.mlflow['version']} "
             f"(alias `{card.mlflow['alias']}`), run `{card.mlflow['run_id']}`",
@@ -307,11 +326,12 @@ def card_markdown(card: ModelCard) -> str:
             "|---|---|---|---|---|",
             selection_row(card),
             (
-                f"| test | {test['images']} | {test['accuracy']:.1%} | {percent(test.get('mean_per_class_accuracy'))}"
-                f" | {test['top5_accuracy']:.1%} |"
+                f"| test, fp32 | {test['images']} | {test['accuracy']:.1%} | "
+                f"{percent(test.get('mean_per_class_accuracy'))} | {test['top5_accuracy']:.1%} |"
                 if test
                 else ""
             ),
+            int8_row(card),
             "",
             trust_text(card),
             "",

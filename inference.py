@@ -9,9 +9,12 @@ import argparse
 import copy
 import hashlib
 import json
+import logging
 import os
+import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
@@ -34,6 +37,7 @@ from preprocess import (
 )
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
+log = logging.getLogger("inference")
 
 
 class ModelError(RuntimeError):
@@ -90,8 +94,9 @@ class ModelCard:
     def threshold(self) -> float:
         return float(self.not_sure["threshold"]) if self.not_sure else 0.0
 
-    def served_variant(self) -> str:
-        return "int8" if self.int8 and self.int8.get("accepted") else "fp32"
+    def variants(self) -> list[str]:
+        """The model files that ship: fp32, and int8 where its fidelity gate accepted it."""
+        return ["fp32"] + (["int8"] if self.int8 and self.int8.get("accepted") and "sha256" in self.int8 else [])
 
     def variant_file(self, variant: str) -> tuple[str, str]:
         """(file name, sha256) of "fp32" (model.onnx) or a shipped "int8" model."""
@@ -218,6 +223,7 @@ class PetClassifier:
         self.names = [readable_name(label) for label in labels]
         self.session = ort.InferenceSession(str(model_file), self._options(threads), providers=["CPUExecutionProvider"])
         self.runs = 0
+        self.timings: dict[str, float] = {}  # variant -> ms a photo, where `load` timed the variants that ship
         outputs = self.session.get_outputs()[0].shape[-1]
         if outputs != len(labels):
             raise ModelError(f"The model has {outputs} outputs but labels.json lists {len(labels)} classes.")
@@ -240,10 +246,16 @@ class PetClassifier:
 
     @classmethod
     def load(
-        cls, model_dir: str | Path | None = None, threads: int | None = None, variant: str | None = None
+        cls,
+        model_dir: str | Path | None = None,
+        threads: int | None = None,
+        variant: str | None = None,
+        timer: Callable[[PetClassifier], float] | None = None,
     ) -> PetClassifier:
         """From a model folder: the argument, else PETS_MODEL_DIR, else model/ beside this file. Variant: the
-        argument, else PETS_MODEL_VARIANT, else the one the card serves."""
+        argument, else PETS_MODEL_VARIANT, else the faster on this host of those that ship: whether int8
+        pays depends on the CPU that serves (VNNI or not), not on the one that built it. `timer` measures
+        one (default: `median_run_ms`)."""
         model_dir = Path(model_dir or os.environ.get("PETS_MODEL_DIR") or DEFAULT_MODEL_DIR)
         for name in ("model.onnx", "labels.json", "card.json"):
             if not (model_dir / name).is_file():
@@ -252,9 +264,23 @@ class PetClassifier:
                     "python -m train sweep ..., then python -m train select."
                 )
         card = ModelCard.load(model_dir / "card.json")
-        variant = variant or os.environ.get("PETS_MODEL_VARIANT") or card.served_variant()
         labels = json.loads((model_dir / "labels.json").read_text())
-        return cls(card, model_dir / card.variant_file(variant)[0], labels, threads, variant)
+        forced = variant or os.environ.get("PETS_MODEL_VARIANT")
+        candidates = {
+            name: cls(card, model_dir / card.variant_file(name)[0], labels, threads, name)
+            for name in ([forced] if forced else card.variants())
+        }
+        if len(candidates) == 1:
+            return next(iter(candidates.values()))
+        timings = {name: (timer or median_run_ms)(candidate) for name, candidate in candidates.items()}
+        chosen = candidates[choose_variant(timings)]
+        chosen.timings = timings
+        log.info(
+            "serving the %s model: %s a photo on this host",
+            chosen.variant,
+            ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items()),
+        )
+        return chosen
 
     @staticmethod
     def _options(threads: int | None) -> ort.SessionOptions:
@@ -316,6 +342,27 @@ def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec)
     canvas = np.zeros((height, width), dtype=np.float32)
     canvas[top:bottom, left:right] = np.asarray(resized)[: height - top, : width - left]
     return np.clip(canvas, 0, 1)  # bicubic overshoots a little
+
+
+CHOOSER_RUNS = 5  # timed single-photo runs per variant at start (after one warm-up): well under 1.5 s in all
+
+
+def median_run_ms(classifier: PetClassifier, runs: int = CHOOSER_RUNS) -> float:
+    """One photo's model time, at the thread count the classifier serves with: the median of `runs`."""
+    crop = classifier.spec.crop
+    feed = {classifier.card.model.input_name: np.zeros((1, 3, crop, crop), np.float32)}
+    classifier.session.run(None, feed)
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        classifier.session.run(None, feed)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def choose_variant(timings: dict[str, float]) -> str:
+    """The faster variant; fp32 (the reference) on a tie."""
+    return min(timings, key=lambda name: (timings[name], name != "fp32"))
 
 
 # Matplotlib's "inferno" at nine stops: perceptually uniform, readable in grey and by most colour-blind eyes.

@@ -43,7 +43,7 @@ def model_at(threads: int, repeats: int, variant: str) -> dict:
 
 def model_only(repeats: int) -> dict:
     """Both shipped variants side by side: fp32 (model.onnx) and, when its gate accepted it, int8."""
-    variants = ["fp32"] + (["int8"] if PetClassifier.load().card.served_variant() == "int8" else [])
+    variants = PetClassifier.load(variant="fp32").card.variants()
     return {variant: model_at(1, repeats, variant) | model_at(2, repeats, variant) for variant in variants}
 
 

@@ -1,4 +1,4 @@
-"""python -m train {fit,sweep,cv,select,export,evaluate,publish,server,stanford-dogs} — see README.md "Training"."""
+"""python -m train {fit,sweep,cv,select,int8,export,evaluate,publish,server,stanford-dogs}: README "Training"."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         help="train and checkpoint every fold without MLflow (a GPU box); then run cv --resume to log them",
     )
     commands.add_parser("select").add_argument("--model-dir", default="model")
+    commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
+        "--model-dir", default="model"
+    )
     export = commands.add_parser("export")
     export.add_argument("--version")
     export.add_argument("--alias")
@@ -103,6 +106,10 @@ def run(args: argparse.Namespace) -> int | None:
         from train.select import print_card, select
 
         print_card(select(args.model_dir, args.data_dir))
+    elif args.command == "int8":
+        from train.select import requantize
+
+        print(json.dumps(requantize(args.model_dir, args.data_dir).int8, indent=2))
     elif args.command == "export":
         from train.export import export
 

@@ -53,7 +53,7 @@ def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> Mo
     labels against outputs), then the test accuracy passes `gate`. Raises GateError naming what failed."""
     try:
         card = ModelCard.load(model_dir / "card.json")
-        for variant in dict.fromkeys(("fp32", card.served_variant())):
+        for variant in card.variants():
             PetClassifier.load(model_dir, variant=variant)  # refuses what serving would refuse
     except ModelError as error:
         raise GateError(f"{error} Re-run `python -m train select`.") from None

@@ -28,6 +28,7 @@ class SelectionError(RuntimeError):
     """The champion cannot be shipped as it stands; the message says why and what to do."""
 
 
+INT8_CONFUSION = "confusion_matrix_test_int8.png"
 INT8_FILE = "model.int8.onnx"
 
 
@@ -63,8 +64,9 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
 
 
 def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
-    """Calibration, the "not sure" threshold and the card's test metrics all belong to the variant that
-    serves, so the card describes what the Space answers."""
+    """Calibration, the "not sure" threshold and the card's test metrics are fp32's, the reference: an int8
+    model ships beside it only if it answers as fp32 does (its gate), so they describe both, and the host
+    that serves picks the faster (`PetClassifier.load`)."""
     gates, client = Gates.load(), MlflowClient()
     version = best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
@@ -73,55 +75,71 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
     labels = json.loads((out_dir / "labels.json").read_text())
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
     fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")
-    tests = {"fp32": evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")}
-
-    card, tests["int8"], int8 = with_int8(card, labels, data, out_dir, gates, tests["fp32"]["accuracy"])
-    served = card.served_variant()
-    if served != "int8":
-        (out_dir / "confusion_matrix_test_int8.png").unlink()
-    else:
-        (out_dir / "confusion_matrix_test.png").unlink()
-    classifier = (int8 if served == "int8" else fp32).with_card(card)
-    calibration, threshold = calibrate(*calibration_logits(client, card, classifier, data), gates.calibration)
+    calibration, threshold = calibrate(*calibration_logits(client, card, fp32, data), gates.calibration)
     card = replace(card, calibration=calibration, not_sure=threshold)
-    test = tests[served]
-    metrics = card.metrics | {"test": summarize_test(test, card, gates.calibration) | {"variant": served}}
-    metrics["test_fp32"] = {key: tests["fp32"][key] for key in ("accuracy", "top5_accuracy")}
-    card = replace(card, metrics=metrics)
-    card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(classifier.with_card(card))})
+    fp32 = fp32.with_card(card)
+    test = evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")
+    card = replace(card, metrics=card.metrics | {"test": summarize_test(test, card, gates.calibration)})
+    card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
+    card = with_int8(card, labels, data, out_dir, gates)
     card.save(out_dir / "card.json")
     log_test_results(client, card, test)
-    log.info("test accuracy %.4f (top-5 %.4f), served %s", test["accuracy"], test["top5_accuracy"], served)
+    log.info("test accuracy %.4f (top-5 %.4f); ships %s", test["accuracy"], test["top5_accuracy"], card.variants())
     return card
 
 
-def with_int8(
-    card: ModelCard, labels: list[str], data: PetData, out_dir: Path, gates: Gates, fp32_accuracy: float
-) -> tuple[ModelCard, dict, PetClassifier]:
-    """Quantize, test the int8 model once, and keep it only if its gate accepts it; returns the card, the
-    int8 test evaluation and the int8 classifier."""
-    train = data.splits["train"]
+def with_int8(card: ModelCard, labels: list[str], data: PetData, out_dir: Path, gates: Gates) -> ModelCard:
+    """Quantize; keep the int8 model only if it answers as fp32 does on trainval photos (its gate). Its test
+    accuracy and calibration error are measured and reported, never used to decide; its speed on this
+    machine is recorded, never gated (the host that serves times both)."""
+    train, trainval = data.splits["train"], data.splits["train"] + data.splits["val"]
     samples = random.Random(0).sample(train, min(gates.int8.calibration_images, len(train)))
     entry = quantize(out_dir / "model.onnx", out_dir / INT8_FILE, card, samples)
-    card = replace(card, int8=entry)
-    int8 = PetClassifier(card, out_dir / INT8_FILE, labels, variant="int8")
-    test = evaluate_classifier(int8, data, "test", out_dir / "confusion_matrix_test_int8.png")
-    drop = fp32_accuracy - test["accuracy"]
-    accepted = int8_accepted(drop, entry["speedup_1_thread"], gates.int8)
+    fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")
+    int8 = PetClassifier(replace(card, int8=entry), out_dir / INT8_FILE, labels, variant="int8")
+    agreement, delta = fidelity(fp32, int8, trainval)
+    accepted = int8_accepted(agreement, delta, gates.int8)
+    test = summarize_test(evaluate_classifier(int8, data, "test", out_dir / INT8_CONFUSION), card, gates.calibration)
     entry |= {
-        "test_accuracy": test["accuracy"],
-        "test_top5_accuracy": test["top5_accuracy"],
-        "test_accuracy_drop": drop,
+        "fidelity": {"images": len(trainval), "top1_agreement": agreement, "probability_delta": delta},
+        "test": {key: test[key] for key in ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "ece")},
         "accepted": accepted,
         "gate": int8_rule(gates.int8),
     }
     if not accepted:
         (out_dir / INT8_FILE).unlink()
+        (out_dir / INT8_CONFUSION).unlink()
         entry.pop("sha256")
     log.info(
-        "int8: drop %.4f, speedup %.2fx -> %s", drop, entry["speedup_1_thread"], "kept" if accepted else "discarded"
+        "int8: top-1 agreement %.4f, probability delta %.4f -> %s",
+        agreement,
+        delta,
+        "kept" if accepted else "discarded",
     )
-    return replace(card, int8=entry), test, int8
+    return replace(card, int8=entry)
+
+
+def fidelity(fp32: PetClassifier, int8: PetClassifier, samples: list, batch: int = 32) -> tuple[float, float]:
+    """On `samples`: the share where int8's top-1 is fp32's, and the mean of the largest difference between
+    their calibrated probabilities per photo."""
+    paths = [s.path for s in samples]
+    chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
+    reference = np.concatenate([fp32.probabilities(chunk) for chunk in chunks])
+    quantized = np.concatenate([int8.probabilities(chunk) for chunk in chunks])
+    agreement = float((reference.argmax(1) == quantized.argmax(1)).mean())
+    return agreement, float(np.abs(reference - quantized).max(1).mean())
+
+
+def requantize(model_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
+    """`python -m train int8`: make the int8 variant of a shipped model folder again under today's gate,
+    without the registry (the folder's card already holds the calibration and the test metrics)."""
+    model_dir = Path(model_dir)
+    card = ModelCard.load(model_dir / "card.json")
+    labels = json.loads((model_dir / "labels.json").read_text())
+    data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
+    card = with_int8(card, labels, data, model_dir, Gates.load())
+    card.save(model_dir / "card.json")
+    return card
 
 
 def log_test_results(client: MlflowClient, card: ModelCard, test: dict) -> None:

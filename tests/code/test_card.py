@@ -68,9 +68,9 @@ def test_save_is_atomic_and_loads_back(tmp_path) -> None:
 def test_a_classifier_is_built_in_memory_from_a_card_and_a_model_file() -> None:
     card = ModelCard.from_dict(SHIPPED)
     labels = json.loads((MODEL_DIR / "labels.json").read_text())
-    variant = card.served_variant()
-    built = PetClassifier(card, MODEL_DIR / card.variant_file(variant)[0], labels, variant=variant)
-    assert built.predict(CHELSEA) == PetClassifier.load(MODEL_DIR).predict(CHELSEA)
+    for variant in card.variants():
+        built = PetClassifier(card, MODEL_DIR / card.variant_file(variant)[0], labels, variant=variant)
+        assert built.predict(CHELSEA) == PetClassifier.load(MODEL_DIR, variant=variant).predict(CHELSEA)
 
 
 def test_a_folder_that_export_alone_made_serves_uncalibrated(tmp_path) -> None:

@@ -199,9 +199,25 @@ def test_select_calibrates_and_gates_the_int8_model(trained) -> None:
     assert card["calibration"]["temperature"] > 0 and "threshold" in card["not_sure"]
     assert card["not_sure"]["non_pet"]["images"] == 10
     int8 = card["int8"]
-    gate = Gates.load().int8
-    assert int8["accepted"] == int8_accepted(int8["test_accuracy_drop"], int8["speedup_1_thread"], gate)
+    gate, fidelity = Gates.load().int8, int8["fidelity"]
+    assert fidelity["images"] == 23  # every trainval photo present (one listed file is absent): never test
+    assert int8["accepted"] == int8_accepted(fidelity["top1_agreement"], fidelity["probability_delta"], gate)
     assert (trained["model"] / "model.int8.onnx").exists() == int8["accepted"]
+    assert {"accuracy", "ece"} <= set(int8["test"]) and int8["latency_ms_1_thread"]["int8"] > 0  # reported
+    assert card["metrics"]["test"]["variant"] == "fp32"  # the reference; the host picks what serves
+
+
+def test_requantizing_a_model_folder_follows_the_gate(trained, tmp_path: Path) -> None:
+    """`python -m train int8` on a copy of the folder: the int8 entry is made again without the registry."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained["model"], folder)
+    (folder / "model.int8.onnx").unlink(missing_ok=True)
+    assert train_main(["--data-dir", str(trained["data"]), "int8", "--model-dir", str(folder)]) == 0
+    card = json.loads((folder / "card.json").read_text())
+    assert (folder / "model.int8.onnx").exists() == card["int8"]["accepted"]
+    assert PetClassifier.load(folder).variant in ("fp32", "int8")
 
 
 def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference import PetClassifier
+from inference import PetClassifier, choose_variant
 from tests.conftest import CHELSEA, MODEL_DIR
 
 
@@ -75,12 +75,38 @@ def test_int8_variant_when_shipped(classifier: PetClassifier, monkeypatch: pytes
     if not int8.get("accepted"):
         assert not (MODEL_DIR / "model.int8.onnx").exists()  # a rejected model is not shipped
         return
-    assert classifier.variant == "int8"
-    assert int8["test_accuracy_drop"] <= 0.005 and int8["speedup_1_thread"] >= 1.8
+    assert int8["fidelity"]["top1_agreement"] >= 0.995 and int8["fidelity"]["probability_delta"] <= 0.01
     fp32 = PetClassifier.load(MODEL_DIR, variant="fp32")
-    assert fp32.predict(CHELSEA).top[0][0] == classifier.predict(CHELSEA).top[0][0]
+    quantized = PetClassifier.load(MODEL_DIR, variant="int8")
+    assert fp32.predict(CHELSEA).top[0][0] == quantized.predict(CHELSEA).top[0][0]
+    assert set(classifier.timings) == {"fp32", "int8"} and classifier.variant == choose_variant(classifier.timings)
     monkeypatch.setenv("PETS_MODEL_VARIANT", "fp32")
-    assert PetClassifier.load(MODEL_DIR).variant == "fp32"
+    assert PetClassifier.load(MODEL_DIR).variant == "fp32" and not PetClassifier.load(MODEL_DIR).timings
+
+
+def test_the_host_serves_the_faster_variant(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With both files, `load` times each and keeps the faster; with fp32 alone there is nothing to time."""
+    if "int8" not in PetClassifier.load(MODEL_DIR, variant="fp32").card.variants():
+        pytest.skip("the shipped folder has no int8 model")
+    monkeypatch.delenv("PETS_MODEL_VARIANT", raising=False)
+    for faster, slower in (("fp32", "int8"), ("int8", "fp32")):
+        chosen = PetClassifier.load(MODEL_DIR, timer=lambda c, faster=faster: 5.0 if c.variant == faster else 9.0)
+        assert chosen.variant == faster and chosen.timings == {faster: 5.0, slower: 9.0}
+    assert choose_variant({"fp32": 7.0, "int8": 7.0}) == "fp32"  # the reference on a tie
+
+
+def test_a_folder_with_fp32_only_serves_fp32(tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    card = json.loads((folder / "card.json").read_text())
+    card["int8"] = {key: value for key, value in (card["int8"] or {}).items() if key != "sha256"} | {"accepted": False}
+    (folder / "card.json").write_text(json.dumps(card))
+    (folder / "model.int8.onnx").unlink(missing_ok=True)
+    timed = []
+    classifier = PetClassifier.load(folder, timer=lambda c: timed.append(c.variant) or 1.0)
+    assert classifier.variant == "fp32" and timed == [] and classifier.timings == {}
 
 
 def test_unknown_variant_is_a_clear_error() -> None:
