@@ -250,12 +250,12 @@ class PetClassifier:
         model_dir: str | Path | None = None,
         threads: int | None = None,
         variant: str | None = None,
-        timer: Callable[[PetClassifier], float] | None = None,
+        timer: Callable[[dict[str, PetClassifier]], dict[str, float]] | None = None,
     ) -> PetClassifier:
         """From a model folder: the argument, else PETS_MODEL_DIR, else model/ beside this file. Variant: the
         argument, else PETS_MODEL_VARIANT, else the faster on this host of those that ship: whether int8
         pays depends on the CPU that serves (VNNI or not), not on the one that built it. `timer` measures
-        one (default: `median_run_ms`)."""
+        them (default: `time_variants`)."""
         model_dir = Path(model_dir or os.environ.get("PETS_MODEL_DIR") or DEFAULT_MODEL_DIR)
         for name in ("model.onnx", "labels.json", "card.json"):
             if not (model_dir / name).is_file():
@@ -272,7 +272,7 @@ class PetClassifier:
         }
         if len(candidates) == 1:
             return next(iter(candidates.values()))
-        timings = {name: (timer or median_run_ms)(candidate) for name, candidate in candidates.items()}
+        timings = (timer or time_variants)(candidates)
         chosen = candidates[choose_variant(timings)]
         chosen.timings = timings
         log.info(
@@ -344,20 +344,25 @@ def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec)
     return np.clip(canvas, 0, 1)  # bicubic overshoots a little
 
 
-CHOOSER_RUNS = 5  # timed single-photo runs per variant at start (after one warm-up): well under 1.5 s in all
+CHOOSER_WARMUP, CHOOSER_RUNS = 3, 7  # single-photo runs per variant at start: about 0.2 s in all on 2 cores
 
 
-def median_run_ms(classifier: PetClassifier, runs: int = CHOOSER_RUNS) -> float:
-    """One photo's model time, at the thread count the classifier serves with: the median of `runs`."""
-    crop = classifier.spec.crop
-    feed = {classifier.card.model.input_name: np.zeros((1, 3, crop, crop), np.float32)}
-    classifier.session.run(None, feed)
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        classifier.session.run(None, feed)
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+def time_variants(candidates: dict[str, PetClassifier]) -> dict[str, float]:
+    """Each variant's model time for one photo at the thread count it serves with: the median of runs
+    taken in turn (fp32, int8, fp32, ...), after a warm-up, so a burst of load elsewhere hits both alike."""
+    crop = next(iter(candidates.values())).spec.crop
+    image = np.zeros((1, 3, crop, crop), np.float32)
+    feeds = {name: {c.card.model.input_name: image} for name, c in candidates.items()}
+    for _ in range(CHOOSER_WARMUP):
+        for name, candidate in candidates.items():
+            candidate.session.run(None, feeds[name])
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(CHOOSER_RUNS):
+        for name, candidate in candidates.items():
+            started = time.perf_counter()
+            candidate.session.run(None, feeds[name])
+            samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def choose_variant(timings: dict[str, float]) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import statistics
 import tempfile
 import threading
@@ -28,7 +27,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.common import REPO, percentiles, resident_mb, running_app
+from bench.common import REPO, cpu, percentiles, resident_mb, running_app
 from tests.corpus import write_corpus
 
 RESULTS = REPO / "bench" / "results" / "abuse.json"
@@ -219,12 +218,6 @@ def flood(url: str, seconds: float = 20) -> dict:
 def corpus_files() -> dict[str, bytes]:
     folder = Path(tempfile.mkdtemp(prefix="abuse-corpus-"))
     return {name: path.read_bytes() for name, (path, _) in write_corpus(folder).items()}
-
-
-def cpu() -> str:
-    info = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    return f"{model or platform.processor()}, {'with' if 'avx512_vnni' in info else 'without'} AVX-512 VNNI"
 
 
 def warm_up(url: str) -> None:

@@ -103,6 +103,14 @@ def rest_call(http: httpx.Client, url: str, api_name: str, image: Path, inline: 
     raise RuntimeError(f"{api_name}: the stream ended without an answer")
 
 
+def cpu() -> str:
+    """The CPU for a benchmark's report: its model and whether it has AVX-512 VNNI (int8 speed hangs on it)."""
+    info = Path("/proc/cpuinfo").read_text()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    vnni = "with" if "avx512_vnni" in info else "without"
+    return f"{model or 'unknown CPU'}, {vnni} AVX-512 VNNI, {os.cpu_count()} cores"
+
+
 def resident_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 
 import httpx
 import numpy as np
 
-from bench.common import REPO, percentiles, resident_mb, rest_call, running_app, timed
+from bench.common import REPO, cpu, percentiles, resident_mb, rest_call, running_app, timed
 from inference import PetClassifier
 from preprocess import load_image, model_input
 
@@ -98,7 +97,7 @@ def main() -> None:
     parser.add_argument("--cold-starts", type=int, default=3)
     args = parser.parse_args()
     report = {
-        "machine": {"cpus": subprocess.check_output(["nproc"], text=True).strip(), "python": platform.python_version()},
+        "machine": {"cpu": cpu(), "python": platform.python_version()},
         "model": PetClassifier.load().card.model.backbone,
         "served_variant": PetClassifier.load().variant,
         "model_only": model_only(args.repeats),

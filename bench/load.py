@@ -1,12 +1,13 @@
 """Load and memory on a running app, printed as JSON.
 
-    python -m bench.load [--memory-calls 2500] [--clients 8] [--calls 50] [--concurrency 1 2 4]
+    python -m bench.load [--memory-calls 2500] [--clients 8] [--calls 50] [--concurrency 1 2 4] [--variant-calls 250]
 
 Memory: resident memory from the start over `--memory-calls` calls of /predict, through plain REST (each
 call a new Gradio session, the image uploaded first) and through gradio_client (one session per client),
 each beside the same app's no-op endpoint measured the same way in the same run; the curves go to
 bench/results/memory.json. Load: for each queue concurrency limit, concurrent gradio_client clients, every
-answer checked against the expected top-1 (0 lost), latency p50/p95/max and throughput.
+answer checked against the expected top-1 (0 lost), latency p50/p95/max and throughput. Variants: the model
+the host chose at start beside forced fp32, each under 8 plain-REST clients, in the same run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from gradio_client import Client, handle_file
 
-from bench.common import REPO, percentiles, resident_mb, rest_call, running_app
+from bench.common import REPO, cpu, percentiles, resident_mb, rest_call, running_app
 from inference import PetClassifier
 
 PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
@@ -63,6 +64,53 @@ def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
     with running_app({"PETS_CONCURRENCY": str(limit)}) as (url, _):
         hammer(url, clients, 5, expected)  # warm-up
         return hammer(url, clients, calls, expected)
+
+
+def rest_hammer(url: str, clients: int, calls: int, expected: str) -> dict:
+    """`clients` threads, each making `calls` plain-REST /predict calls (a new session each)."""
+
+    def one_client(_: int) -> tuple[list[float], int]:
+        http, latencies, wrong = httpx.Client(timeout=60), [], 0
+        for _ in range(calls):
+            started = time.perf_counter()
+            try:
+                wrong += rest_call(http, url, "predict", PHOTO)[0]["label"] != expected
+            except Exception:
+                wrong += 1
+            latencies.append((time.perf_counter() - started) * 1000)
+        return latencies, wrong
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one_client, range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies = [ms for session, _ in results for ms in session]
+    return {
+        "calls": len(latencies),
+        "wrong_or_lost": sum(w for _, w in results),
+        "throughput_per_s": round(len(latencies) / elapsed, 1),
+        **percentiles(latencies),
+    }
+
+
+def variants(clients: int, calls: int, expected: str) -> dict:
+    """The variant the host chose beside forced fp32, in the same run: REST load after a warm-up, and
+    memory from after the warm-up to the end."""
+    report = {}
+    for name, env in (("served", {}), ("fp32", {"PETS_MODEL_VARIANT": "fp32"})):
+        with running_app(env) as (url, process):
+            rest_hammer(url, clients, calls // 4, expected)  # warm-up
+            warm = resident_mb(process.pid)
+            report[name] = rest_hammer(url, clients, calls, expected)
+            end = resident_mb(process.pid)
+            report[name] |= {
+                "rss_mb_after_warmup": round(warm, 1),
+                "growth_pct_after_warmup": round(100 * (end - warm) / warm, 1),
+            }
+    report["served_over_fp32_throughput"] = round(
+        report["served"]["throughput_per_s"] / report["fp32"]["throughput_per_s"], 2
+    )
+    return report
 
 
 def caller(way: str, url: str, endpoint: str) -> Callable[[int], object]:
@@ -120,6 +168,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--variant-calls", type=int, default=250, help="REST calls per client, served vs fp32")
     args = parser.parse_args()
     expected = PetClassifier.load().predict(PHOTO).top[0][0]
     report: dict = {}
@@ -127,7 +176,10 @@ def main() -> None:
         report["memory"] = memory(args.memory_calls, args.memory_threads, args.memory_step)
     for limit in args.concurrency:
         report[f"concurrency_{limit}"] = concurrency(limit, args.clients, args.calls, expected)
-    json.dump({"clients": args.clients, "calls_per_client": args.calls} | report, sys.stdout, indent=2)
+    if args.variant_calls:
+        report["variants_rest"] = variants(args.clients, args.variant_calls, expected)
+    machine = {"cpu": cpu(), "clients": args.clients, "calls_per_client": args.calls}
+    json.dump(machine | report, sys.stdout, indent=2)
     print()
 
 
