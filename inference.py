@@ -79,7 +79,7 @@ class ModelCard:
     species: list  # "cat" or "dog" per class, in labels.json order
     mlflow: dict  # run_id, registered_model, version, alias
     data: dict  # digest, split sizes, missing files
-    metrics: dict  # "cv" or "val" (what selection saw), "test" and "test_fp32" once tested
+    metrics: dict  # "cv" or "val" (what selection saw), and "test" (fp32's, the reference) once tested
     created: str
     git_commit: str
     calibration: dict | None = None  # temperature and its fit
