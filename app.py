@@ -36,7 +36,9 @@ EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "20mb"
 MAX_BODY_BYTES = 20_000_000  # any request body: a data URL in a JSON call is held to the upload limit
 MAX_BATCH_FILES = 32  # files per batch and per upload request
-MAX_QUEUED_PER_CLIENT = 4  # waiting or running requests one visitor (session or address) may hold
+# Waiting or running requests one visitor (session or address) may hold; 0 lifts the limit (all of a laptop's
+# own scripts come from one address).
+MAX_QUEUED_PER_CLIENT = int(os.environ.get("PETS_MAX_QUEUED_PER_VISITOR", "4"))
 FEW_TEST_PHOTOS = 10  # per-class accuracies on fewer test photos are marked as too few to judge
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
 # Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
@@ -502,7 +504,8 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
 # The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,
 # so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's.
 demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
-limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
+if MAX_QUEUED_PER_CLIENT:
+    limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
 
 
 def launch(**overrides: Any) -> None:

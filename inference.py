@@ -284,10 +284,12 @@ class PetClassifier:
 
     @staticmethod
     def _options(threads: int | None) -> ort.SessionOptions:
-        """Intra-op threads from the argument, else PETS_THREADS, else ONNX Runtime's choice (0)."""
+        """Intra-op threads from the argument, else PETS_THREADS, else ONNX Runtime's choice (0); whether
+        they spin-wait for work between runs from PETS_ORT_SPINNING (README "Speed": measured both ways)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads if threads is not None else int(os.environ.get("PETS_THREADS", "0"))
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("PETS_ORT_SPINNING", "0"))
         return options
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

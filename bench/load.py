@@ -32,8 +32,14 @@ RESULTS = REPO / "bench" / "results" / "memory.json"
 WARMUP = 500
 
 
-def client_session(url: str, calls: int, expected: str) -> tuple[list[float], int]:
-    client = Client(url, verbose=False)
+def visitor(number: int) -> dict[str, str]:
+    """The address a load client stands for, as Spaces pass it: each client is its own visitor to the
+    app's per-visitor queue limit (documentation addresses, RFC 5737; no traffic goes there)."""
+    return {"x-forwarded-for": f"198.51.100.{number % 250 + 1}"}
+
+
+def client_session(url: str, calls: int, expected: str, number: int = 0) -> tuple[list[float], int]:
+    client = Client(url, verbose=False, headers=visitor(number))
     latencies, wrong = [], 0
     for _ in range(calls):
         started = time.perf_counter()
@@ -49,7 +55,7 @@ def client_session(url: str, calls: int, expected: str) -> tuple[list[float], in
 def hammer(url: str, clients: int, calls: int, expected: str) -> dict:
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda _: client_session(url, calls, expected), range(clients)))
+        results = list(pool.map(lambda number: client_session(url, calls, expected, number), range(clients)))
     elapsed = time.perf_counter() - started
     latencies = [ms for session, _ in results for ms in session]
     return {
@@ -69,8 +75,8 @@ def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
 def rest_hammer(url: str, clients: int, calls: int, expected: str) -> dict:
     """`clients` threads, each making `calls` plain-REST /predict calls (a new session each)."""
 
-    def one_client(_: int) -> tuple[list[float], int]:
-        http, latencies, wrong = httpx.Client(timeout=60), [], 0
+    def one_client(number: int) -> tuple[list[float], int]:
+        http, latencies, wrong = httpx.Client(timeout=60, headers=visitor(number)), [], 0
         for _ in range(calls):
             started = time.perf_counter()
             try:
@@ -113,12 +119,12 @@ def variants(clients: int, calls: int, expected: str) -> dict:
     return report
 
 
-def caller(way: str, url: str, endpoint: str) -> Callable[[int], object]:
+def caller(way: str, url: str, endpoint: str, number: int) -> Callable[[int], object]:
     """One thread's way to make call number i: plain REST (a new session each call) or its own client."""
     if way == "rest":
-        http = httpx.Client(timeout=60)
+        http = httpx.Client(timeout=60, headers=visitor(number))
         return lambda i: rest_call(http, url, endpoint, PHOTOS[i % len(PHOTOS)])
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, headers=visitor(number))
     return lambda i: client.predict(handle_file(PHOTOS[i % len(PHOTOS)]), api_name=f"/{endpoint}")
 
 
@@ -126,7 +132,7 @@ def memory_curve(way: str, endpoint: str, calls: int, threads: int, step: int) -
     """[calls so far, resident MB] from a fresh app's start, every `step` calls made by `threads` threads."""
     with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
         curve = [[0, round(resident_mb(process.pid), 1)]]
-        callers = [caller(way, url, endpoint) for _ in range(threads)]
+        callers = [caller(way, url, endpoint, number) for number in range(threads)]
         counter, per_thread = itertools.count(), max(1, step // threads)
         with ThreadPoolExecutor(threads) as pool:
             for done in range(per_thread * threads, calls + 1, per_thread * threads):
