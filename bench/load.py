@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 from gradio_client import Client, handle_file
@@ -38,26 +39,27 @@ def visitor(number: int) -> dict[str, str]:
     return {"x-forwarded-for": f"198.51.100.{number % 250 + 1}"}
 
 
-def client_session(url: str, calls: int, expected: str, number: int = 0) -> tuple[list[float], int]:
-    client = Client(url, verbose=False, headers=visitor(number))
-    latencies, wrong = [], 0
-    for _ in range(calls):
+def session(way: str, url: str, calls: int, expected: str, number: int) -> tuple[list[float], int]:
+    """One client's `calls` /predict calls of PHOTO: their latencies, and how many were wrong or lost."""
+    call, latencies, wrong = caller(way, url, "predict", number, [PHOTO]), [], 0
+    for i in range(calls):
         started = time.perf_counter()
         try:
-            answer = client.predict(handle_file(PHOTO), api_name="/predict")
-            wrong += answer["label"] != expected
+            answer = call(i)
+            wrong += (answer[0] if way == "rest" else answer)["label"] != expected
         except Exception:
             wrong += 1
         latencies.append((time.perf_counter() - started) * 1000)
     return latencies, wrong
 
 
-def hammer(url: str, clients: int, calls: int, expected: str) -> dict:
+def hammer(url: str, clients: int, calls: int, expected: str, way: str = "client") -> dict:
+    """`clients` threads at once, each its own visitor: through gradio_client, or plain REST (`way`)."""
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda number: client_session(url, calls, expected, number), range(clients)))
+        results = list(pool.map(lambda number: session(way, url, calls, expected, number), range(clients)))
     elapsed = time.perf_counter() - started
-    latencies = [ms for session, _ in results for ms in session]
+    latencies = [ms for session_latencies, _ in results for ms in session_latencies]
     return {
         "calls": len(latencies),
         "wrong_or_lost": sum(w for _, w in results),
@@ -72,42 +74,15 @@ def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
         return hammer(url, clients, calls, expected)
 
 
-def rest_hammer(url: str, clients: int, calls: int, expected: str) -> dict:
-    """`clients` threads, each making `calls` plain-REST /predict calls (a new session each)."""
-
-    def one_client(number: int) -> tuple[list[float], int]:
-        http, latencies, wrong = httpx.Client(timeout=60, headers=visitor(number)), [], 0
-        for _ in range(calls):
-            started = time.perf_counter()
-            try:
-                wrong += rest_call(http, url, "predict", PHOTO)[0]["label"] != expected
-            except Exception:
-                wrong += 1
-            latencies.append((time.perf_counter() - started) * 1000)
-        return latencies, wrong
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(one_client, range(clients)))
-    elapsed = time.perf_counter() - started
-    latencies = [ms for session, _ in results for ms in session]
-    return {
-        "calls": len(latencies),
-        "wrong_or_lost": sum(w for _, w in results),
-        "throughput_per_s": round(len(latencies) / elapsed, 1),
-        **percentiles(latencies),
-    }
-
-
 def variants(clients: int, calls: int, expected: str) -> dict:
     """The variant the host chose beside forced fp32, in the same run: REST load after a warm-up, and
     memory from after the warm-up to the end."""
     report = {}
     for name, env in (("served", {}), ("fp32", {"PETS_MODEL_VARIANT": "fp32"})):
         with running_app(env) as (url, process):
-            rest_hammer(url, clients, calls // 4, expected)  # warm-up
+            hammer(url, clients, calls // 4, expected, "rest")  # warm-up
             warm = resident_mb(process.pid)
-            report[name] = rest_hammer(url, clients, calls, expected)
+            report[name] = hammer(url, clients, calls, expected, "rest")
             end = resident_mb(process.pid)
             report[name] |= {
                 "rss_mb_after_warmup": round(warm, 1),
@@ -119,13 +94,13 @@ def variants(clients: int, calls: int, expected: str) -> dict:
     return report
 
 
-def caller(way: str, url: str, endpoint: str, number: int) -> Callable[[int], object]:
+def caller(way: str, url: str, endpoint: str, number: int, photos: list[Path] = PHOTOS) -> Callable[[int], object]:
     """One thread's way to make call number i: plain REST (a new session each call) or its own client."""
     if way == "rest":
         http = httpx.Client(timeout=60, headers=visitor(number))
-        return lambda i: rest_call(http, url, endpoint, PHOTOS[i % len(PHOTOS)])
+        return lambda i: rest_call(http, url, endpoint, photos[i % len(photos)])
     client = Client(url, verbose=False, headers=visitor(number))
-    return lambda i: client.predict(handle_file(PHOTOS[i % len(PHOTOS)]), api_name=f"/{endpoint}")
+    return lambda i: client.predict(handle_file(photos[i % len(photos)]), api_name=f"/{endpoint}")
 
 
 def memory_curve(way: str, endpoint: str, calls: int, threads: int, step: int) -> list[list[float]]:

@@ -11,7 +11,6 @@ cocker_spaniel, American_Staffordshire_terrier) are left out on purpose.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import tarfile
@@ -19,6 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from PIL import Image
+
+from inference import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,6 @@ class ArchiveError(RuntimeError):
     """The archive is absent, cannot be fetched, or is not the one expected."""
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(archive: Path, url: str = ARCHIVE_URL) -> Path:
     """Download the archive once (about 750 MB); an existing file is used as it is."""
     if archive.is_file():
@@ -91,7 +84,7 @@ def processed(data: bytes) -> bytes:
 def build(archive: Path, out: Path, expected_sha256: str | None = None) -> dict[str, int]:
     """The folder from the archive; returns images written per label. The archive's sha256 is checked when
     one is expected and recorded in every manifest row either way."""
-    found = sha256(archive)
+    found = sha256_file(archive)
     if expected_sha256 and found != expected_sha256.lower():
         raise ArchiveError(f"{archive.name} has sha256 {found}, expected {expected_sha256}: not the archive asked for.")
     rows, written = ["relative_path\tlabel\tsource_repo\tsource_commit\tsource_path\tsquashed"], {}

@@ -17,7 +17,8 @@ from train.config import Config
 from train.crossval import fold_data, plan
 from train.data import DataError, load_dataset, load_extra
 from train.model import class_weights
-from train.stanford import SYNSETS, ArchiveError, build, sha256
+from inference import sha256_file
+from train.stanford import SYNSETS, ArchiveError, build
 
 CLASSES = [name for name, _ in TINY_CLASSES]
 SHARED_EXTRA = REPO.parent / "shared" / "data" / "stanford-dogs-extra"
@@ -157,7 +158,7 @@ def test_the_builder_maps_processes_and_lists_like_the_shared_copy(tmp_path: Pat
         for label, wnid in (("chihuahua", "n02085620"), ("pug", "n02110958"))
         for n in (1, 2)
     )
-    assert f"sha256:{sha256(archive)}" in (tmp_path / "out" / "MANIFEST.tsv").read_text()
+    assert f"sha256:{sha256_file(archive)}" in (tmp_path / "out" / "MANIFEST.tsv").read_text()
 
 
 def test_the_builder_refuses_an_archive_with_another_checksum(tmp_path: Path) -> None:
