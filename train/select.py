@@ -79,7 +79,9 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
     card = replace(card, calibration=calibration, not_sure=threshold)
     fp32 = fp32.with_card(card)
     test = evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")
-    card = replace(card, metrics=card.metrics | {"test": summarize_test(test, card, gates.calibration)})
+    card = replace(
+        card, metrics=card.metrics | {"test": summarize_test(test, card, gates.calibration) | {"variant": "fp32"}}
+    )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
     card = with_int8(card, labels, data, out_dir, gates)
     card.save(out_dir / "card.json")
