@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # privacy by default: set it to True to opt in
+# Gradio's queue keeps a record of the last 10000 events and, after every one, rebuilds a pandas summary of
+# them for its monitoring page: a profile of REST /predict found a fifth of the worker threads' time there,
+# growing with the records. This app has no use for it: keep 200, summarised every 100 events.
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "200")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 import gradio as gr
 from gradio.components.label import LabelConfidence, LabelData
 from gradio.route_utils import FnIndexInferError
