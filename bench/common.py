@@ -75,9 +75,18 @@ def listens_on(pid: int, port: int) -> bool:
                 fields = line.split()
                 if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # 0A: LISTEN
                     inodes.add(fields[9])
-    fds = Path(f"/proc/{pid}/fd")
-    held = {os.readlink(fd)[8:-1] for fd in fds.iterdir() if os.readlink(fd).startswith("socket:[")}
-    return bool(inodes & held)
+    return bool(inodes & sockets_of(pid))
+
+
+def sockets_of(pid: int) -> set[str]:
+    """The socket inodes among the process's open files; a file closed while they are read is skipped."""
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                held.add(target[8:-1])
+    return held
 
 
 def rest_call(http: httpx.Client, url: str, api_name: str, image: Path, inline: bool = False) -> object:
