@@ -57,7 +57,7 @@ def hostile_inputs() -> dict[str, bytes]:
     }
 
 
-def requests_for(name: str) -> list[tuple[str, list]]:
+def endpoint_calls() -> list[tuple[str, list]]:
     """Every endpoint with the file, at the parameters that cost the most that the limits admit."""
     growing = json.dumps([{"op": "resize", "width": 4096}] + [{"op": "rotate", "angle": 45}] * 3)
     rotations = json.dumps([{"op": "rotate", "angle": 45, "expand": False}] * 20)
@@ -150,7 +150,7 @@ def one_at_a_time(url: str, peak: Peak, idle_mb: float, files: dict[str, bytes])
     with httpx.Client(timeout=120) as http:
         for name, data in files.items():
             image = upload(http, url, name, data)
-            for api, params in requests_for(name):
+            for api, params in endpoint_calls():
                 if isinstance(image, str):
                     rows.append({"file": name, "endpoint": api, "outcome": image})
                     break

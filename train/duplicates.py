@@ -25,6 +25,7 @@ def _dct_matrix(size: int = 32) -> np.ndarray:
     return np.cos(np.pi * (2 * n + 1) * k / (2 * size))
 
 
+@cache  # a CV run hashes trainval for its folds and again for the twin report
 def phash(path: Path) -> int:
     """The 64-bit pHash: grey 32×32, 2-D DCT, the 8×8 lowest frequencies against their median."""
     grey = np.asarray(Image.open(path).convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)

@@ -83,22 +83,22 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
         card, metrics=card.metrics | {"test": summarize_test(test, card, gates.calibration) | {"variant": "fp32"}}
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
-    card = with_int8(card, labels, data, out_dir, gates)
+    card = with_int8(fp32.with_card(card), data, out_dir, gates)
     card.save(out_dir / "card.json")
     log_test_results(client, card, test)
     log.info("test accuracy %.4f (top-5 %.4f); ships %s", test["accuracy"], test["top5_accuracy"], card.variants())
     return card
 
 
-def with_int8(card: ModelCard, labels: list[str], data: PetData, out_dir: Path, gates: Gates) -> ModelCard:
+def with_int8(fp32: PetClassifier, data: PetData, out_dir: Path, gates: Gates) -> ModelCard:
     """Quantize; keep the int8 model only if it answers as fp32 does on trainval photos (its gate). Its test
     accuracy and calibration error are measured and reported, never used to decide; its speed on this
-    machine is recorded, never gated (the host that serves times both)."""
+    machine is recorded, never gated (the host that serves times both). Returns `fp32`'s card with the entry."""
+    card = fp32.card
     train, trainval = data.splits["train"], data.splits["train"] + data.splits["val"]
     samples = random.Random(0).sample(train, min(gates.int8.calibration_images, len(train)))
     entry = quantize(out_dir / "model.onnx", out_dir / INT8_FILE, card, samples)
-    fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")
-    int8 = PetClassifier(replace(card, int8=entry), out_dir / INT8_FILE, labels, variant="int8")
+    int8 = PetClassifier(replace(card, int8=entry), out_dir / INT8_FILE, fp32.labels, variant="int8")
     agreement, delta = fidelity(fp32, int8, trainval)
     accepted = int8_accepted(agreement, delta, gates.int8)
     test = summarize_test(evaluate_classifier(int8, data, "test", out_dir / INT8_CONFUSION), card, gates.calibration)
@@ -136,10 +136,9 @@ def requantize(model_dir: str | Path = "model", data_dir: str | Path | None = No
     """`python -m train int8`: make the int8 variant of a shipped model folder again under today's gate,
     without the registry (the folder's card already holds the calibration and the test metrics)."""
     model_dir = Path(model_dir)
-    card = ModelCard.load(model_dir / "card.json")
-    labels = json.loads((model_dir / "labels.json").read_text())
-    data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
-    card = with_int8(card, labels, data, model_dir, Gates.load())
+    fp32 = PetClassifier.load(model_dir, variant="fp32")
+    data = load_dataset(data_dir, fp32.card.data["val_fraction"], fp32.card.data["seed"])
+    card = with_int8(fp32, data, model_dir, Gates.load())
     card.save(model_dir / "card.json")
     return card
 
