@@ -45,7 +45,7 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
-    patience: int = 6  # early stopping on validation loss
+    patience: int = 6  # cached path: early stopping on validation loss; 0 = every epoch, keep the last
     experiment: str = "pet-breeds"
     cache_dir: str = "cache/features"
     checkpoint_dir: str = "cache/checkpoints"
@@ -65,7 +65,7 @@ class Config:
             "lr": 0.0 < self.lr < 10.0,
             "weight_decay": 0.0 <= self.weight_decay < 1.0,
             "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-            "patience": self.patience >= 1,
+            "patience": self.patience >= 0,
             "train_size": self.train_size == 0 or 32 <= self.train_size <= 1024,
             "augment": self.augment in ("basic", "trivial"),
             "backbone_lr_scale": 0.0 <= self.backbone_lr_scale <= 10.0,

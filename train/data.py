@@ -44,6 +44,7 @@ class PetData:
     missing: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> absent files
     digest: str = ""
     extra: list[Sample] = field(default_factory=list)  # extra folders' images: training only, never held out
+    extra_twins: list[tuple[str, str]] = field(default_factory=list)  # (extra, Oxford) near-duplicates, left out
 
     def training(self) -> list[Sample]:
         """What a run trains on: the train split, then the extra images."""
@@ -187,7 +188,19 @@ def load_dataset(
             log.warning("%s: %d listed images are missing and were skipped", split, total)
     folders = [load_extra(folder, classes) for folder in extra]
     if folders:
-        data.extra = [sample for folder in folders for sample in folder.samples]
+        data.extra, data.extra_twins = _without_oxford_twins([s for f in folders for s in f.samples], data)
         data.missing["extra"] = {name: sum(f.missing[name] for f in folders) for name in classes}
         data.digest = hashlib.sha256("\n".join([data.digest, *(f.digest for f in folders)]).encode()).hexdigest()
     return data
+
+
+def _without_oxford_twins(extra: list[Sample], data: PetData) -> tuple[list[Sample], list[tuple[str, str]]]:
+    """Extra photos that are near-duplicates of an Oxford photo are left out: trained on, one would put a
+    held-out fold's or a test photo into training. Returns the rest and the (extra, Oxford) pairs."""
+    from train.duplicates import twins  # imported here: train.duplicates imports Sample from this module
+
+    pairs = twins(extra, [s for samples in data.splits.values() for s in samples])
+    copies = {name for name, _ in pairs}
+    if copies:
+        log.warning("%d extra images are near-duplicates of Oxford photos and were left out", len(copies))
+    return [s for s in extra if s.name not in copies], pairs

@@ -27,7 +27,7 @@ from train.data import Sample
 
 log = logging.getLogger(__name__)
 
-EXTRACT_BATCH = 32
+EXTRACT_BATCH = 4  # with channels_last, 4.3x faster per image than 32 in NCHW (Lite2, 300 px, 2-core CPU)
 PREPROCESS_CODE = hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]  # a change: new features
 
 
@@ -75,12 +75,12 @@ def weights_version(backbone: str) -> str:
 
 @torch.no_grad()
 def _extract(prefix: nn.Module, spec: InputSpec, samples: list[Sample], view: int, pool: bool) -> torch.Tensor:
-    outputs = []
+    outputs, prefix = [], prefix.to(memory_format=torch.channels_last)  # the frozen part only: no tail shares it
     with tqdm(total=len(samples), desc=f"features, view {view}", unit="image", disable=None) as progress:
         for start in range(0, len(samples), EXTRACT_BATCH):
             batch = samples[start : start + EXTRACT_BATCH]
             x = np.concatenate([view_input(load_for_model(s.path, spec), spec, view, s.name) for s in batch])
-            y = prefix(torch.from_numpy(x))
+            y = prefix(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
             outputs.append(y.mean((2, 3), keepdim=True) if pool else y.half())
             progress.update(len(batch))
     log.info("view %d: %d images", view, len(samples))

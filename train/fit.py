@@ -39,8 +39,8 @@ class RunResult:
 
 def evaluate_logits(tail: nn.Module, head: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
     tail.eval(), head.eval()
-    with torch.no_grad():
-        return torch.cat([head(tail(x[i : i + batch])) for i in range(0, len(x), batch)])
+    with torch.no_grad():  # at least one batch, so nothing held out gives an empty (0, classes) result
+        return torch.cat([head(tail(x[i : i + batch])) for i in range(0, max(len(x), 1), batch)])
 
 
 def train_loop(
@@ -54,7 +54,9 @@ def train_loop(
     classes: int,
 ) -> list[dict[str, float]]:
     """AdamW with a cosine schedule (class-weighted loss with `balance = "loss"`); each sample shows a
-    random cached view per epoch; early stopping on validation loss restores the best weights."""
+    random cached view per epoch; early stopping on validation loss restores the best weights, unless
+    `patience = 0`: then every epoch runs and the last weights stay (cross-validation, where the held-out
+    fold must not choose the epoch, and the final run has nothing held out)."""
     params = [p for p in [*tail.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     weights = class_weights(y.tolist(), classes, config.balance)
@@ -77,16 +79,15 @@ def train_loop(
             schedule.step()
             total_loss += loss.item() * len(index)
             total_correct += (logits.argmax(1) == y[index]).sum().item()
-        val_logits = evaluate_logits(tail, head, val_x)
-        row = {
-            "epoch": epoch,
-            "train_loss": total_loss / len(y),
-            "train_accuracy": total_correct / len(y),
-            "val_loss": F.cross_entropy(val_logits, val_y).item(),
-            "val_accuracy": (val_logits.argmax(1) == val_y).float().mean().item(),
-        }
+        row = {"epoch": epoch, "train_loss": total_loss / len(y), "train_accuracy": total_correct / len(y)}
+        if len(val_y):
+            val_logits = evaluate_logits(tail, head, val_x)
+            row["val_loss"] = F.cross_entropy(val_logits, val_y).item()
+            row["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
         history.append(row)
         log.info("epoch %d: " + ", ".join(f"{k} %.4f" for k in list(row)[1:]), epoch, *list(row.values())[1:])
+        if not config.patience:
+            continue
         if row["val_loss"] < best_loss - 1e-4:
             best, best_loss, waited = copy.deepcopy((tail.state_dict(), head.state_dict())), row["val_loss"], 0
         else:
@@ -94,6 +95,8 @@ def train_loop(
             if waited >= config.patience:
                 log.info("early stop at epoch %d (best val loss %.4f)", epoch, best_loss)
                 break
+    if not config.patience:
+        return history
     if best is None:
         raise RuntimeError("The validation loss was NaN or infinite in every epoch: lower lr and try again.")
     tail.load_state_dict(best[0]), head.load_state_dict(best[1])
@@ -102,25 +105,27 @@ def train_loop(
 
 def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcome, CacheStats]:
     """The fast path: the frozen prefix runs once per view into the feature cache, then the tail and head
-    train on cached activations."""
+    train on cached activations. The cache holds every training and held-out image in one set, the same
+    for each CV fold, the final run and a sweep's runs, so one extraction serves them all."""
     net, stats = build_net(config, data.classes)[0], CacheStats()
+    training, held_out = data.training(), data.splits["val"]
+    images = sorted(training + held_out, key=lambda s: s.name)
+    row = {s.name: i for i, s in enumerate(images)}
+    if len(row) != len(images):
+        raise RuntimeError("Two training or held-out images share a name; the feature cache needs them unique.")
 
-    def cached(samples: list, view: int) -> torch.Tensor:
+    def cached(view: int) -> torch.Tensor:
+        pooled = len(net.tail) == 0
         return activations(
-            net.prefix,
-            config.backbone,
-            spec,
-            samples,
-            view,
-            data.digest,
-            Path(config.cache_dir),
-            stats,
-            len(net.tail) == 0,
+            net.prefix, config.backbone, spec, images, view, data.digest, Path(config.cache_dir), stats, pooled
         )
 
-    training = data.training()
-    views = torch.stack([cached(training, v) for v in range(config.views)])
-    val_x = cached(data.splits["val"], 0)
+    def rows(samples: list) -> torch.Tensor:
+        return torch.tensor([row[s.name] for s in samples], dtype=torch.long)
+
+    centre = cached(0)
+    views = torch.stack([centre[rows(training)]] + [cached(v)[rows(training)] for v in range(1, config.views)])
+    val_x = centre[rows(held_out)]
     mlflow.log_metrics(
         {
             "feature_cache_hits": stats.hits,
@@ -129,7 +134,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcom
         }
     )
     y = torch.tensor([s.label for s in training])
-    val_y = torch.tensor([s.label for s in data.splits["val"]])
+    val_y = torch.tensor([s.label for s in held_out], dtype=torch.long)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     history = train_loop(config, net.tail, net.head, views, y, val_x, val_y, len(data.classes))

@@ -33,7 +33,7 @@ def write_extra(root: Path, per_class: dict[str, int], seed: int = 1, unlisted_l
         for n in range(count):
             relative = f"images/{label}/x_{n}.jpg"
             kind = CLASSES.index(label) if label in CLASSES else 0
-            pattern(kind, rng).save(root / relative, quality=90)
+            pattern(kind, rng).rotate(45, Image.Resampling.BILINEAR).save(root / relative, quality=90)  # unlike any Oxford one
             rows.append(f"{relative}\t{label}\tgenerated\t-\t-\tno")
     if unlisted_label:
         rows.append(f"images/{unlisted_label}/y.jpg\t{unlisted_label}\tgenerated\t-\t-\tno")
@@ -91,6 +91,20 @@ def test_extra_images_are_training_only_in_every_fold(oxford: Path, tmp_path: Pa
         assert not extra_names & {s.name for s in trained_on.splits["val"]}, fold.name  # never held out
         assert not extra_names & {s.name for s in trained_on.splits["test"]}
         assert extra_names <= {s.name for s in trained_on.training()}, fold.name  # always trained on
+
+
+def test_an_extra_photo_that_copies_an_oxford_photo_is_left_out(oxford: Path, tmp_path: Path) -> None:
+    extra = write_extra(tmp_path / "extra", {"dots": 3})
+    plain = load_dataset(oxford, 0.15, 0)
+    held_out = plain.splits["test"][0]  # a test photo under another name: trained on, it would leak test
+    copy = extra / "images" / CLASSES[held_out.label] / "copy.jpg"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(held_out.path.read_bytes())
+    with (extra / "MANIFEST.tsv").open("a") as manifest:
+        manifest.write(f"images/{CLASSES[held_out.label]}/copy.jpg\t{CLASSES[held_out.label]}\tgenerated\t-\t-\tno\n")
+    data = load_dataset(oxford, 0.15, 0, (str(extra),))
+    assert data.extra_twins == [(f"extra:images/{CLASSES[held_out.label]}/copy.jpg", held_out.name)]
+    assert sorted(s.name for s in data.extra) == [f"extra:images/dots/x_{n}.jpg" for n in range(3)]
 
 
 def test_class_weights_make_every_class_count_alike() -> None:

@@ -258,3 +258,27 @@ def test_the_folded_onnx_model_gives_the_corrected_probabilities(trained, tmp_pa
     to_onnx(model, spec, tmp_path / "folded.onnx")
     got = ort.InferenceSession(str(tmp_path / "folded.onnx")).run(["logits"], {"image": batch})[0]
     assert np.abs(got - corrected(plain, prior, 0.8)).max() < 1e-3
+
+
+def test_cv_on_cached_features_extracts_once_and_keeps_every_epoch(tiny_data, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = tmp_path / "cv.toml"
+    config.write_text('backbone = "efficientnet_lite0"\nfolds = 2\nepochs = 5\npatience = 0\nlr = 0.003\n')
+    assert train_main(["--data-dir", str(tiny_data), "cv", "--config", str(config)]) == 0
+    runs = {run.info.run_name: run for run in child_runs(MlflowClient())}
+    assert set(runs) == {"fold-1", "fold-2", "all"}
+    computed = [runs[name].data.metrics["feature_images_computed"] for name in ("fold-1", "fold-2", "all")]
+    assert computed[0] > 0 and computed[1:] == [0, 0]  # one extraction serves every fold and the final run
+    history = MlflowClient().get_metric_history(runs["fold-1"].info.run_id, "epoch_val_loss")
+    assert len(history) == 5  # no early stopping: the held-out fold does not choose the epoch
+    assert runs["all"].data.tags["cv.parent_run_id"] and "cv_accuracy" in runs["all"].data.metrics
+    mlflow.set_tracking_uri(None)
+
+
+def test_cv_on_cached_features_refuses_early_stopping(tiny_data, tmp_path, capsys) -> None:
+    config = tmp_path / "cv.toml"
+    config.write_text('backbone = "efficientnet_lite0"\nfolds = 2\npatience = 3\n')
+    assert train_main(["--data-dir", str(tiny_data), "cv", "--config", str(config)]) != 0
+    assert "needs patience = 0" in capsys.readouterr().err
