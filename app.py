@@ -2,7 +2,8 @@
 
     python app.py          # serves on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT)
 
-Every action is a named API endpoint; see README.md for a `gradio_client` example.
+Every action is a named API endpoint; see README.md for a `gradio_client` example
+and docs/api.md for all of them.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ FEW_TEST_PHOTOS = 10  # per-class accuracies on fewer test photos are marked as 
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
 # Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
 # evicts the oldest only past this many sessions; each REST call is a new session. The app keeps no
-# per-session state of its own (no gr.State), so an evicted session just starts afresh. (README, "Memory")
+# per-session state of its own (no gr.State), so an evicted session just starts afresh. (docs/operations.md, "Memory")
 SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
 # Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
 DELETE_CACHE = (600, 3600)

@@ -260,8 +260,8 @@ def parse_steps(steps: Sequence[dict[str, Any]] | str) -> list[dict[str, Any]]:
     return steps
 
 
-def readme_row(transform: Transform) -> str:
-    """The transform's row in the README's endpoint table."""
+def api_row(transform: Transform) -> str:
+    """The transform's row in the endpoint table of docs/api.md (a test keeps the page in step)."""
     params = "".join(f", {param.describe()}" for param in transform.params)
     return f"| `/{transform.name}` | image{params} | image |"
 

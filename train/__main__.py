@@ -1,4 +1,4 @@
-"""python -m train {fit,sweep,cv,select,int8,export,evaluate,publish,server,stanford-dogs}: README "Training"."""
+"""python -m train {fit,sweep,cv,select,int8,export,evaluate,publish,server,stanford-dogs}: docs/training.md."""
 
 from __future__ import annotations
 

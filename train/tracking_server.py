@@ -2,7 +2,7 @@
 initdb and pg_ctl in a temporary folder, on a free port, trust auth on loopback only; no system role or
 service touched) behind `mlflow server` with proxied artifacts. `python -m train server` runs one until
 Ctrl-C; the tests start the same thing. A team server is the same `mlflow server` line with a real
-database: README, "Scaling out"."""
+database: docs/scaling-out.md."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -146,6 +148,23 @@ def test_readme_client_example_runs(server: str, monkeypatch: pytest.MonkeyPatch
     with contextlib.redirect_stdout(output):
         exec(compile(code, "README.md", "exec"), {})
     assert re.search(r"^[A-Z][\w ]+ \d\.\d+$", output.getvalue().strip(), re.M), output.getvalue()
+
+
+def test_the_api_pages_curl_example_runs(server: str) -> None:
+    """docs/api.md's plain-REST example, as a reader pastes it into a shell (against this test's server)."""
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    page = (REPO / "docs" / "api.md").read_text()
+    script = re.search(r"## Plain REST.*?```bash\n(.*?)```", page, re.S).group(1)
+    done = subprocess.run(
+        ["bash", "-c", script.replace("http://127.0.0.1:7860/", server)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "event: complete" in done.stdout and '"label": "Abyssinian"' in done.stdout, done.stdout
 
 
 def test_plain_rest_with_upload_and_with_an_inline_image(server: str) -> None:

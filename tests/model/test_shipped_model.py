@@ -95,8 +95,9 @@ def test_mismatched_model_folder_is_refused(tmp_path) -> None:
         PetClassifier.load(folder)
 
 
-def test_readme_reports_the_cards_numbers() -> None:
-    readme = (MODEL_DIR.parent / "README.md").read_text()
+@pytest.mark.parametrize("page", ["README.md", "docs/training.md"])
+def test_the_docs_report_the_cards_numbers(page: str) -> None:
+    readme = (MODEL_DIR.parent / page).read_text()
     card = json.loads((MODEL_DIR / "card.json").read_text())
     test = card["metrics"]["test"]
     for value in (
