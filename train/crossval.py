@@ -71,11 +71,9 @@ def out_of_fold(folds: list[Fold], logits: list[np.ndarray]) -> tuple[list[str],
     return names, np.stack([rows[n][0] for n in names]), np.array([rows[n][1] for n in names])
 
 
-def cv_metrics(fold_accuracies: list[float], logits: np.ndarray, labels: np.ndarray, data: PetData) -> dict:
+def cv_metrics(fold_accuracies: list[float], summary: dict, logits: np.ndarray, labels: np.ndarray) -> dict:
     from train.calibrate import nll
-    from train.metrics import summarize
 
-    summary = summarize(logits, labels, data.classes, data.species)
     return {
         "cv_accuracy": summary["accuracy"],
         "cv_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
@@ -93,7 +91,7 @@ def cross_validate(
     registered with the CV metrics. Returns the CV metrics."""
     import mlflow
 
-    from train import tracking
+    from train import metrics, tracking
     from train.fit import fit
 
     if not config.end_to_end and config.patience:
@@ -117,12 +115,15 @@ def cross_validate(
         correction = fit_correction(config, logits, labels, fold_data(data, folds[-1]))
         if correction:
             logits = prior.corrected(logits, np.asarray(correction["log_prior"]), correction["strength"])
-        found = cv_metrics([r.val_accuracy for r in results], logits, labels, data)
+        summary = metrics.summarize(logits, labels, data.classes, data.species)
+        found = cv_metrics([r.val_accuracy for r in results], summary, logits, labels)
         found |= {"cv_prior_strength": correction["strength"]} if correction else {}
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
-            path = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
-            mlflow.log_artifact(str(path), Path(tracking.OOF_LOGITS).parent.as_posix())
+            oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
+            per_class = metrics.write_per_class_csv(summary, data.classes, Path(folder) / "per_class.csv")
+            for path in (oof, per_class):  # per breed: how many held-out photos, and the share answered right
+                mlflow.log_artifact(str(path), Path(tracking.OOF_LOGITS).parent.as_posix())
         final = fit(
             config,
             config_path=config_path,

@@ -183,7 +183,9 @@ def make_card(
             "digest": params["data.digest"],
             "val_fraction": float(params["val_fraction"]),
             "seed": int(params["seed"]),
-            "images": {s: int(params[f"images.{s}"]) for s in ("train", "val", "test")},
+            "images": {
+                s: int(params[f"images.{s}"]) for s in ("train", "val", "test", "extra") if f"images.{s}" in params
+            },
             "missing": {s: int(params[f"missing.{s}"]) for s in ("trainval", "test")},
         },
         metrics=selection_metrics(found),

@@ -22,6 +22,12 @@ from train.space_config import problems
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH_CONFIG = REPO / "train" / "configs" / "publish.toml"
 SPACE_README = REPO / "train" / "configs" / "space_readme.md"
+ENOUGH_PHOTOS = 10  # test photos a breed needs to be named among the weakest on the Space page
+STANFORD_DOGS = (  # the Space page's sentence on extra training photos, when the model had them
+    "It also trained on {extra} extra dog photos from Stanford Dogs (A. Khosla, N. Jayadevaprakash, B. Yao,"
+    ' L. Fei-Fei, "Novel Dataset for Fine-Grained Image Categorization", FGVC 2011), whose images come from'
+    " ImageNet and may be used for non-commercial research and education only. "
+)
 SKIPPED = {"__pycache__", ".DS_Store"}
 
 
@@ -90,12 +96,19 @@ def check_space_config(root: Path) -> None:
         raise GateError("The Space would not build as tested: " + "; ".join(found) + ".")
 
 
-def space_readme(card: ModelCard, space_id: str | None) -> str:
-    """The visitor's page, with the Space's front matter: SPACE_README filled in from the card."""
+def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> str:
+    """The visitor's page, with the Space's front matter: SPACE_README filled in from the card (and the
+    labels, which name the rows of its test confusion counts: how many photos each figure rests on)."""
     test, spec, space_id = card.metrics["test"], card.preprocess, space_id or "your-name/pet-breeds"
-    cats = {name: value for name, value in test["per_class"].items() if name[:1].isupper()}  # cats: capitalised
-    weakest = sorted(cats.items(), key=lambda item: item[1])[:4]
+    photos = {label: sum(row) for label, row in zip(labels, test.get("confusion", []), strict=False)}
+    per_species = {
+        kind: sum(photos.get(label, 0) for label, k in zip(labels, card.species, strict=True) if k == kind)
+        for kind in ("cat", "dog")
+    }
+    judged = {name: value for name, value in test["per_class"].items() if photos.get(name, 0) >= ENOUGH_PHOTOS}
+    weakest = sorted(judged.items(), key=lambda item: item[1])[:3]
     cv = card.metrics.get("cv")
+    extra = card.data.get("images", {}).get("extra", 0)
     return Template(SPACE_README.read_text()).substitute(
         threshold=f"{card.threshold:.0%}",
         space_id=space_id,
@@ -105,14 +118,16 @@ def space_readme(card: ModelCard, space_id: str | None) -> str:
         selection=f"{cv['folds']}-fold cross-validation ({cv['accuracy']:.1%})" if cv else "validation accuracy",
         test_images=test["images"],
         accuracy=f"{test['accuracy']:.1%}",
-        cats=f"{test['per_species'].get('cat', float('nan')):.1%}",
-        dogs=f"{test['per_species'].get('dog', float('nan')):.1%}",
+        cats=f"{test['per_species'].get('cat', float('nan')):.1%} of {per_species['cat']} photos",
+        dogs=f"{test['per_species'].get('dog', float('nan')):.1%} of {per_species['dog']}",
         top5=f"{test['top5_accuracy']:.1%}",
         mean_per_class=f"{test['mean_per_class_accuracy']:.1%}"
         if "mean_per_class_accuracy" in test
         else "not measured",
-        weakest=", ".join(f"{readable_name(name)} {value:.0%}" for name, value in weakest),
+        breeds=len(test["per_class"]),
+        weakest=", ".join(f"{readable_name(name)} {value:.0%} ({photos[name]} photos)" for name, value in weakest),
         ece=f"{test['ece']:.1%}",
+        extra_data=STANFORD_DOGS.format(extra=extra) if extra else "",
     )
 
 
@@ -121,7 +136,8 @@ def build_space(root: Path, files: list[Path], card: ModelCard, space_id: str | 
     for path in files:
         (out / path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / path, out / path)
-    (out / "README.md").write_text(space_readme(card, space_id))
+    labels = json.loads((root / "model" / "labels.json").read_text())
+    (out / "README.md").write_text(space_readme(card, labels, space_id))
     return [*files, Path("README.md")]
 
 

@@ -237,6 +237,25 @@ def test_the_space_readme_is_written_for_visitors_from_the_card(space_tree: Path
     assert "python -m train" not in readme  # no training instructions for visitors
 
 
+def test_the_space_page_gives_photo_counts_and_names_extra_data_only_when_used() -> None:
+    from dataclasses import replace
+
+    from inference import ModelCard
+    from train.publish import space_readme
+
+    card = ModelCard.load(REPO / "model" / "card.json")
+    labels = json.loads((REPO / "model" / "labels.json").read_text())
+    test = card.metrics["test"]
+    cats = sum(sum(row) for row, kind in zip(test["confusion"], card.species, strict=True) if kind == "cat")
+    page = space_readme(card, labels, None)
+    assert f"cats {test['per_species']['cat']:.1%} of {cats} photos" in page
+    assert "American Pit Bull Terrier" not in page.split("The weakest")[1].split(";")[0]  # 1 photo: not judged
+    assert "Stanford Dogs" not in page
+    with_extra = replace(card, data=card.data | {"images": card.data["images"] | {"extra": 2677}})
+    page = space_readme(with_extra, labels, None)
+    assert "2677 extra dog photos from Stanford Dogs" in page and "non-commercial research and education" in page
+
+
 def test_dry_run_materialises_exactly_the_upload(space_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     out = tmp_path_factory.mktemp("space")
     set_test_accuracy(space_copy, 0.99)

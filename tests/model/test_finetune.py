@@ -108,7 +108,7 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     assert set(children) == {"fold-1", "fold-2", "all"}
     assert {"cv_accuracy", "cv_accuracy_std", "cv_accuracy_cat", "cv_accuracy_dog"} <= set(parent.data.metrics)
     assert "cv_mean_per_class_accuracy" in parent.data.metrics
-    assert [a.path for a in client.list_artifacts(parent.info.run_id, "cv")] == ["cv/oof.npz"]
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "cv")] == ["cv/oof.npz", "cv/per_class.csv"]
     oof_names = load_logits(parent.info.run_id, OOF_LOGITS)[0]
     assert len(oof_names) == 24 and not any(name.startswith("extra:") for name in oof_names)  # Oxford only
     assert len(client.get_metric_history(children["fold-1"].info.run_id, "epoch_val_loss")) == 2
