@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 import limits
 import preprocess
 import transforms
-from inference import ModelCard, PetClassifier, Prediction, overlay, readable_name
+from inference import FEW_TEST_PHOTOS, ModelCard, PetClassifier, Prediction, overlay, readable_name
 
 log = logging.getLogger("app")
 
@@ -45,7 +45,6 @@ MAX_BATCH_FILES = 32  # files per batch and per upload request
 # Waiting or running requests one visitor (session or address) may hold; 0 lifts the limit (all of a laptop's
 # own scripts come from one address).
 MAX_QUEUED_PER_CLIENT = int(os.environ.get("PETS_MAX_QUEUED_PER_VISITOR", "4"))
-FEW_TEST_PHOTOS = 10  # per-class accuracies on fewer test photos are marked as too few to judge
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
 # Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
 # evicts the oldest only past this many sessions; each REST call is a new session. The app keeps no
@@ -277,10 +276,9 @@ def trust_text(card: ModelCard) -> str:
     if "test" not in card.metrics or not card.calibration or not card.not_sure:
         return "Not tested or calibrated yet (`python -m train select`): confidences are raw softmax."
     test, calibration, not_sure = card.metrics["test"], card.calibration, card.not_sure
-    counts = test_counts(card)
+    counts = card.test_photos_per_species(classifier.labels) if test.get("confusion") else {}
     species = ", ".join(
-        f"{kind}s {share:.1%}"
-        + (f" ({sum(n for c, n in counts.items() if card_species(card, c) == kind)} photos)" if counts else "")
+        f"{kind}s {share:.1%}" + (f" ({counts[kind]} photos)" if counts else "")
         for kind, share in test["per_species"].items()
     )
     return (
@@ -352,18 +350,13 @@ def test_confusion(card: ModelCard) -> list[list[int]]:
     return card.metrics.get("test", {}).get("confusion", [])
 
 
-def test_counts(card: ModelCard) -> dict[str, int]:
-    """Test photos per class, from the card's confusion counts (empty for a card without them)."""
-    return {label: sum(row) for label, row in zip(classifier.labels, test_confusion(card), strict=False)}
-
-
 def card_species(card: ModelCard, label: str) -> str:
     return card.species[classifier.labels.index(label)]
 
 
 def per_class_rows(card: ModelCard) -> list[list[Any]]:
     """Breed, species, test photos, accuracy in %, and a note where the photos are too few to judge."""
-    per_class, counts = card.metrics.get("test", {}).get("per_class", {}), test_counts(card)
+    per_class, counts = card.metrics.get("test", {}).get("per_class", {}), card.test_photos(classifier.labels)
     rows = []
     for label, accuracy in sorted(per_class.items(), key=lambda item: item[1]):
         count = counts.get(label)

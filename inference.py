@@ -67,6 +67,9 @@ class ModelInfo:
     parity: dict  # ONNX Runtime against torch at export: images, max |Δlogit|
 
 
+FEW_TEST_PHOTOS = 10  # a breed's test accuracy on fewer photos is too few to judge (Model tab, Space page)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """card.json: the one typed, versioned record that ties training to serving. `train.select` writes it
@@ -93,6 +96,18 @@ class ModelCard:
     @property
     def threshold(self) -> float:
         return float(self.not_sure["threshold"]) if self.not_sure else 0.0
+
+    def test_photos(self, labels: Sequence[str]) -> dict[str, int]:
+        """Test photos per class, from the test confusion counts, whose rows follow `labels` (labels.json):
+        how many photos each per-breed figure rests on. Empty for a card without those counts."""
+        confusion = self.metrics.get("test", {}).get("confusion", [])
+        return {label: sum(row) for label, row in zip(labels, confusion, strict=False)}
+
+    def test_photos_per_species(self, labels: Sequence[str]) -> dict[str, int]:
+        photos, kinds = self.test_photos(labels), dict(zip(labels, self.species, strict=True))
+        return {
+            kind: sum(n for label, n in photos.items() if kinds[label] == kind) for kind in sorted(set(self.species))
+        }
 
     def variants(self) -> list[str]:
         """The model files that ship: fp32, and int8 where its fidelity gate accepted it."""

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from string import Template
 
-from inference import ModelCard, ModelError, PetClassifier, readable_name
+from inference import FEW_TEST_PHOTOS, ModelCard, ModelError, PetClassifier, readable_name
 from train.config import ConfigError, read_toml
 from train.gates import Gates, PublishGate, publish_failure
 from train.provenance import git_commit
@@ -22,7 +22,6 @@ from train.space_config import problems
 REPO = Path(__file__).resolve().parents[1]
 PUBLISH_CONFIG = REPO / "train" / "configs" / "publish.toml"
 SPACE_README = REPO / "train" / "configs" / "space_readme.md"
-ENOUGH_PHOTOS = 10  # test photos a breed needs to be named among the weakest on the Space page
 STANFORD_DOGS = (  # the Space page's sentence on extra training photos, when the model had them
     "It also trained on {extra} extra dog photos from Stanford Dogs (A. Khosla, N. Jayadevaprakash, B. Yao,"
     ' L. Fei-Fei, "Novel Dataset for Fine-Grained Image Categorization", FGVC 2011), whose images come from'
@@ -100,12 +99,8 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
     """The visitor's page, with the Space's front matter: SPACE_README filled in from the card (and the
     labels, which name the rows of its test confusion counts: how many photos each figure rests on)."""
     test, spec, space_id = card.metrics["test"], card.preprocess, space_id or "your-name/pet-breeds"
-    photos = {label: sum(row) for label, row in zip(labels, test.get("confusion", []), strict=False)}
-    per_species = {
-        kind: sum(photos.get(label, 0) for label, k in zip(labels, card.species, strict=True) if k == kind)
-        for kind in ("cat", "dog")
-    }
-    judged = {name: value for name, value in test["per_class"].items() if photos.get(name, 0) >= ENOUGH_PHOTOS}
+    photos, per_species = card.test_photos(labels), card.test_photos_per_species(labels)
+    judged = {name: value for name, value in test["per_class"].items() if photos.get(name, 0) >= FEW_TEST_PHOTOS}
     weakest = sorted(judged.items(), key=lambda item: item[1])[:3]
     cv = card.metrics.get("cv")
     extra = card.data.get("images", {}).get("extra", 0)
