@@ -355,7 +355,8 @@ def card_species(card: ModelCard, label: str) -> str:
 
 
 def per_class_rows(card: ModelCard) -> list[list[Any]]:
-    """Breed, species, test photos, accuracy in %, and a note where the photos are too few to judge."""
+    """Breed, accuracy in %, test photos, species, and a note where the photos are too few to judge (the
+    accuracy second, so a phone shows it beside the breed)."""
     per_class, counts = card.metrics.get("test", {}).get("per_class", {}), card.test_photos(classifier.labels)
     rows = []
     for label, accuracy in sorted(per_class.items(), key=lambda item: item[1]):
@@ -365,12 +366,12 @@ def per_class_rows(card: ModelCard) -> list[list[Any]]:
             if count is not None and count < FEW_TEST_PHOTOS
             else ""
         )
-        rows.append([readable_name(label), card_species(card, label), count, f"{accuracy:.1%}", note])
+        rows.append([readable_name(label), f"{accuracy:.1%}", count, card_species(card, label), note])
     return rows
 
 
 def confused_pairs(card: ModelCard, top: int = 10) -> list[list[Any]]:
-    """The most frequent mistakes on test: true breed → answered, count, and share of that breed's photos."""
+    """The most frequent mistakes on test: true breed → answered, the share of that breed's photos, and the count."""
     confusion = test_confusion(card)
     pairs = [
         (count, true, answered)
@@ -380,7 +381,7 @@ def confused_pairs(card: ModelCard, top: int = 10) -> list[list[Any]]:
     ]
     names = classifier.names
     return [
-        [names[true], names[answered], count, f"{count / sum(confusion[true]):.0%}"]
+        [names[true], names[answered], f"{count / sum(confusion[true]):.0%}", count]
         for count, true, answered in sorted(pairs, key=lambda pair: -pair[0])[:top]
     ]
 
@@ -400,6 +401,12 @@ def example_caption(path: str) -> str:
 CSS = """
 #examples .grid-wrap { min-height: 0; }
 @media (max-width: 640px) { #examples .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
+/* On a phone the card's table is set smaller so that no number breaks inside its cell. */
+@media (max-width: 640px) {
+  #card table { font-size: 12px; }
+  #card th, #card td { padding: 4px 6px; word-break: normal; }
+  #card td:not(:first-child) { white-space: nowrap; }
+}
 """
 
 with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo:
@@ -468,14 +475,14 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
             gr.Markdown(card_markdown(classifier.card), elem_id="card")
             gr.Dataframe(
                 per_class_rows(classifier.card),
-                headers=["breed", "species", "test photos", "test accuracy", "note"],
+                headers=["breed", "test accuracy", "test photos", "species", "note"],
                 label="Per breed, worst first",
                 elem_id="per-class",
                 wrap=True,
             )
             gr.Dataframe(
                 confused_pairs(classifier.card),
-                headers=["true breed", "answered", "photos", "share of that breed"],
+                headers=["true breed", "answered", "share of that breed", "photos"],
                 label="Most confused pairs on test",
                 elem_id="confused",
                 wrap=True,

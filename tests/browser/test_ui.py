@@ -178,6 +178,20 @@ def test_model_tab_is_written_for_people(page) -> None:
     assert page.locator("#confusion img").is_visible()
 
 
+def test_no_number_in_the_cards_table_breaks_across_lines_on_a_phone(browser) -> None:
+    page = browser.new_page(viewport=VIEWPORTS["phone"])
+    page.goto(browser.app_url, wait_until="networkidle")
+    open_tab(page, "Model")
+    lines = page.evaluate(
+        """() => [...document.querySelectorAll('#card td:not(:first-child)')].map(cell => {
+            const range = document.createRange(); range.selectNodeContents(cell);
+            return [cell.innerText, new Set([...range.getClientRects()].map(r => Math.round(r.top))).size];
+        })"""
+    )
+    page.close()
+    assert lines and all(count == 1 for _, count in lines), [text for text, count in lines if count != 1]
+
+
 # --------------------------------------------------------------------------- both widths
 
 
