@@ -105,7 +105,7 @@ def test_second_run_reuses_the_feature_cache(trained) -> None:
     first, second = child_runs(trained["client"])
     assert first.data.metrics["feature_images_computed"] > 0
     assert second.data.metrics["feature_images_computed"] == 0
-    assert second.data.metrics["feature_cache_hits"] == 3  # two training views and validation
+    assert second.data.metrics["feature_cache_hits"] == 2  # one file per view, validation images inside
 
 
 def test_select_picks_the_best_version_and_sets_the_alias(trained) -> None:
