@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 import limits
 import preprocess
 import transforms
-from inference import FEW_TEST_PHOTOS, ModelCard, PetClassifier, Prediction, overlay, readable_name
+from inference import FEW_TEST_PHOTOS, ModelCard, PetClassifier, Prediction, overlay, readable_name, serving_threads
 
 log = logging.getLogger("app")
 
@@ -53,7 +53,9 @@ SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
 # Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
 DELETE_CACHE = (600, 3600)
 
-classifier = PetClassifier.load()
+# Model requests run MODEL_CONCURRENCY at once, and share the cores: ONNX Runtime's threads × runs = cores.
+MODEL_CONCURRENCY = int(os.environ.get("PETS_CONCURRENCY", "2"))
+classifier = PetClassifier.load(threads=serving_threads(MODEL_CONCURRENCY))
 
 
 class ImageUpload(gr.Image):
@@ -314,7 +316,8 @@ def variant_note() -> str:
     if not classifier.timings:
         return ""
     timed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in sorted(classifier.timings.items(), key=lambda t: t[1]))
-    return f", the faster on this host at start ({timed} a photo)"
+    threads = f"{classifier.threads} thread" + ("s" if classifier.threads > 1 else "")
+    return f", the faster on this host at start ({timed} a photo at {threads})"
 
 
 def card_markdown(card: ModelCard) -> str:
@@ -509,7 +512,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
 
 # The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,
 # so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's.
-demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
+demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
 if MAX_QUEUED_PER_CLIENT:
     limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
 
@@ -518,6 +521,7 @@ def launch(**overrides: Any) -> None:
     """Serve the app with its limits: upload and body size, files per upload, queued requests per visitor,
     session capacity, no tracebacks to users."""
     limits.return_memory_to_the_os()
+    limits.lazy_session_configs()
     middleware = Middleware(
         limits.RequestLimits,
         max_body=MAX_BODY_BYTES,

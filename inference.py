@@ -6,10 +6,12 @@ python inference.py photo.jpg [more.jpg ...] [--json]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -221,6 +223,27 @@ class Prediction:
         }
 
 
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: those it may run on, capped by its container's CPU quota (cgroup v2
+    `cpu.max`) where one is set. A container can see all of its host's cores and be allowed two, and ONNX
+    Runtime's own default counts what it sees."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = cpu_max.read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
+
+
+def serving_threads(concurrent_runs: int = 1) -> int:
+    """Intra-op threads for each of `concurrent_runs` model runs at once: PETS_THREADS, else the usable
+    cores shared among them. More threads than cores cost CPU under load: on 2 cores, two runs of two
+    threads each took 15 % more server time per REST call than two of one (docs/benchmarks.md)."""
+    if os.environ.get("PETS_THREADS"):
+        return int(os.environ["PETS_THREADS"])
+    return max(1, usable_cores() // concurrent_runs)
+
+
 class PetClassifier:
     """An ONNX Runtime session with its card and labels; predicts breeds for images."""
 
@@ -237,6 +260,7 @@ class PetClassifier:
         self.spec, self.species = card.preprocess, card.species
         self.names = [readable_name(label) for label in labels]
         self.session = ort.InferenceSession(str(model_file), self._options(threads), providers=["CPUExecutionProvider"])
+        self.threads = self.session.get_session_options().intra_op_num_threads
         self.runs = 0
         self.timings: dict[str, float] = {}  # variant -> ms a photo, where `load` timed the variants that ship
         outputs = self.session.get_outputs()[0].shape[-1]
@@ -291,18 +315,19 @@ class PetClassifier:
         chosen = candidates[choose_variant(timings)]
         chosen.timings = timings
         log.info(
-            "serving the %s model: %s a photo on this host",
+            "serving the %s model at %d intra-op threads: %s a photo on this host",
             chosen.variant,
+            chosen.threads,
             ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items()),
         )
         return chosen
 
     @staticmethod
     def _options(threads: int | None) -> ort.SessionOptions:
-        """Intra-op threads from the argument, else PETS_THREADS, else ONNX Runtime's choice (0); whether
-        they spin-wait for work between runs from PETS_ORT_SPINNING (README "Speed": measured both ways)."""
+        """Intra-op threads from the argument, else `serving_threads()`; whether they spin-wait for work
+        between runs from PETS_ORT_SPINNING (docs/benchmarks.md: measured both ways)."""
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads if threads is not None else int(os.environ.get("PETS_THREADS", "0"))
+        options.intra_op_num_threads = threads if threads is not None else serving_threads()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("PETS_ORT_SPINNING", "0"))
         return options
@@ -361,12 +386,17 @@ def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec)
     return np.clip(canvas, 0, 1)  # bicubic overshoots a little
 
 
-CHOOSER_WARMUP, CHOOSER_RUNS = 3, 7  # single-photo runs per variant at start: about 0.2 s in all on 2 cores
+# Single-photo runs per variant at start. Past the warm-up and the minimum, timing stops once the budget is
+# spent, so a slow host's cold start grows by about the budget, not by ten runs of a slow model each.
+CHOOSER_WARMUP, CHOOSER_MIN_RUNS, CHOOSER_RUNS = 3, 3, 7
+CHOOSER_BUDGET_S = 1.0
 
 
-def time_variants(candidates: dict[str, PetClassifier]) -> dict[str, float]:
+def time_variants(candidates: dict[str, PetClassifier], budget_s: float = CHOOSER_BUDGET_S) -> dict[str, float]:
     """Each variant's model time for one photo at the thread count it serves with: the median of runs
-    taken in turn (fp32, int8, fp32, ...), after a warm-up, so a burst of load elsewhere hits both alike."""
+    taken in turn (fp32, int8, fp32, ...), after a warm-up, so a burst of load elsewhere hits both alike;
+    at least CHOOSER_MIN_RUNS each, more while `budget_s` (warm-up included) lasts."""
+    deadline = time.perf_counter() + budget_s
     crop = next(iter(candidates.values())).spec.crop
     image = np.zeros((1, 3, crop, crop), np.float32)
     feeds = {name: {c.card.model.input_name: image} for name, c in candidates.items()}
@@ -374,7 +404,9 @@ def time_variants(candidates: dict[str, PetClassifier]) -> dict[str, float]:
         for name, candidate in candidates.items():
             candidate.session.run(None, feeds[name])
     samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(CHOOSER_RUNS):
+    for taken in range(CHOOSER_RUNS):
+        if taken >= CHOOSER_MIN_RUNS and time.perf_counter() > deadline:
+            break
         for name, candidate in candidates.items():
             started = time.perf_counter()
             candidate.session.run(None, feeds[name])

@@ -1,5 +1,6 @@
 """How `app.launch` serves, checked on the running server: the bound on Gradio's sessions (every plain REST
-call is a new one; bench/load.py measures the effect on memory), the upload limit, no share link."""
+call is a new one; bench/load.py measures the effect on memory) and what each costs, the upload limit, no
+share link."""
 
 from __future__ import annotations
 
@@ -29,6 +30,25 @@ def test_rest_sessions_beyond_the_capacity_are_evicted(app_in_process) -> None:
         for _ in range(app.SESSION_CAPACITY + 5):
             rest_call(http, url, "grayscale", CHELSEA, inline=True)
     assert len(sessions) == app.SESSION_CAPACITY  # five were evicted, oldest first
+
+
+def test_a_rest_call_makes_no_config_it_does_not_use(app_in_process) -> None:
+    """Every REST call is a new session; its state makes only the configs it touches (Gradio's own made all
+    64 each time), and a deep link still sees every component as Gradio would have made it."""
+    import limits
+
+    gradios_own = limits.LazySessionState.__base__  # gradio.state_holder.SessionState, before launch replaced it
+
+    app, url = app_in_process
+    with httpx.Client(timeout=30) as http:
+        rest_call(http, url, "predict", CHELSEA, inline=True)
+    session = next(reversed(app.demo.server_app.state_holder.session_data.values()))
+    assert isinstance(session, limits.LazySessionState)
+    assert set(session.config_values) == {app.photo._id, app.breeds._id}  # the photo it read, the label it set
+    eager, lazy = gradios_own(app.demo), limits.LazySessionState(app.demo)
+    assert not lazy.config_values and len(eager.config_values) == len(app.demo.blocks)
+    assert list(lazy.components) == list(eager.components)
+    assert {c["id"] for c in session.components} == {c["id"] for c in eager.components}
 
 
 def test_no_share_link_no_debug_and_the_upload_limit(app_in_process) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from inference import PetClassifier, choose_variant
+from inference import CHOOSER_MIN_RUNS, CHOOSER_RUNS, CHOOSER_WARMUP, PetClassifier, choose_variant, time_variants
 from tests.conftest import CHELSEA, MODEL_DIR
 
 
@@ -93,6 +95,29 @@ def test_the_host_serves_the_faster_variant(tmp_path, monkeypatch: pytest.Monkey
         chosen = PetClassifier.load(MODEL_DIR, timer=lambda _, fast=faster, slow=slower: {fast: 5.0, slow: 9.0})
         assert chosen.variant == faster and chosen.timings == {faster: 5.0, slower: 9.0}
     assert choose_variant({"fp32": 7.0, "int8": 7.0}) == "fp32"  # the reference on a tie
+
+
+@pytest.mark.parametrize(("budget_s", "runs"), [(0.0, CHOOSER_MIN_RUNS), (600.0, CHOOSER_RUNS)])
+def test_the_chooser_times_within_its_budget(budget_s: float, runs: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spent budget stops the timing after the minimum runs (a slow host's cold start stays bounded); an
+    ample one takes them all. Both real sessions run, each as often as the other."""
+    if not (MODEL_DIR / "model.int8.onnx").exists():
+        pytest.skip("the shipped folder has no int8 model")
+    candidates = {name: PetClassifier.load(MODEL_DIR, variant=name) for name in ("fp32", "int8")}
+    calls = {name: 0 for name in candidates}
+
+    def counted(name: str, run: Callable) -> Callable:
+        def counting(*args: Any) -> Any:
+            calls[name] += 1
+            return run(*args)
+
+        return counting
+
+    for name, candidate in candidates.items():
+        monkeypatch.setattr(candidate.session, "run", counted(name, candidate.session.run))
+    timings = time_variants(candidates, budget_s)
+    assert set(timings) == set(candidates) and all(ms > 0 for ms in timings.values())
+    assert calls == {name: CHOOSER_WARMUP + runs for name in candidates}
 
 
 def test_a_folder_with_fp32_only_serves_fp32(tmp_path) -> None:
