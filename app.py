@@ -33,7 +33,7 @@ from starlette.middleware import Middleware
 import limits
 import preprocess
 import transforms
-from inference import FEW_TEST_PHOTOS, ModelCard, PetClassifier, Prediction, overlay, readable_name, serving_threads
+from inference import FEW_TEST_PHOTOS, ModelCard, PetClassifier, Prediction, overlay, readable_name
 
 log = logging.getLogger("app")
 
@@ -46,16 +46,15 @@ MAX_BATCH_FILES = 32  # files per batch and per upload request
 # own scripts come from one address).
 MAX_QUEUED_PER_CLIENT = int(os.environ.get("PETS_MAX_QUEUED_PER_VISITOR", "4"))
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
-# Gradio keeps, per session, a copy of every component's config (~100 KB for this app's 64 blocks) and
-# evicts the oldest only past this many sessions; each REST call is a new session. The app keeps no
-# per-session state of its own (no gr.State), so an evicted session just starts afresh. (docs/operations.md, "Memory")
+# Gradio keeps a state per session (each REST call is a new one; limits.LazySessionState keeps it ~8 KB) and
+# evicts the oldest only past this many sessions. The app keeps no per-session state of its own (no
+# gr.State), so an evicted session just starts afresh. (docs/operations.md, "Memory")
 SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
 # Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
 DELETE_CACHE = (600, 3600)
 
-# Model requests run MODEL_CONCURRENCY at once, and share the cores: ONNX Runtime's threads × runs = cores.
-MODEL_CONCURRENCY = int(os.environ.get("PETS_CONCURRENCY", "2"))
-classifier = PetClassifier.load(threads=serving_threads(MODEL_CONCURRENCY))
+MODEL_CONCURRENCY = int(os.environ.get("PETS_CONCURRENCY", "2"))  # model requests run at once
+classifier = PetClassifier.load()
 
 
 class ImageUpload(gr.Image):
@@ -205,6 +204,11 @@ def batch_row(path: Path) -> list[Any]:
 def model_runs() -> int:
     """How many times the model has run in this process (bench and tests: one Identify click, one run)."""
     return classifier.runs
+
+
+def serving() -> dict[str, Any]:
+    """What this process serves: the variant, its intra-op threads and the start-up timings (bench)."""
+    return {"variant": classifier.variant, "threads": classifier.threads, "timings": classifier.timings}
 
 
 def classes() -> list[dict[str, str]]:
@@ -509,6 +513,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
     if os.environ.get("PETS_BENCH_NOOP") == "1":  # the floor for bench/latency.py: same upload, no work
         gr.on([], lambda image: "ok", photo, summary, api_name="noop")  # what the page never triggers
         gr.api(model_runs, api_name="model_runs")
+        gr.api(serving, api_name="serving")
 
 # The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,
 # so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's.

@@ -235,13 +235,13 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return cores
 
 
-def serving_threads(concurrent_runs: int = 1) -> int:
-    """Intra-op threads for each of `concurrent_runs` model runs at once: PETS_THREADS, else the usable
-    cores shared among them. More threads than cores cost CPU under load: on 2 cores, two runs of two
-    threads each took 15 % more server time per REST call than two of one (docs/benchmarks.md)."""
+def serving_threads() -> int:
+    """Intra-op threads for each model run: PETS_THREADS, else the usable cores. Each of the queue's two
+    concurrent runs gets them all: on the 2-core AVX2 EPYC that answers one visitor's REST /predict in
+    64 ms instead of 96 ms at one thread each, for 4 % less throughput under 8 clients (benchmarks.md)."""
     if os.environ.get("PETS_THREADS"):
         return int(os.environ["PETS_THREADS"])
-    return max(1, usable_cores() // concurrent_runs)
+    return usable_cores()
 
 
 class PetClassifier:
@@ -388,8 +388,8 @@ def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec)
 
 # Single-photo runs per variant at start. Past the warm-up and the minimum, timing stops once the budget is
 # spent, so a slow host's cold start grows by about the budget, not by ten runs of a slow model each.
-CHOOSER_WARMUP, CHOOSER_MIN_RUNS, CHOOSER_RUNS = 3, 3, 7
-CHOOSER_BUDGET_S = 1.0
+CHOOSER_WARMUP, CHOOSER_MIN_RUNS, CHOOSER_RUNS = 2, 3, 7
+CHOOSER_BUDGET_S = 0.75
 
 
 def time_variants(candidates: dict[str, PetClassifier], budget_s: float = CHOOSER_BUDGET_S) -> dict[str, float]:

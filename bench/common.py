@@ -99,6 +99,11 @@ def rest_call(http: httpx.Client, url: str, api_name: str, image: Path, inline: 
         with open(image, "rb") as handle:
             uploaded = http.post(url + "gradio_api/upload", files={"files": (image.name, handle)}).json()[0]
         data = [{"path": uploaded, "meta": {"_type": "gradio.FileData"}}]
+    return call_api(http, url, api_name, data)
+
+
+def call_api(http: httpx.Client, url: str, api_name: str, data: list) -> object:
+    """Start a call of `api_name` with `data` and read its event stream to the `complete` event."""
     event = http.post(f"{url}gradio_api/call/{api_name}", json={"data": data}).json()["event_id"]
     with http.stream("GET", f"{url}gradio_api/call/{api_name}/{event}") as stream:
         kind = None

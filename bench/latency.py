@@ -2,9 +2,10 @@
 
     python -m bench.latency [--repeats 200]
 
-Model only (ONNX Runtime on a prepared tensor) at 1 and 2 threads; throughput at batch 8 and 32; the app's
-/predict end to end through plain REST and through gradio_client, each beside a no-op endpoint measured the
-same way in the same run (the floor); cold start; the app's resident memory.
+Model only (ONNX Runtime on a prepared tensor) at 1 and 2 threads and the app's own count; throughput at
+batch 8 and 32; the app's /predict end to end through plain REST and through gradio_client, each beside a
+no-op endpoint measured the same way in the same run (the floor); what the app chose to serve; cold start as
+served and with fp32 forced; the app's resident memory.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 import httpx
 import numpy as np
 
-from bench.common import REPO, cpu, percentiles, resident_mb, rest_call, running_app, timed
+from bench.common import REPO, call_api, cpu, percentiles, resident_mb, rest_call, running_app, timed
 from inference import PetClassifier
 from preprocess import load_image, model_input
 
@@ -40,10 +41,12 @@ def model_at(threads: int, repeats: int, variant: str) -> dict:
     return results
 
 
-def model_only(repeats: int) -> dict:
-    """Both shipped variants side by side: fp32 (model.onnx) and, when its gate accepted it, int8."""
+def model_only(repeats: int, served_threads: int) -> dict:
+    """Both shipped variants side by side: fp32 (model.onnx) and, when its gate accepted it, int8; at 1 and
+    2 threads and at the app's own count."""
     variants = PetClassifier.load(variant="fp32").card.variants()
-    return {variant: model_at(1, repeats, variant) | model_at(2, repeats, variant) for variant in variants}
+    counts = sorted({1, 2, served_threads})
+    return {variant: {k: v for n in counts for k, v in model_at(n, repeats, variant).items()} for variant in variants}
 
 
 def end_to_end(repeats: int) -> dict:
@@ -53,6 +56,7 @@ def end_to_end(repeats: int) -> dict:
     with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
         results["app_rss_mb_idle"] = round(resident_mb(process.pid), 1)
         with httpx.Client(timeout=30) as http:
+            results["served"] = call_api(http, url, "serving", [])[0]
             for way, inline in (("rest", False), ("rest_inline", True)):
                 for name in ("noop", "predict"):
                     rest_call(http, url, name, PHOTO, inline)
@@ -73,22 +77,30 @@ def end_to_end(repeats: int) -> dict:
 
 def app_overhead(model_only: dict, end_to_end: dict) -> dict:
     """The target: REST /predict minus the no-op floor costs at most the in-process decode and model time
-    (the served variant, at ONNX Runtime's default threads as the app runs it) plus 3 ms."""
-    served = PetClassifier.load().variant
-    in_process = model_only[served]["preprocess_plus_model_2_thread"]["p50_ms"]
+    (the variant the app serves, at the app's thread count) plus 3 ms."""
+    served = end_to_end["served"]
+    in_process = model_only[served["variant"]][f"preprocess_plus_model_{served['threads']}_thread"]["p50_ms"]
     extra = end_to_end["rest_predict_minus_noop_p50_ms"] - in_process
     return {"in_process_decode_plus_model_p50_ms": in_process, "rest_minus_noop_minus_in_process_ms": round(extra, 2)}
 
 
 def cold_start(runs: int) -> dict:
-    """Process start to the first /predict answer over REST, median of several starts."""
-    samples = []
+    """Process start to the first /predict answer over REST, median of several starts: as it serves (timing
+    the variants when both ship) and with fp32 forced (nothing to time), started in turn."""
+    samples: dict[str, list[float]] = {"served": [], "fp32": []}
     for _ in range(runs):
-        started = time.perf_counter()
-        with running_app(timeout=120) as (url, _), httpx.Client(timeout=30) as http:
-            rest_call(http, url, "predict", PHOTO)
-            samples.append(time.perf_counter() - started)
-    return {"cold_start_s_median": round(float(np.median(samples)), 2), "cold_start_s": [round(s, 2) for s in samples]}
+        for name, env in (("served", {}), ("fp32", {"PETS_MODEL_VARIANT": "fp32"})):
+            started = time.perf_counter()
+            with running_app(env, timeout=120) as (url, _), httpx.Client(timeout=30) as http:
+                rest_call(http, url, "predict", PHOTO)
+                samples[name].append(round(time.perf_counter() - started, 2))
+    medians = {name: float(np.median(values)) for name, values in samples.items()}
+    return {
+        "cold_start_s_median": round(medians["served"], 2),
+        "cold_start_s": samples["served"],
+        "forced_fp32_s": samples["fp32"],
+        "variant_timing_adds_s": round(medians["served"] - medians["fp32"], 2),
+    }
 
 
 def main() -> None:
@@ -96,12 +108,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--cold-starts", type=int, default=3)
     args = parser.parse_args()
+    app = end_to_end(args.repeats)
     report = {
         "machine": {"cpu": cpu(), "python": platform.python_version()},
-        "model": PetClassifier.load().card.model.backbone,
-        "served_variant": PetClassifier.load().variant,
-        "model_only": model_only(args.repeats),
-        "end_to_end": end_to_end(args.repeats),
+        "model": PetClassifier.load(variant="fp32").card.model.backbone,
+        "served": app["served"],
+        "model_only": model_only(args.repeats, app["served"]["threads"]),
+        "end_to_end": app,
         "cold_start": cold_start(args.cold_starts),
     }
     report["app_overhead"] = app_overhead(report["model_only"], report["end_to_end"])

@@ -5,9 +5,10 @@
 Memory: resident memory from the start over `--memory-calls` calls of /predict, through plain REST (each
 call a new Gradio session, the image uploaded first) and through gradio_client (one session per client),
 each beside the same app's no-op endpoint measured the same way in the same run; the curves go to
-bench/results/memory.json. Load: for each queue concurrency limit, concurrent gradio_client clients, every
-answer checked against the expected top-1 (0 lost), latency p50/p95/max and throughput. Variants: the model
-the host chose at start beside forced fp32, each under 8 plain-REST clients, in the same run.
+`--memory-out` (default bench/results/memory.json). Load: for each queue concurrency limit, concurrent
+gradio_client clients, every answer checked against the expected top-1 (0 lost), latency p50/p95/max and
+throughput. Variants: the model the host chose at start beside forced fp32, each under 8 plain-REST clients,
+in the same run.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from pathlib import Path
 import httpx
 from gradio_client import Client, handle_file
 
-from bench.common import REPO, cpu, percentiles, resident_mb, rest_call, running_app
+from bench.common import REPO, call_api, cpu, percentiles, resident_mb, rest_call, running_app
 from inference import PetClassifier
 
 PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
 PHOTOS = sorted((REPO / "examples").glob("*.jpg"))
-RESULTS = REPO / "bench" / "results" / "memory.json"
+CURVES = REPO / "bench" / "results" / "memory.json"
 WARMUP = 500
 
 
@@ -79,12 +80,16 @@ def variants(clients: int, calls: int, expected: str) -> dict:
     memory from after the warm-up to the end."""
     report = {}
     for name, env in (("served", {}), ("fp32", {"PETS_MODEL_VARIANT": "fp32"})):
-        with running_app(env) as (url, process):
+        with running_app(env | {"PETS_BENCH_NOOP": "1"}) as (url, process):
+            with httpx.Client(timeout=30) as http:
+                serving = call_api(http, url, "serving", [])[0]
             hammer(url, clients, calls // 4, expected, "rest")  # warm-up
             warm = resident_mb(process.pid)
             report[name] = hammer(url, clients, calls, expected, "rest")
             end = resident_mb(process.pid)
             report[name] |= {
+                "variant": serving["variant"],
+                "threads": serving["threads"],
                 "rss_mb_after_warmup": round(warm, 1),
                 "growth_pct_after_warmup": round(100 * (end - warm) / warm, 1),
             }
@@ -128,7 +133,7 @@ def growth(curve: list[list[float]]) -> dict:
     }
 
 
-def memory(calls: int, threads: int, step: int) -> dict:
+def memory(calls: int, threads: int, step: int, out: Path) -> dict:
     curves, report = {}, {}
     for way in ("rest", "client"):
         for endpoint in ("predict", "noop"):
@@ -137,7 +142,7 @@ def memory(calls: int, threads: int, step: int) -> dict:
         app, noop = report[f"{way}_predict"], report[f"{way}_noop"]
         extra = (app["mb_per_1000_calls_after_warmup"] - noop["mb_per_1000_calls_after_warmup"]) * 1024 / 1000
         report[f"{way}_app_minus_noop_kb_per_call_after_warmup"] = round(extra, 1)
-    RESULTS.write_text(json.dumps({"calls": calls, "threads": threads, "warmup": WARMUP, "curves": curves}) + "\n")
+    out.write_text(json.dumps({"calls": calls, "threads": threads, "warmup": WARMUP, "curves": curves}) + "\n")
     return report
 
 
@@ -146,6 +151,7 @@ def main() -> None:
     parser.add_argument("--memory-calls", type=int, default=2500, help="0 skips the memory curves")
     parser.add_argument("--memory-threads", type=int, default=8)
     parser.add_argument("--memory-step", type=int, default=100)
+    parser.add_argument("--memory-out", type=Path, default=CURVES, help="where the memory curves go")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4])
@@ -154,7 +160,7 @@ def main() -> None:
     expected = PetClassifier.load().predict(PHOTO).top[0][0]
     report: dict = {}
     if args.memory_calls:
-        report["memory"] = memory(args.memory_calls, args.memory_threads, args.memory_step)
+        report["memory"] = memory(args.memory_calls, args.memory_threads, args.memory_step, args.memory_out)
     for limit in args.concurrency:
         report[f"concurrency_{limit}"] = concurrency(limit, args.clients, args.calls, expected)
     if args.variant_calls:

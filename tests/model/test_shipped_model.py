@@ -75,12 +75,12 @@ def test_exif_rotated_photo_predicts_like_the_upright_one(classifier: PetClassif
 def test_thread_count_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PETS_THREADS", "1")
     assert PetClassifier.load(MODEL_DIR).session.get_session_options().intra_op_num_threads == 1
-    assert serving_threads(2) == 1 and PetClassifier.load(MODEL_DIR).threads == 1
+    assert serving_threads() == 1 and PetClassifier.load(MODEL_DIR).threads == 1
 
 
-def test_concurrent_runs_share_the_usable_cores(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without PETS_THREADS, the cores are shared among the model's concurrent runs; the cores are those
-    this process may run on, capped by a container's quota (a Space may see 32 cores and be allowed 2)."""
+def test_threads_default_to_the_usable_cores(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without PETS_THREADS each run gets the cores this process may run on, capped by a container's quota
+    (a container may see 32 cores and be allowed 2; ONNX Runtime's own default counts what it sees)."""
     monkeypatch.delenv("PETS_THREADS", raising=False)
     affinity = len(os.sched_getaffinity(0))
     cpu_max = tmp_path / "cpu.max"
@@ -88,8 +88,7 @@ def test_concurrent_runs_share_the_usable_cores(tmp_path, monkeypatch: pytest.Mo
         cpu_max.write_text(text + "\n")
         assert usable_cores(cpu_max) == cores, text
     assert usable_cores(tmp_path / "absent") == affinity
-    assert serving_threads(1) == usable_cores() and serving_threads(64) == 1
-    assert serving_threads(2) == max(1, usable_cores() // 2)
+    assert serving_threads() == usable_cores() == PetClassifier.load(MODEL_DIR).threads
 
 
 def test_missing_model_is_a_clear_error(tmp_path) -> None:
