@@ -163,8 +163,8 @@ def event_keys(event: Any) -> set[str]:
 class LazySessionState(state_holder.SessionState):
     """Gradio's per-session state, with each component's config made when first needed. Gradio makes all
     of them (64 here, ~100 KB) for every new session, and every REST call is a new session: a profile of
-    REST /predict under load found that a tenth of the server's time. They are read only to update an
-    output's value (made then) and for deep links (`components`, made then in full)."""
+    REST /predict under load found a seventh of the server's busy time there. They are read only to update
+    an output's value (made then) and for deep links (`components`, made then in full)."""
 
     def __init__(self, blocks: Any) -> None:
         super().__init__(SimpleNamespace(default_config=blocks.default_config, blocks={}))  # no config made
