@@ -53,7 +53,6 @@ SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
 # Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
 DELETE_CACHE = (600, 3600)
 
-MODEL_CONCURRENCY = int(os.environ.get("PETS_CONCURRENCY", "2"))  # model requests run at once
 classifier = PetClassifier.load()
 
 
@@ -517,7 +516,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
 
 # The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,
 # so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's.
-demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=64)
+demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
 if MAX_QUEUED_PER_CLIENT:
     limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
 

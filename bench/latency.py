@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 from bench.common import REPO, call_api, cpu, percentiles, resident_mb, rest_call, running_app, timed
-from inference import PetClassifier
+from inference import DEFAULT_MODEL_DIR, ModelCard, PetClassifier
 from preprocess import load_image, model_input
 
 PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
@@ -41,10 +41,9 @@ def model_at(threads: int, repeats: int, variant: str) -> dict:
     return results
 
 
-def model_only(repeats: int, served_threads: int) -> dict:
-    """Both shipped variants side by side: fp32 (model.onnx) and, when its gate accepted it, int8; at 1 and
-    2 threads and at the app's own count."""
-    variants = PetClassifier.load(variant="fp32").card.variants()
+def model_only(repeats: int, variants: list[str], served_threads: int) -> dict:
+    """The shipped variants side by side (fp32, and int8 where its gate accepted it), at 1 and 2 threads
+    and at the app's own count."""
     counts = sorted({1, 2, served_threads})
     return {variant: {k: v for n in counts for k, v in model_at(n, repeats, variant).items()} for variant in variants}
 
@@ -108,12 +107,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--cold-starts", type=int, default=3)
     args = parser.parse_args()
-    app = end_to_end(args.repeats)
+    card, app = ModelCard.load(DEFAULT_MODEL_DIR / "card.json"), end_to_end(args.repeats)
     report = {
         "machine": {"cpu": cpu(), "python": platform.python_version()},
-        "model": PetClassifier.load(variant="fp32").card.model.backbone,
+        "model": card.model.backbone,
         "served": app["served"],
-        "model_only": model_only(args.repeats, app["served"]["threads"]),
+        "model_only": model_only(args.repeats, card.variants(), app["served"]["threads"]),
         "end_to_end": app,
         "cold_start": cold_start(args.cold_starts),
     }
