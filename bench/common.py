@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,20 @@ def cpu() -> str:
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
     vnni = "with" if "avx512_vnni" in info else "without"
     return f"{model or 'unknown CPU'}, {vnni} AVX-512 VNNI, {os.cpu_count()} cores"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) process `pid` has used so far (Linux /proc); 0 for pid 0."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def own_cpu_seconds() -> float:
+    """CPU time this process has used so far: a benchmark's clients, when they are its threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def resident_mb(pid: int) -> float:

@@ -25,7 +25,17 @@ from pathlib import Path
 import httpx
 from gradio_client import Client, handle_file
 
-from bench.common import REPO, call_api, cpu, percentiles, resident_mb, rest_call, running_app
+from bench.common import (
+    REPO,
+    call_api,
+    cpu,
+    cpu_seconds,
+    own_cpu_seconds,
+    percentiles,
+    resident_mb,
+    rest_call,
+    running_app,
+)
 from inference import PetClassifier
 
 PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
@@ -40,33 +50,45 @@ def visitor(number: int) -> dict[str, str]:
     return {"x-forwarded-for": f"198.51.100.{number % 250 + 1}"}
 
 
-def session(way: str, url: str, calls: int, expected: str, number: int) -> tuple[list[float], int]:
-    """One client's `calls` /predict calls of PHOTO: their latencies, and how many were wrong or lost."""
-    call, latencies, wrong = caller(way, url, "predict", number, [PHOTO]), [], 0
+def session(way: str, url: str, endpoint: str, calls: int, expected: str, number: int) -> tuple[list[float], int]:
+    """One client's `calls` calls of `endpoint` with PHOTO: their latencies, and how many were wrong or lost."""
+    call, latencies, wrong = caller(way, url, endpoint, number, [PHOTO]), [], 0
     for i in range(calls):
         started = time.perf_counter()
         try:
-            answer = call(i)
-            wrong += (answer[0] if way == "rest" else answer)["label"] != expected
+            wrong += answer_of(call(i), way) != expected
         except Exception:
             wrong += 1
         latencies.append((time.perf_counter() - started) * 1000)
     return latencies, wrong
 
 
-def hammer(url: str, clients: int, calls: int, expected: str, way: str = "client") -> dict:
-    """`clients` threads at once, each its own visitor: through gradio_client, or plain REST (`way`)."""
-    started = time.perf_counter()
+def answer_of(answer: object, way: str) -> object:
+    """The headline of an answer: a label's top class (REST wraps outputs in a list), or the raw value."""
+    first = answer[0] if way == "rest" else answer
+    return first["label"] if isinstance(first, dict) else first
+
+
+def hammer(
+    url: str, clients: int, calls: int, expected: str, way: str = "client", endpoint: str = "predict", server: int = 0
+) -> dict:
+    """`clients` threads at once, each its own visitor: through gradio_client, or plain REST (`way`). With
+    `server` (the app's process) the CPU each call cost the server and the clients (this process) too."""
+    started, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(server), own_cpu_seconds()
     with ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda number: session(way, url, calls, expected, number), range(clients)))
+        results = list(pool.map(lambda number: session(way, url, endpoint, calls, expected, number), range(clients)))
     elapsed = time.perf_counter() - started
     latencies = [ms for session_latencies, _ in results for ms in session_latencies]
-    return {
+    report = {
         "calls": len(latencies),
         "wrong_or_lost": sum(w for _, w in results),
         "throughput_per_s": round(len(latencies) / elapsed, 1),
         **percentiles(latencies),
     }
+    if server:
+        report["server_cpu_ms_per_call"] = round((cpu_seconds(server) - server_cpu) * 1000 / len(latencies), 1)
+        report["client_cpu_ms_per_call"] = round((own_cpu_seconds() - client_cpu) * 1000 / len(latencies), 1)
+    return report
 
 
 def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
@@ -76,8 +98,9 @@ def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
 
 
 def variants(clients: int, calls: int, expected: str) -> dict:
-    """The variant the host chose beside forced fp32, in the same run: REST load after a warm-up, and
-    memory from after the warm-up to the end."""
+    """The variant the host chose beside forced fp32, in the same run: REST load after a warm-up, memory
+    from after the warm-up to the end, and the CPU a call costs. The no-op endpoint under the same load
+    gives the CPU a call costs outside the model, which bounds what a faster model can gain."""
     report = {}
     for name, env in (("served", {}), ("fp32", {"PETS_MODEL_VARIANT": "fp32"})):
         with running_app(env | {"PETS_BENCH_NOOP": "1"}) as (url, process):
@@ -85,7 +108,7 @@ def variants(clients: int, calls: int, expected: str) -> dict:
                 serving = call_api(http, url, "serving", [])[0]
             hammer(url, clients, calls // 4, expected, "rest")  # warm-up
             warm = resident_mb(process.pid)
-            report[name] = hammer(url, clients, calls, expected, "rest")
+            report[name] = hammer(url, clients, calls, expected, "rest", server=process.pid)
             end = resident_mb(process.pid)
             report[name] |= {
                 "variant": serving["variant"],
@@ -93,6 +116,8 @@ def variants(clients: int, calls: int, expected: str) -> dict:
                 "rss_mb_after_warmup": round(warm, 1),
                 "growth_pct_after_warmup": round(100 * (end - warm) / warm, 1),
             }
+            if name == "served":
+                report["noop"] = hammer(url, clients, calls, "ok", "rest", endpoint="noop", server=process.pid)
     report["served_over_fp32_throughput"] = round(
         report["served"]["throughput_per_s"] / report["fp32"]["throughput_per_s"], 2
     )
