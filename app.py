@@ -519,6 +519,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
 demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
 if MAX_QUEUED_PER_CLIENT:
     limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
+limits.wake_queue_on_events(demo._queue)
 
 
 def launch(**overrides: Any) -> None:

@@ -4,13 +4,16 @@ queued requests per client, and process memory after large requests.
 Gradio caps each uploaded file (`max_file_size`) but not a request body (a data URL inside a JSON call
 can be any size), not the number of files in one upload (1000), and not how many queued requests one
 client holds (one burst could fill the queue for everyone). `RequestLimits` is a plain ASGI middleware
-for the first two; `limit_queue_per_client` wraps the queue's admission for the third. Per session,
-`lazy_session_configs` keeps Gradio from copying every component's config for each REST call. Imports
+for the first two; `limit_queue_per_client` wraps the queue's admission for the third. Two of Gradio's
+costs per call are bounded too: `lazy_session_configs` keeps it from copying every component's config for
+each REST call, and `wake_queue_on_events` from looking for work a thousand times a second. Imports
 nothing from the project.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -21,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from gradio import state_holder
+from gradio import queueing, state_holder
 
 log = logging.getLogger("app.limits")
 
@@ -158,6 +161,45 @@ def queued_events(queue: Any) -> list[Any]:
 def event_keys(event: Any) -> set[str]:
     request = event.request
     return client_keys(event.session_hash, request.headers, request.client.host if request.client else None)
+
+
+QUEUE_FALLBACK_WAKE_S = 1.0  # the longest the queue sleeps with nothing said: a safety net, not a poll
+
+
+def wake_queue_on_events(queue: Any) -> None:
+    """Gradio's queue loop sleeps a millisecond (`sleep_when_free`) whenever it has nothing it can start,
+    and its progress loop ten: on 2 cores an idle app spent a tenth of a core waking up, and under load
+    the wake-ups preempt ONNX Runtime's threads. Here the queue loop's sleep ends when an event is pushed
+    or a job ends (the only things that let it start one), and at the latest after QUEUE_FALLBACK_WAKE_S;
+    the progress loop looks every 0.1 s (this app reports no progress). Gradio's loop itself is unchanged:
+    only the `asyncio.sleep` its module calls is this one."""
+    something_happened = asyncio.Event()
+    push, process_events = queue.push, queue.process_events
+
+    async def pushed(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await push(*args, **kwargs)
+        finally:
+            something_happened.set()
+
+    async def processed(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await process_events(*args, **kwargs)
+        finally:
+            something_happened.set()
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        if delay != queue.sleep_when_free:
+            return await asyncio.sleep(delay, result)
+        if not something_happened.is_set():  # set since the loop last looked: it looks again at once
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(something_happened.wait(), QUEUE_FALLBACK_WAKE_S)
+        something_happened.clear()  # the loop looks at the queue right after this returns
+        return result
+
+    queue.push, queue.process_events = pushed, processed
+    queue.progress_update_sleep_when_free = 0.1
+    queueing.asyncio = SimpleNamespace(**(vars(asyncio) | {"sleep": sleep}))  # what Gradio's queue module calls
 
 
 class LazySessionState(state_holder.SessionState):

@@ -70,3 +70,30 @@ def test_gradio_analytics_are_off_unless_the_user_opts_in() -> None:
     for extra, expected in (({}, "False"), ({"GRADIO_ANALYTICS_ENABLED": "True"}, "True")):
         done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env | extra, capture_output=True, text=True)
         assert done.stdout.split() == [expected], done.stderr[-500:]
+
+
+def test_the_idle_queue_sleeps_until_an_event_comes(app_in_process, monkeypatch) -> None:
+    """Gradio's queue loop looked for work every millisecond (a tenth of a core, idle, on 2 cores). Now it
+    sleeps until an event is pushed or a job ends: with the fallback wake-up pushed out to a minute, calls
+    are still answered at once (a missed wake-up would hang them past the client's timeout)."""
+    import time
+
+    from gradio import queueing
+
+    import limits
+
+    app, url = app_in_process
+    queue, sleeps = app.demo._queue, []
+    wake_on_events = queueing.asyncio.sleep
+
+    async def counted(delay: float, result: object = None) -> object:
+        sleeps.append(delay)
+        return await wake_on_events(delay, result)
+
+    monkeypatch.setattr(queueing.asyncio, "sleep", counted)
+    monkeypatch.setattr(limits, "QUEUE_FALLBACK_WAKE_S", 60.0)
+    with httpx.Client(timeout=20) as http:
+        for _ in range(3):
+            assert rest_call(http, url, "grayscale", CHELSEA, inline=True)[0]["path"]
+    time.sleep(1.0)  # idle: Gradio's own loop would have looked a thousand times
+    assert sleeps.count(queue.sleep_when_free) <= 12, len(sleeps)
