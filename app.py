@@ -407,11 +407,16 @@ def example_caption(path: str) -> str:
 CSS = """
 #examples .grid-wrap { min-height: 0; }
 @media (max-width: 640px) { #examples .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; } }
-/* On a phone the card's table is set smaller so that no number breaks inside its cell. */
+#card th, #card td { overflow-wrap: normal; }
+/* On a phone the tables are set smaller, and no word or number breaks inside its cell: the card's table
+   fits the width, the two long ones scroll sideways in their boxes with the breed column pinned. */
 @media (max-width: 640px) {
   #card table { font-size: 12px; }
   #card th, #card td { padding: 4px 6px; word-break: normal; }
   #card td:not(:first-child) { white-space: nowrap; }
+  #per-class table, #confused table { font-size: 12px; }
+  #per-class th .header, #confused th .header { white-space: nowrap; }
+  #per-class th, #confused th, #per-class td, #confused td { min-width: max-content !important; }
 }
 """
 
@@ -485,6 +490,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
                 label="Per breed, worst first",
                 elem_id="per-class",
                 wrap=True,
+                pinned_columns=1,
             )
             gr.Dataframe(
                 confused_pairs(classifier.card),
@@ -492,6 +498,7 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
                 label="Most confused pairs on test",
                 elem_id="confused",
                 wrap=True,
+                pinned_columns=1,
             )
             gr.Image(
                 confusion_image(classifier.card),

@@ -6,7 +6,7 @@ Model only (ONNX Runtime on a prepared tensor) at 1 and 2 threads and the app's 
 batch 8 and 32; the app's /predict end to end through plain REST and through gradio_client, each beside a
 no-op endpoint measured the same way in the same run (the floor), the REST calls in turn with the same photo
 in this process; what the app chose to serve; cold start as served and with fp32 forced; the app's resident
-memory.
+memory and its CPU while idle.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 import httpx
 import numpy as np
 
-from bench.common import REPO, call_api, cpu, percentiles, resident_mb, rest_call, running_app, timed
+from bench.common import REPO, call_api, cpu, cpu_seconds, percentiles, resident_mb, rest_call, running_app, timed
 from inference import DEFAULT_MODEL_DIR, ModelCard, PetClassifier
 from preprocess import load_image, model_input
 
@@ -59,6 +59,7 @@ def end_to_end(repeats: int) -> dict:
     results = {}
     with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
         results["app_rss_mb_idle"] = round(resident_mb(process.pid), 1)
+        results["app_idle_cpu_pct"] = idle_cpu_pct(process.pid)
         with httpx.Client(timeout=30) as http:
             results["served"] = served = call_api(http, url, "serving", [])[0]
             classifier = PetClassifier.load(threads=served["threads"], variant=served["variant"])
@@ -81,6 +82,14 @@ def end_to_end(repeats: int) -> dict:
             results[f"{way}_predict"]["p50_ms"] - results[f"{way}_noop"]["p50_ms"], 2
         )
     return results
+
+
+def idle_cpu_pct(pid: int, seconds: float = 5) -> float:
+    """The share of one core the app uses while nobody calls it: on a shared 2-vCPU Space, what it costs
+    its neighbours and its own first request."""
+    before = cpu_seconds(pid)
+    time.sleep(seconds)
+    return round(100 * (cpu_seconds(pid) - before) / seconds, 1)
 
 
 def alternating(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:

@@ -178,18 +178,37 @@ def test_model_tab_is_written_for_people(page) -> None:
     assert page.locator("#confusion img").is_visible()
 
 
-def test_no_number_in_the_cards_table_breaks_across_lines_on_a_phone(browser) -> None:
+# Every word (split at spaces and hyphens, where lines may break) in the cells `selector` finds that a line
+# break cuts in two: its characters' boxes lie on more than one line.
+BROKEN_WORDS = """selector => {
+  const broken = [];
+  for (const cell of document.querySelectorAll(selector)) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      for (const word of node.data.matchAll(/[^\\s-]+/g)) {
+        const range = document.createRange();
+        range.setStart(node, word.index);
+        range.setEnd(node, word.index + word[0].length);
+        const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top)));
+        if (lines.size > 1) broken.push(word[0]);
+      }
+    }
+  }
+  return broken;
+}"""
+
+
+def test_no_word_or_number_in_the_model_tabs_tables_breaks_on_a_phone(browser) -> None:
     page = browser.new_page(viewport=VIEWPORTS["phone"])
     page.goto(browser.app_url, wait_until="networkidle")
     open_tab(page, "Model")
-    lines = page.evaluate(
-        """() => [...document.querySelectorAll('#card td:not(:first-child)')].map(cell => {
-            const range = document.createRange(); range.selectNodeContents(cell);
-            return [cell.innerText, new Set([...range.getClientRects()].map(r => Math.round(r.top))).size];
-        })"""
-    )
+    page.wait_for_timeout(300)
+    cells = {table: f"#{table} th, #{table} td" for table in ("card", "per-class", "confused")}
+    counted = {table: page.locator(selector).count() for table, selector in cells.items()}
+    broken = {table: page.evaluate(BROKEN_WORDS, selector) for table, selector in cells.items()}
     page.close()
-    assert lines and all(count == 1 for _, count in lines), [text for text, count in lines if count != 1]
+    assert all(counted.values()), counted  # each table is there, with its cells
+    assert not any(broken.values()), broken
 
 
 # --------------------------------------------------------------------------- both widths
