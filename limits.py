@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import ctypes
 import ctypes.util
 import json
@@ -164,6 +165,9 @@ def event_keys(event: Any) -> set[str]:
 
 
 QUEUE_FALLBACK_WAKE_S = 1.0  # the longest the queue sleeps with nothing said: a safety net, not a poll
+# The wake-up of the queue loop running in this task, if `wake_queue_on_events` started it; other tasks
+# (another app's queue in the same process, say) see None and sleep as Gradio meant.
+_QUEUE_WAKE_UP: contextvars.ContextVar[SimpleNamespace | None] = contextvars.ContextVar("queue_wake_up", default=None)
 
 
 def wake_queue_on_events(queue: Any) -> None:
@@ -172,34 +176,43 @@ def wake_queue_on_events(queue: Any) -> None:
     the wake-ups preempt ONNX Runtime's threads. Here the queue loop's sleep ends when an event is pushed
     or a job ends (the only things that let it start one), and at the latest after QUEUE_FALLBACK_WAKE_S;
     the progress loop looks every 0.1 s (this app reports no progress). Gradio's loop itself is unchanged:
-    only the `asyncio.sleep` its module calls is this one."""
-    something_happened = asyncio.Event()
-    push, process_events = queue.push, queue.process_events
+    only the `asyncio.sleep` its module calls is `_sleep_until_woken`."""
+    wake_up = SimpleNamespace(event=asyncio.Event(), idle_sleep=queue.sleep_when_free)
+    push, process_events, start_processing = queue.push, queue.process_events, queue.start_processing
 
     async def pushed(*args: Any, **kwargs: Any) -> Any:
         try:
             return await push(*args, **kwargs)
         finally:
-            something_happened.set()
+            wake_up.event.set()
 
     async def processed(*args: Any, **kwargs: Any) -> Any:
         try:
             return await process_events(*args, **kwargs)
         finally:
-            something_happened.set()
+            wake_up.event.set()
 
-    async def sleep(delay: float, result: Any = None) -> Any:
-        if delay != queue.sleep_when_free:
-            return await asyncio.sleep(delay, result)
-        if not something_happened.is_set():  # set since the loop last looked: it looks again at once
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(something_happened.wait(), QUEUE_FALLBACK_WAKE_S)
-        something_happened.clear()  # the loop looks at the queue right after this returns
-        return result
+    async def processing() -> None:
+        _QUEUE_WAKE_UP.set(wake_up)  # in this task's context only: the loop's own sleeps see it
+        await start_processing()
 
-    queue.push, queue.process_events = pushed, processed
+    queue.push, queue.process_events, queue.start_processing = pushed, processed, processing
     queue.progress_update_sleep_when_free = 0.1
-    queueing.asyncio = SimpleNamespace(**(vars(asyncio) | {"sleep": sleep}))  # what Gradio's queue module calls
+    queueing.asyncio = SimpleNamespace(**(vars(asyncio) | {"sleep": _sleep_until_woken}))
+
+
+async def _sleep_until_woken(delay: float, result: Any = None) -> Any:
+    """`asyncio.sleep` as Gradio's queue module sees it: the idle sleep of a loop `wake_queue_on_events`
+    started lasts until something happened (at once if it did since the loop last looked); any other
+    sleep is asyncio's."""
+    wake_up = _QUEUE_WAKE_UP.get()
+    if wake_up is None or delay != wake_up.idle_sleep:
+        return await asyncio.sleep(delay, result)
+    if not wake_up.event.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake_up.event.wait(), QUEUE_FALLBACK_WAKE_S)
+    wake_up.event.clear()  # the loop looks at the queue right after this returns
+    return result
 
 
 class LazySessionState(state_holder.SessionState):

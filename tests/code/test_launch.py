@@ -75,7 +75,9 @@ def test_gradio_analytics_are_off_unless_the_user_opts_in() -> None:
 def test_the_idle_queue_sleeps_until_an_event_comes(app_in_process, monkeypatch) -> None:
     """Gradio's queue loop looked for work every millisecond (a tenth of a core, idle, on 2 cores). Now it
     sleeps until an event is pushed or a job ends: with the fallback wake-up pushed out to a minute, calls
-    are still answered at once (a missed wake-up would hang them past the client's timeout)."""
+    are still answered at once (a missed wake-up would hang them past the client's timeout). Another
+    loop's sleep of the same length stays asyncio's."""
+    import asyncio
     import time
 
     from gradio import queueing
@@ -97,3 +99,6 @@ def test_the_idle_queue_sleeps_until_an_event_comes(app_in_process, monkeypatch)
             assert rest_call(http, url, "grayscale", CHELSEA, inline=True)[0]["path"]
     time.sleep(1.0)  # idle: Gradio's own loop would have looked a thousand times
     assert sleeps.count(queue.sleep_when_free) <= 12, len(sleeps)
+    started = time.perf_counter()
+    asyncio.run(queueing.asyncio.sleep(queue.sleep_when_free))  # not the app's queue loop: asyncio's own
+    assert time.perf_counter() - started < 0.5  # not the minute a loop waiting for an event would take
