@@ -127,9 +127,7 @@ def cpu() -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user and system, all threads) process `pid` has used so far (Linux /proc); 0 for pid 0."""
-    if not pid:
-        return 0.0
+    """CPU time (user and system, all threads) process `pid` has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 

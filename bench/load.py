@@ -70,11 +70,18 @@ def answer_of(answer: object, way: str) -> object:
 
 
 def hammer(
-    url: str, clients: int, calls: int, expected: str, way: str = "client", endpoint: str = "predict", server: int = 0
+    url: str,
+    clients: int,
+    calls: int,
+    expected: str,
+    way: str = "client",
+    endpoint: str = "predict",
+    server: int | None = None,
 ) -> dict:
     """`clients` threads at once, each its own visitor: through gradio_client, or plain REST (`way`). With
     `server` (the app's process) the CPU each call cost the server and the clients (this process) too."""
-    started, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(server), own_cpu_seconds()
+    server_cpu, client_cpu = (cpu_seconds(server), own_cpu_seconds()) if server else (0.0, 0.0)
+    started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda number: session(way, url, endpoint, calls, expected, number), range(clients)))
     elapsed = time.perf_counter() - started
