@@ -118,7 +118,7 @@ def fold_prior_correction(model: PetNet, run_id: str) -> None:
     if PRIOR_CORRECTION not in artifacts:
         return
     correction = mlflow.artifacts.load_dict(f"runs:/{run_id}/{PRIOR_CORRECTION}")
-    prior.fold_into_bias(model.head[-1], np.asarray(correction["log_prior"]), correction["strength"])
+    prior.fold_into_bias(model.head, np.asarray(correction["log_prior"]), correction["strength"])
     log.info("prior correction τ = %.3f folded into the head's bias", correction["strength"])
 
 

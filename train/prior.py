@@ -38,8 +38,10 @@ def fit_strength(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray) -> t
     return best, scores
 
 
-def fold_into_bias(head: torch.nn.Linear, prior: np.ndarray, strength: float) -> None:
-    """Apply the correction to the last linear layer's bias in place: its logits (and the class activation
-    maps, whose spatial mean they are) become the corrected ones."""
+def fold_into_bias(head: torch.nn.Module, prior: np.ndarray, strength: float) -> None:
+    """Apply the correction in place to the bias of the head's last linear layer, the one that outputs the
+    logits (the linear classifier, or an MLP's output layer): its logits (and a linear head's class
+    activation maps, whose spatial mean they are) become the corrected ones."""
+    layer = [module for module in head.modules() if isinstance(module, torch.nn.Linear)][-1]
     with torch.no_grad():
-        head.bias -= torch.as_tensor(strength * prior, dtype=head.bias.dtype)
+        layer.bias -= torch.as_tensor(strength * prior, dtype=layer.bias.dtype)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from train.config import Config
+from train.model import Explained, PetNet, make_head
 from train.prior import corrected, fit_strength, fold_into_bias, log_prior
 
 
@@ -32,10 +34,18 @@ def test_ties_keep_the_smallest_strength() -> None:
     assert fit_strength(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1]), prior)[0] == 0.0
 
 
-def test_folding_into_the_bias_equals_correcting_the_logits() -> None:
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_folding_into_the_bias_equals_correcting_the_logits(head: str) -> None:
+    """On the head `make_head` builds, in the graph export writes (`Explained` over a `PetNet`), and handed
+    `model.head` as export hands it: the logits become the corrected ones, and a linear head's class maps
+    still average to them."""
     torch.manual_seed(0)
-    head, x = torch.nn.Linear(8, 3), torch.randn(5, 8)
-    prior = log_prior([0, 0, 0, 0, 1, 2], 3)
-    before = head(x).detach().numpy()
-    fold_into_bias(head, prior, 0.75)
-    assert head(x).detach().numpy() == pytest.approx(corrected(before, prior, 0.75), abs=1e-5)
+    net = PetNet(torch.nn.Sequential(), torch.nn.Sequential(), make_head(Config(head=head, hidden=16), 8, 3)).eval()
+    features, prior = torch.randn(5, 8, 4, 4), log_prior([0, 0, 0, 0, 1, 2], 3)
+    with torch.no_grad():
+        before = Explained(net)(features)[0].numpy()
+        fold_into_bias(net.head, prior, 0.75)
+        logits, maps = (output.numpy() for output in Explained(net)(features))
+    assert logits == pytest.approx(corrected(before, prior, 0.75), abs=1e-5)
+    if head == "linear":
+        assert maps.mean((2, 3)) == pytest.approx(logits, abs=1e-5)
