@@ -16,11 +16,21 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 EXIF_ORIENTATION = 0x0112
 DISPLAY_SIDE = 1024  # the longer side of images the app shows about a photo (the heatmap)
+# How to turn a photo stored with each EXIF orientation upright (as Pillow's ImageOps.exif_transpose)
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
@@ -43,20 +53,15 @@ def load_image(src: ImageSource, pixel_cap: int | None = None, at_least: int | N
     `at_least`: the shorter side the caller needs (the model's `resize_shorter`). A photo more than twice
     that is decoded reduced (JPEG: at a smaller DCT scale) and box-reduced by a whole factor before its
     mode is converted, so memory follows what the model needs, not what the file claims. Training and
-    serving both ask for it through `load_for_model`, so they see the same pixels."""
+    serving both ask for it through `load_for_model`, so they see the same pixels. The EXIF orientation
+    is read from the file before that reduced decode and applied after it: the reduced image is a new
+    one that no longer carries the file's EXIF, and most phone photos are reduced."""
     cap = pixel_cap or max_pixels()
-    if isinstance(src, Image.Image):
-        image = src
-    elif isinstance(src, np.ndarray):
-        image = _from_array(src)
-    else:
-        image = _decode(src, cap, at_least)
+    image, orientation = _opened(src, cap, at_least)
     _check_size(image.width, image.height, cap, len(image.getbands()))
     if at_least:
         image = _reduce(image, at_least)
-    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even an upright image
-        image = ImageOps.exif_transpose(image)
-    return _to_rgb(image)
+    return _upright(_to_rgb(image), orientation)
 
 
 def load_for_model(src: ImageSource, spec: InputSpec) -> Image.Image:
@@ -64,7 +69,34 @@ def load_for_model(src: ImageSource, spec: InputSpec) -> Image.Image:
     return load_image(src, at_least=spec.resize_shorter)
 
 
-def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int, at_least: int | None) -> Image.Image:
+def _opened(src: ImageSource, cap: int, at_least: int | None) -> tuple[Image.Image, int]:
+    """The image as given or decoded, and the EXIF orientation it was stored with."""
+    if isinstance(src, Image.Image):
+        return src, _orientation(src)
+    if isinstance(src, np.ndarray):
+        return _from_array(src), 1
+    return _decode(src, cap, at_least)
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1 to 8; 1 is stored upright). Values outside the standard's eight read as 1."""
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return orientation if orientation in _UPRIGHT else 1
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """An RGB image turned as its EXIF orientation asks. The turned copy drops the file's metadata, whose
+    orientation would otherwise turn it a second time if it were loaded again."""
+    if orientation == 1:
+        return image
+    turned = image.transpose(_UPRIGHT[orientation])
+    turned.info = {}
+    return turned
+
+
+def _decode(
+    src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int, at_least: int | None
+) -> tuple[Image.Image, int]:
     if isinstance(src, (bytes, bytearray)):
         if not src:
             raise PreprocessError("The file is empty (0 bytes): upload a JPEG, PNG, WebP, GIF or TIFF photo.")
@@ -80,12 +112,13 @@ def _decode(src: str | os.PathLike | bytes | bytearray | BinaryIO, cap: int, at_
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(src)
             _check_size(opened.width, opened.height, cap, len(opened.getbands()))
+            orientation = _orientation(opened)  # before the reduced decode, which may not keep it
             if at_least and opened.format == "JPEG" and min(opened.size) >= 2 * at_least:
                 scale = min(opened.size) / (2 * at_least)  # the decoder picks 1/2, 1/4 or 1/8 of at most this
                 opened.draft(opened.mode, (int(opened.width / scale), int(opened.height / scale)))
             opened.seek(0)  # first frame of animated GIF/WebP/APNG
             opened.load()
-            return _detached(opened)
+            return _detached(opened), orientation
     except PreprocessError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

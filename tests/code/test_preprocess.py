@@ -93,12 +93,80 @@ def test_animated_gif_gives_its_first_frame() -> None:
     assert red > 200 and blue < 50
 
 
-def test_exif_orientation_is_applied(photo: Image.Image) -> None:
+# How a camera stores an upright scene under each EXIF orientation (the standard's table; 6: the camera
+# was turned a quarter clockwise, so the file holds the scene turned a quarter counter-clockwise).
+STORED_AS = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+MODEL_SPEC = InputSpec(343, 300, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # the shipped card's sizes
+
+
+def stored(upright: Image.Image, orientation: int, fmt: str) -> bytes:
+    """The file a camera writes for `upright` when held as `orientation` says."""
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored rotated: viewers turn it 90° clockwise
-    rotated = photo.rotate(90, expand=True)
-    loaded = load_image(encode(rotated, "JPEG", exif=exif, quality=95))
-    assert loaded.size == photo.size
+    exif[preprocess.EXIF_ORIENTATION] = orientation
+    turn = STORED_AS[orientation]
+    return encode(upright if turn is None else upright.transpose(turn), fmt, exif=exif, quality=95)
+
+
+def as_model_loads(source: preprocess.ImageSource) -> np.ndarray:
+    return np.asarray(preprocess.load_for_model(source, MODEL_SPEC), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def phone_photo() -> Image.Image:
+    """A phone-sized photo: more than twice the model's input, so it is decoded reduced."""
+    return Image.open(CHELSEA).convert("RGB").resize((2400, 1600), Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize(("fmt", "size"), [("JPEG", (2400, 1600)), ("PNG", (1050, 700))])
+def test_a_reduced_photo_loads_upright_in_every_orientation(
+    phone_photo: Image.Image, orientation: int, fmt: str, size: tuple[int, int]
+) -> None:
+    """JPEG: reduced in the decoder and then by boxes; PNG: decoded whole, then reduced by boxes."""
+    upright = phone_photo.resize(size, Image.Resampling.BICUBIC)
+    expected = as_model_loads(stored(upright, 1, fmt))
+    assert min(expected.shape[:2]) < min(size) / 1.5  # the reduction this test is about took place
+    loaded = as_model_loads(stored(upright, orientation, fmt))
+    assert loaded.shape == expected.shape
+    assert np.abs(loaded - expected).mean() < 1.0  # JPEG's blocks fall differently on a turned photo
+    assert np.abs(loaded[:, ::-1] - expected).mean() > 10  # the photo is far from its mirror image
+
+
+def test_a_turned_image_is_not_turned_again_when_loaded_again(phone_photo: Image.Image) -> None:
+    """The upright copy drops the EXIF that said how to turn it, as Pillow's exif_transpose does."""
+    once = load_image(stored(phone_photo, 6, "JPEG"))
+    assert once.size == phone_photo.size
+    assert load_image(once).size == phone_photo.size
+    photo_object = Image.open(io.BytesIO(stored(phone_photo, 8, "JPEG")))
+    assert load_image(photo_object).size == phone_photo.size
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_sideways_phone_photo_gets_the_upright_answer(fmt: str) -> None:
+    """The shipped model, served and evaluated alike through `load_for_model`: the Bengal photo enlarged
+    to phone size and stored sideways is named as the upright photo is. PNG keeps the same pixels either
+    way; JPEG codes the turned photo's blocks differently, which moves the answer a little on its own."""
+    from inference import PetClassifier
+    from tests.conftest import EXAMPLES, MODEL_DIR
+
+    bengal = next(path for path in EXAMPLES if path.name.startswith("Bengal"))
+    upright = Image.open(bengal).convert("RGB").resize((2400, 1600), Image.Resampling.BICUBIC)
+    classifier = PetClassifier.load(MODEL_DIR)
+    answers = [classifier.predict(stored(upright, orientation, fmt)) for orientation in (1, 6)]
+    (label, p_upright), (label_sideways, p_sideways) = (answer.top[0] for answer in answers)
+    assert label_sideways == label
+    assert abs(p_sideways - p_upright) <= 0.005
+    unturned = classifier.predict(upright.transpose(Image.Transpose.ROTATE_90)).top[0][1]
+    assert abs(unturned - p_upright) > 0.005  # seen sideways, the model's answer does move
 
 
 # --------------------------------------------------------------------------- refusals
