@@ -112,12 +112,10 @@ def cross_validate(
             raise RuntimeError(f"No CV estimate without every fold; failed: {', '.join(failed)}.")
         held_out = [tracking.load_logits(r.run_id, tracking.HOLDOUT_LOGITS)[1] for r in results]
         names, logits, labels = out_of_fold(folds[:-1], held_out)
-        correction = fit_correction(config, logits, labels, fold_data(data, folds[-1]))
-        if correction:
-            logits = prior.corrected(logits, np.asarray(correction["log_prior"]), correction["strength"])
+        logits, correction = fit_correction(config, folds[:-1], names, logits, labels, fold_data(data, folds[-1]))
         summary = metrics.summarize(logits, labels, data.classes, data.species)
         found = cv_metrics([r.val_accuracy for r in results], summary, logits, labels)
-        found |= {"cv_prior_strength": correction["strength"]} if correction else {}
+        found |= correction_metrics(correction)
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
             oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
@@ -157,15 +155,40 @@ def log_twins(data: PetData) -> None:
     mlflow.log_dict(pairs, "data/near_duplicates.json")
 
 
-def fit_correction(config: Config, logits: np.ndarray, labels: np.ndarray, final: PetData) -> dict | None:
-    """With `prior_correction`: τ and the final model's log training prior (Oxford and extra images), τ
-    fitted on the out-of-fold logits for the mean per-class accuracy; None without it, or when τ = 0 wins."""
+def fit_correction(
+    config: Config, folds: list[Fold], names: list[str], logits: np.ndarray, labels: np.ndarray, final: PetData
+) -> tuple[np.ndarray, dict | None]:
+    """With `prior_correction`: the out-of-fold logits (rows `names`), each fold's corrected by the τ fitted
+    on the other folds' logits alone, so the CV figures measure the fit on logits it never saw; and the
+    final model's correction, its log training prior (Oxford and extra images) with τ fitted on all the
+    out-of-fold logits for the mean per-class accuracy, None where τ = 0 wins. Without it: the logits as
+    they are, and None."""
     if not config.prior_correction:
-        return None
+        return logits, None
     log_prior = prior.log_prior([s.label for s in final.training()], len(final.classes))
+    fold_of = {s.name: i for i, fold in enumerate(folds, start=1) for s in fold.holdout}
+    honest, nested = prior.nested_corrected(logits, labels, np.array([fold_of[n] for n in names]), log_prior)
     strength, scores = prior.fit_strength(logits, labels, log_prior)
-    log.info("prior correction: τ = %.3f (mean per-class OOF accuracy by τ: %s)", strength, scores)
-    return {"strength": strength, "log_prior": log_prior.tolist(), "scores": scores} if strength else None
+    log.info(
+        "prior correction: τ = %.3f (mean per-class OOF accuracy by τ: %s); nested, per fold: %s",
+        strength,
+        scores,
+        nested,
+    )
+    if not strength:
+        return honest, None
+    return honest, {"strength": strength, "log_prior": log_prior.tolist(), "scores": scores, "nested": nested}
+
+
+def correction_metrics(correction: dict | None) -> dict:
+    """The final model's τ and, named as in-sample, the mean per-class OOF accuracy at that τ: the optimistic
+    figure CV reported before the fit was nested (τ had seen those labels)."""
+    if not correction:
+        return {}
+    return {
+        "cv_prior_strength": correction["strength"],
+        "cv_mean_per_class_accuracy_in_sample_tau": correction["scores"][correction["strength"]],
+    }
 
 
 def fold_data(data: PetData, fold: Fold) -> PetData:

@@ -1,5 +1,6 @@
 """A prior correction for class imbalance: logits − τ·log(training prior), τ fitted on out-of-fold logits
-for the mean per-class accuracy, and folded into the exported head's bias, so serving does not change.
+for the mean per-class accuracy (nested for the CV figures: each fold's τ from the other folds), and folded
+into the exported head's bias, so serving does not change.
 
 A classifier trained on a skewed set learns its prior: with 100 American Bulldogs beside 10–19 photos of
 each other dog breed, 40 % of its wrong dog answers were "American Bulldog". Subtracting τ times the log
@@ -36,6 +37,21 @@ def fit_strength(logits: np.ndarray, labels: np.ndarray, prior: np.ndarray) -> t
         scores[float(strength)] = mean_per_class({c: correct[labels == c].mean() for c in np.unique(labels)})
     best = max(scores, key=lambda s: (round(scores[s], 12), -s))
     return best, scores
+
+
+def nested_corrected(
+    logits: np.ndarray, labels: np.ndarray, groups: np.ndarray, prior: np.ndarray
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Each group's (fold's) logits corrected by the τ fitted on the other groups' logits alone, and those
+    τ by group. Metrics on these measure what fitting τ on held-out logits gives on logits it did not see;
+    on logits corrected by a τ fitted on themselves they are optimistic (τ saw their labels)."""
+    honest = np.empty(logits.shape, dtype=np.result_type(logits, prior))
+    strengths = {}
+    for group in np.unique(groups).tolist():
+        inside = groups == group
+        strengths[group] = fit_strength(logits[~inside], labels[~inside], prior)[0]
+        honest[inside] = corrected(logits[inside], prior, strengths[group])
+    return honest, strengths
 
 
 def fold_into_bias(head: torch.nn.Module, prior: np.ndarray, strength: float) -> None:
