@@ -76,7 +76,9 @@ FEW_TEST_PHOTOS = 10  # a breed's test accuracy on fewer photos is too few to ju
 class ModelCard:
     """card.json: the one typed, versioned record that ties training to serving. `train.select` writes it
     (once); everything else reads it through this type. Calibration, the "not sure" threshold and the int8
-    entry are absent from a folder that `python -m train export` alone made."""
+    entry are absent from a folder that `python -m train export` alone made. Each variant has its own
+    temperature: fp32's in `calibration`, int8's in `int8["calibration"]` (a card written before int8 had
+    one gives int8 fp32's, `temperature_of`)."""
 
     schema: int
     model: ModelInfo
@@ -87,13 +89,21 @@ class ModelCard:
     metrics: dict  # "cv" or "val" (what selection saw), and "test" (fp32's, the reference) once tested
     created: str
     git_commit: str
-    calibration: dict | None = None  # temperature and its fit
+    calibration: dict | None = None  # fp32's temperature and its fit
     not_sure: dict | None = None  # threshold, what it was fitted on, non-pet check
-    int8: dict | None = None  # file, sha256 when shipped, accepted, gate statistics
+    int8: dict | None = None  # file, sha256 when shipped, accepted, gate statistics, its own calibration
 
     @property
     def temperature(self) -> float:
+        """fp32's (the reference's) temperature; 1 where the card is not calibrated."""
         return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    def temperature_of(self, variant: str) -> float:
+        """The temperature fitted to `variant`'s logits: int8's own where `select` fitted one (quantization
+        moves the logits, so fp32's may not fit them), else fp32's."""
+        if variant == "int8" and self.int8 and "calibration" in self.int8:
+            return float(self.int8["calibration"]["temperature"])
+        return self.temperature
 
     @property
     def threshold(self) -> float:
@@ -269,7 +279,8 @@ class PetClassifier:
 
     @property
     def temperature(self) -> float:
-        return self.card.temperature
+        """The temperature of the variant this classifier serves."""
+        return self.card.temperature_of(self.variant)
 
     @property
     def threshold(self) -> float:

@@ -44,6 +44,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(2 / (low + high))
 
 
+def variant_logits(calibration: np.ndarray, reference: np.ndarray, variant: np.ndarray) -> np.ndarray:
+    """Another variant's (int8's) counterpart of the calibration logits, to fit its own temperature on:
+    each photo's calibration logits moved by what the variant changes in the shipped model's logits on
+    that photo (`reference`: fp32's, `variant`: the variant's). Where the calibration logits are fp32's own
+    (its validation split) these are exactly the variant's; out-of-fold ones come from fold models that
+    were never quantized, so they take the final model's quantization shift on the same photo."""
+    return calibration + (variant - reference)
+
+
 def not_sure_threshold(probabilities: np.ndarray, labels: np.ndarray, max_flagged_correct: float) -> float:
     """The highest top-1 probability below which at most `max_flagged_correct` of correct predictions fall."""
     confidence = probabilities.max(1)[probabilities.argmax(1) == labels]

@@ -9,9 +9,17 @@ import numpy as np
 from inference import PetClassifier
 from preprocess import model_batch
 from train import metrics
-from train.data import DataError, PetData, load_dataset
+from train.data import DataError, PetData, Sample, load_dataset
 
 BATCH = 32
+
+
+def photo_logits(classifier: PetClassifier, samples: list[Sample]) -> np.ndarray:
+    """The classifier's logits for `samples`' photos, prepared as serving prepares them, in batches."""
+    paths = [s.path for s in samples]
+    return np.concatenate(
+        [classifier.logits(model_batch(paths[i : i + BATCH], classifier.spec)) for i in range(0, len(paths), BATCH)]
+    )
 
 
 def evaluate_classifier(classifier: PetClassifier, data: PetData, split: str, plot: Path | None = None) -> dict:
@@ -22,14 +30,11 @@ def evaluate_classifier(classifier: PetClassifier, data: PetData, split: str, pl
             f"The dataset's {len(data.classes)} classes differ from the model's {len(classifier.labels)}: "
             "evaluate a model trained on this dataset."
         )
-    paths = [s.path for s in data.splits[split]]
-    logits = np.concatenate(
-        [classifier.logits(model_batch(paths[i : i + BATCH], classifier.spec)) for i in range(0, len(paths), BATCH)]
-    )
+    logits = photo_logits(classifier, data.splits[split])
     labels = np.array([s.label for s in data.splits[split]])
     summary = metrics.summarize(logits, labels, data.classes, data.species)
     if plot:
-        metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(paths)} images)", plot)
+        metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(labels)} images)", plot)
         summary["confusion_matrix_png"] = str(plot)
     return summary | {"logits": logits, "labels": labels}
 

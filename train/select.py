@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from mlflow import MlflowClient
 
 from inference import ModelCard, PetClassifier, not_sure, softmax
-from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold
-from train.data import PetData, load_dataset
-from train.evaluate import evaluate_classifier
+from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
+from train.data import PetData, Sample, load_dataset
+from train.evaluate import evaluate_classifier, photo_logits
 from train.export import export_model, replacing
 from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
 from train.quantize import quantize
@@ -30,6 +30,16 @@ class SelectionError(RuntimeError):
 
 INT8_CONFUSION = "confusion_matrix_test_int8.png"
 INT8_FILE = "model.int8.onnx"
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Held-out logits with their labels to fit a temperature on, the photos they are of, and which ones."""
+
+    names: list[str]  # the photos (Sample.name), one per row
+    logits: np.ndarray
+    labels: np.ndarray
+    fitted_on: str  # "out-of-fold" or "val"
 
 
 def rank_key(found: dict[str, float], version: int) -> tuple[int, float, float, int] | None:
@@ -64,9 +74,9 @@ def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) ->
 
 
 def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
-    """Calibration, the "not sure" threshold and the card's test metrics are fp32's, the reference: an int8
-    model ships beside it only if it answers as fp32 does (its gate), so they describe both, and the host
-    that serves picks the faster (`PetClassifier.load`)."""
+    """The "not sure" threshold and the card's test metrics are fp32's, the reference: an int8 model ships
+    beside it only if it answers as fp32 does (its gate), and the host that serves picks the faster
+    (`PetClassifier.load`). Each variant has its own temperature, fitted on the same held-out photos."""
     gates, client = Gates.load(), MlflowClient()
     version = best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
@@ -75,36 +85,46 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
     labels = json.loads((out_dir / "labels.json").read_text())
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
     fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")
-    calibration, threshold = calibrate(*calibration_logits(client, card, fp32, data), gates.calibration)
+    held_out = calibration_logits(client, card, fp32, data)
+    calibration, threshold = calibrate(held_out, gates.calibration)
     card = replace(card, calibration=calibration, not_sure=threshold)
     fp32 = fp32.with_card(card)
     test = evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")
     card = replace(
-        card, metrics=card.metrics | {"test": summarize_test(test, card, gates.calibration) | {"variant": "fp32"}}
+        card, metrics=card.metrics | {"test": summarize_test(test, fp32, gates.calibration) | {"variant": "fp32"}}
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
-    card = with_int8(fp32.with_card(card), data, out_dir, gates)
+    card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")
     log_test_results(client, card, test)
     log.info("test accuracy %.4f (top-5 %.4f); ships %s", test["accuracy"], test["top5_accuracy"], card.variants())
     return card
 
 
-def with_int8(fp32: PetClassifier, data: PetData, out_dir: Path, gates: Gates) -> ModelCard:
-    """Quantize; keep the int8 model only if it answers as fp32 does on trainval photos (its gate). Its test
-    accuracy and calibration error are measured and reported, never used to decide; its speed on this
-    machine is recorded, never gated (the host that serves times both). Returns `fp32`'s card with the entry."""
+def with_int8(
+    fp32: PetClassifier, data: PetData, out_dir: Path, gates: Gates, held_out: CalibrationSet | None
+) -> ModelCard:
+    """Quantize; fit int8's own temperature on `held_out` (fp32's calibration logits; none where fp32 has
+    none); keep the int8 model only if it answers as fp32 does on trainval photos, each at its own
+    temperature (its gate). Its test accuracy and calibration error are measured and reported, never used
+    to decide; its speed on this machine is recorded, never gated (the host that serves times both).
+    Returns `fp32`'s card with the entry."""
     card = fp32.card
     train, trainval = data.splits["train"], data.splits["train"] + data.splits["val"]
     samples = random.Random(0).sample(train, min(gates.int8.calibration_images, len(train)))
     entry = quantize(out_dir / "model.onnx", out_dir / INT8_FILE, card, samples)
     int8 = PetClassifier(replace(card, int8=entry), out_dir / INT8_FILE, fp32.labels, variant="int8")
-    agreement, delta = fidelity(fp32, int8, trainval)
+    reference, quantized = photo_logits(fp32, trainval), photo_logits(int8, trainval)
+    if held_out is not None:
+        calibration = int8_calibration(held_out, trainval, reference, quantized, fp32.temperature, gates.calibration)
+        entry["calibration"] = calibration
+        int8 = int8.with_card(replace(card, int8=entry))
+    agreement, delta = fidelity(softmax(reference, fp32.temperature), softmax(quantized, int8.temperature))
     accepted = int8_accepted(agreement, delta, gates.int8)
-    test = summarize_test(evaluate_classifier(int8, data, "test", out_dir / INT8_CONFUSION), card, gates.calibration)
+    test = int8_test(int8, fp32.temperature, data, out_dir, gates.calibration)
     entry |= {
         "fidelity": {"images": len(trainval), "top1_agreement": agreement, "probability_delta": delta},
-        "test": {key: test[key] for key in ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "ece")},
+        "test": test,
         "accepted": accepted,
         "gate": int8_rule(gates.int8),
     }
@@ -113,32 +133,74 @@ def with_int8(fp32: PetClassifier, data: PetData, out_dir: Path, gates: Gates) -
         (out_dir / INT8_CONFUSION).unlink()
         entry.pop("sha256")
     log.info(
-        "int8: top-1 agreement %.4f, probability delta %.4f -> %s",
+        "int8: top-1 agreement %.4f, probability delta %.4f -> %s; temperature %.3f (fp32 %.3f), test ECE %.4f "
+        "(%.4f at fp32's)",
         agreement,
         delta,
         "kept" if accepted else "discarded",
+        int8.temperature,
+        fp32.temperature,
+        test["ece"],
+        test["ece_at_fp32_temperature"],
     )
     return replace(card, int8=entry)
 
 
-def fidelity(fp32: PetClassifier, int8: PetClassifier, samples: list, batch: int = 32) -> tuple[float, float]:
-    """On `samples`: the share where int8's top-1 is fp32's, and the mean of the largest difference between
-    their calibrated probabilities per photo."""
-    paths = [s.path for s in samples]
-    chunks = [paths[i : i + batch] for i in range(0, len(paths), batch)]
-    reference = np.concatenate([fp32.probabilities(chunk) for chunk in chunks])
-    quantized = np.concatenate([int8.probabilities(chunk) for chunk in chunks])
+def int8_test(
+    int8: PetClassifier, fp32_temperature: float, data: PetData, out_dir: Path, gate: CalibrationGate
+) -> dict:
+    """int8's test metrics at its own temperature, and the ECE fp32's temperature would leave it."""
+    tested = evaluate_classifier(int8, data, "test", out_dir / INT8_CONFUSION)
+    test = summarize_test(tested, int8, gate)
+    at_fp32 = ece(softmax(tested["logits"], fp32_temperature), tested["labels"], gate.ece_bins)
+    kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "ece")
+    return {key: test[key] for key in kept} | {"ece_at_fp32_temperature": at_fp32}
+
+
+def int8_calibration(
+    held_out: CalibrationSet,
+    photos: list[Sample],
+    reference: np.ndarray,
+    quantized: np.ndarray,
+    fp32_temperature: float,
+    gate: CalibrationGate,
+) -> dict:
+    """int8's temperature and its fit, on fp32's calibration logits moved photo by photo by what quantization
+    changes (`reference` and `quantized`: the two models' logits on `photos`), and the ECE fp32's
+    temperature would leave on them (whether fp32's holds)."""
+    row = {s.name: i for i, s in enumerate(photos)}
+    missing = [name for name in held_out.names if name not in row]
+    if missing:
+        raise SelectionError(
+            f"{len(missing)} of the {held_out.fitted_on} calibration photos are not in trainval now "
+            f"({', '.join(missing[:3])}): select with the data the champion was trained on."
+        )
+    at = np.array([row[name] for name in held_out.names])
+    logits = variant_logits(held_out.logits, reference[at], quantized[at])
+    at_fp32 = ece(softmax(logits, fp32_temperature), held_out.labels, gate.ece_bins)
+    return calibration_report(logits, held_out.labels, gate.ece_bins) | {
+        "fitted_on": held_out.fitted_on,
+        "ece_at_fp32_temperature": at_fp32,
+    }
+
+
+def fidelity(reference: np.ndarray, quantized: np.ndarray) -> tuple[float, float]:
+    """From both models' calibrated probabilities on the same photos: the share where int8's top-1 is
+    fp32's, and the mean of the largest difference between their probabilities per photo."""
     agreement = float((reference.argmax(1) == quantized.argmax(1)).mean())
     return agreement, float(np.abs(reference - quantized).max(1).mean())
 
 
 def requantize(model_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
     """`python -m train int8`: make the int8 variant of a shipped model folder again under today's gate,
-    without the registry (the folder's card already holds the calibration and the test metrics)."""
+    without the registry (the folder's card already holds fp32's calibration and the test metrics). int8's
+    temperature is fitted again on the logits fp32's was, read through the tracking store (the champion's
+    run and its CV parent)."""
     model_dir = Path(model_dir)
     fp32 = PetClassifier.load(model_dir, variant="fp32")
     data = load_dataset(data_dir, fp32.card.data["val_fraction"], fp32.card.data["seed"])
-    card = with_int8(fp32, data, model_dir, Gates.load())
+    held_out = calibration_logits(MlflowClient(), fp32.card, fp32, data) if fp32.card.calibration else None
+    card = with_int8(fp32, data, model_dir, Gates.load(), held_out)
     card.save(model_dir / "card.json")
     return card
 
@@ -153,18 +215,15 @@ def log_test_results(client: MlflowClient, card: ModelCard, test: dict) -> None:
     client.log_dict(run_id, card.to_dict(), "evaluation/card.json")
 
 
-def calibration_logits(
-    client: MlflowClient, card: ModelCard, served: PetClassifier, data: PetData
-) -> tuple[np.ndarray, np.ndarray, str]:
+def calibration_logits(client: MlflowClient, card: ModelCard, served: PetClassifier, data: PetData) -> CalibrationSet:
     """Out-of-fold logits of a cross-validated champion (its final model trained on every trainval image,
     so no held-out split is left); else the served model's logits on the validation split."""
     run = client.get_run(card.mlflow["run_id"]).data
     parent = calibration_parent(run.tags, run.params)
     if parent:
-        _, logits, labels = load_logits(parent, OOF_LOGITS)
-        return logits, labels, "out-of-fold"
+        return CalibrationSet(*load_logits(parent, OOF_LOGITS), "out-of-fold")
     val = evaluate_classifier(served, data, "val")
-    return val["logits"], val["labels"], "val"
+    return CalibrationSet([s.name for s in data.splits["val"]], val["logits"], val["labels"], "val")
 
 
 def calibration_parent(tags: dict[str, str], params: dict[str, str]) -> str | None:
@@ -183,18 +242,20 @@ def calibration_parent(tags: dict[str, str], params: dict[str, str]) -> str | No
     return None
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str, gate: CalibrationGate) -> tuple[dict, dict]:
-    """The card's `calibration` (temperature) and `not_sure` (threshold) entries."""
+def calibrate(held_out: CalibrationSet, gate: CalibrationGate) -> tuple[dict, dict]:
+    """The card's `calibration` (fp32's temperature) and `not_sure` (threshold) entries."""
+    logits, labels, fitted_on = held_out.logits, held_out.labels, held_out.fitted_on
     calibration = calibration_report(logits, labels, gate.ece_bins) | {"fitted_on": fitted_on}
     probabilities = softmax(logits, calibration["temperature"])
     threshold = not_sure_threshold(probabilities, labels, gate.max_flagged_correct)
     return calibration, {"threshold": threshold, "fitted_on": fitted_on}
 
 
-def summarize_test(test: dict, card: ModelCard, gate: CalibrationGate) -> dict:
-    probabilities = softmax(test["logits"], card.temperature)
+def summarize_test(test: dict, classifier: PetClassifier, gate: CalibrationGate) -> dict:
+    """A variant's test metrics at its own temperature and the card's "not sure" threshold."""
+    probabilities = softmax(test["logits"], classifier.temperature)
     correct = probabilities.argmax(1) == test["labels"]
-    flagged = not_sure(probabilities.max(1), card.threshold)
+    flagged = not_sure(probabilities.max(1), classifier.threshold)
     kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "images", "per_species", "per_class")
     return {key: test[key] for key in kept} | {
         "ece": ece(probabilities, test["labels"], gate.ece_bins),

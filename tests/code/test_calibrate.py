@@ -1,4 +1,5 @@
-"""train.calibrate: temperature scaling recovers a known temperature; the threshold flags ≤ 5 % of correct."""
+"""train.calibrate: temperature scaling recovers a known temperature; the threshold flags ≤ 5 % of correct;
+each variant gets the temperature of its own logits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from inference import softmax
-from train.calibrate import calibration_report, ece, fit_temperature, not_sure_threshold
+from train.calibrate import calibration_report, ece, fit_temperature, not_sure_threshold, variant_logits
 from train.gates import Gates
 
 GATE = Gates.load().calibration
@@ -60,3 +61,38 @@ def test_calibration_never_fits_on_images_the_model_trained_on() -> None:
     assert calibration_parent({}, {"images.val": "230"}) is None  # its own held-out validation split
     with pytest.raises(SelectionError, match="no held-out images"):  # a CV final run whose tag went missing
         calibration_parent({}, {"images.val": "0"})
+
+
+def test_a_variant_that_stretches_the_logits_gets_a_temperature_as_much_higher() -> None:
+    """Where the calibration logits are the shipped model's own (its validation split), the moved logits are
+    exactly the variant's: int8 logits 1.3× fp32's need a temperature 1.3× fp32's."""
+    logits, labels = sampled(2.0)
+    stretched = 1.3 * logits
+    assert variant_logits(logits, logits, stretched) == pytest.approx(stretched)
+    assert fit_temperature(variant_logits(logits, logits, stretched), labels) == pytest.approx(
+        1.3 * fit_temperature(logits, labels), rel=1e-3
+    )
+
+
+def test_int8_is_calibrated_on_the_same_photos_matched_by_name() -> None:
+    """Out-of-fold rows come in name order, the models' logits in trainval order: each row is moved by its
+    own photo's quantization shift (a shift taken from another photo fits another temperature), and a
+    calibration photo missing from trainval is refused by name."""
+    from pathlib import Path
+
+    from train.data import Sample
+    from train.select import CalibrationSet, SelectionError, int8_calibration
+
+    logits, labels = sampled(1.0, n=600)
+    rng = np.random.default_rng(5)
+    photos = [Sample(f"photo_{i}", Path("."), 0) for i in range(600)]  # trainval order
+    reference = 2 * logits + rng.normal(0, 1, logits.shape)  # the final model: surer than the fold models
+    quantized = reference + 0.5 * logits  # quantization shifts each photo's logits
+    order = rng.permutation(600)
+    held_out = CalibrationSet([photos[i].name for i in order], logits[order], labels[order], "out-of-fold")
+    report = int8_calibration(held_out, photos, reference, quantized, 1.0, GATE)
+    assert report["temperature"] == pytest.approx(fit_temperature(1.5 * logits, labels), rel=1e-6)
+    assert report["temperature"] == pytest.approx(1.5, rel=0.1) and report["fitted_on"] == "out-of-fold"
+    assert report["ece_after"] < report["ece_at_fp32_temperature"]  # fp32's temperature does not hold
+    with pytest.raises(SelectionError, match="1 of the out-of-fold calibration photos are not in trainval now"):
+        int8_calibration(held_out, photos[1:], reference[1:], quantized[1:], 1.0, GATE)

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from bench.common import rest_call, running_app
-from inference import CardError, ModelCard, PetClassifier
+from inference import CardError, ModelCard, PetClassifier, softmax
+from preprocess import model_batch
 from tests.conftest import CHELSEA, MODEL_DIR
 
 SHIPPED = json.loads((MODEL_DIR / "card.json").read_text())
@@ -85,3 +86,36 @@ def test_a_folder_that_export_alone_made_serves_uncalibrated(tmp_path) -> None:
     with running_app({"PETS_MODEL_DIR": str(folder)}) as (url, _), httpx.Client(timeout=30) as http:
         answer = rest_call(http, url, "predict_details", CHELSEA)[0]
     assert answer["not_sure"] is False and answer["threshold"] == 0.0
+
+
+def with_int8_temperature(temperature: float | None) -> dict:
+    """The shipped card with an int8 entry naming model.onnx (so the test needs no quantized file), with
+    its own temperature or, as cards written before int8 had one, without."""
+    data = json.loads(json.dumps(SHIPPED))
+    data["int8"] = {"file": "model.onnx", "sha256": SHIPPED["model"]["sha256"], "accepted": True}
+    if temperature is not None:
+        data["int8"]["calibration"] = {"temperature": temperature, "fitted_on": SHIPPED["calibration"]["fitted_on"]}
+    return data
+
+
+def test_each_variant_serves_at_its_own_temperature(tmp_path) -> None:
+    """The same logits (both entries name model.onnx): fp32 applies the card's temperature, int8 its own."""
+    for name in ("model.onnx", "labels.json"):
+        shutil.copy(MODEL_DIR / name, tmp_path / name)
+    fp32_temperature = SHIPPED["calibration"]["temperature"]
+    card = with_int8_temperature(3 * fp32_temperature)
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    assert ModelCard.load(tmp_path / "card.json").int8 == card["int8"]
+    fp32, int8 = (PetClassifier.load(tmp_path, variant=variant) for variant in ("fp32", "int8"))
+    assert fp32.temperature == fp32_temperature and int8.temperature == 3 * fp32_temperature
+    logits = fp32.logits(model_batch([CHELSEA], fp32.spec))
+    for classifier in (fp32, int8):
+        expected = softmax(logits, classifier.temperature)[0].max()
+        assert classifier.predict(CHELSEA).top[0][1] == pytest.approx(float(expected), rel=1e-6)
+        assert classifier.explain(CHELSEA)[0].top[0][1] == pytest.approx(float(expected), rel=1e-6)
+    assert int8.predict(CHELSEA).top[0][1] < fp32.predict(CHELSEA).top[0][1]  # a higher temperature
+
+
+def test_a_card_without_an_int8_temperature_gives_int8_fp32s() -> None:
+    card = ModelCard.from_dict(with_int8_temperature(None))
+    assert card.temperature_of("int8") == card.temperature_of("fp32") == SHIPPED["calibration"]["temperature"]

@@ -17,8 +17,10 @@ from inference import PetClassifier, sha256_file
 from preprocess import load_for_model
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
+from train.calibrate import fit_temperature
 from train.config import Config
 from train.data import load_dataset
+from train.evaluate import evaluate_classifier
 from train.features import view_input
 from train.fit import fit
 from train.gates import Gates, int8_accepted
@@ -205,10 +207,19 @@ def test_select_calibrates_and_gates_the_int8_model(trained) -> None:
     assert (trained["model"] / "model.int8.onnx").exists() == int8["accepted"]
     assert {"accuracy", "ece"} <= set(int8["test"]) and int8["latency_ms_1_thread"]["int8"] > 0  # reported
     assert card["metrics"]["test"]["variant"] == "fp32"  # the reference; the host picks what serves
+    calibration = int8["calibration"]  # int8's own temperature, on the photos fp32's was fitted on
+    assert calibration["fitted_on"] == card["calibration"]["fitted_on"] == "val" and calibration["temperature"] > 0
+    assert {"ece_after", "ece_at_fp32_temperature"} <= set(calibration) and "ece_at_fp32_temperature" in int8["test"]
+    if int8["accepted"]:  # on the validation path these are int8's own logits, through the serving code
+        served = PetClassifier.load(trained["model"], variant="int8")
+        val = evaluate_classifier(served, load_dataset(trained["data"], 0.25, 0), "val")
+        assert calibration["temperature"] == pytest.approx(fit_temperature(val["logits"], val["labels"]), rel=1e-4)
+        assert served.temperature == calibration["temperature"]
 
 
 def test_requantizing_a_model_folder_follows_the_gate(trained, tmp_path: Path) -> None:
-    """`python -m train int8` on a copy of the folder: the int8 entry is made again without the registry."""
+    """`python -m train int8` on a copy of the folder: the int8 entry, its temperature included, is made
+    again without the registry."""
     import shutil
 
     folder = tmp_path / "model"
@@ -218,6 +229,8 @@ def test_requantizing_a_model_folder_follows_the_gate(trained, tmp_path: Path) -
     card = json.loads((folder / "card.json").read_text())
     assert (folder / "model.int8.onnx").exists() == card["int8"]["accepted"]
     assert PetClassifier.load(folder).variant in ("fp32", "int8")
+    selected = json.loads((trained["model"] / "card.json").read_text())["int8"]["calibration"]["temperature"]
+    assert card["int8"]["calibration"]["temperature"] == pytest.approx(selected, rel=1e-3)  # fitted again, alike
 
 
 def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> None:

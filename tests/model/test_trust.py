@@ -24,7 +24,8 @@ def test_card_carries_calibration_and_threshold(classifier: PetClassifier) -> No
     calibration = card.calibration
     assert calibration["bins"] == 15 and calibration["temperature"] > 0
     assert calibration["nll_after"] <= calibration["nll_before"]
-    assert classifier.temperature == calibration["temperature"]
+    assert card.temperature == calibration["temperature"]  # fp32's; the variant served applies its own
+    assert classifier.temperature == card.temperature_of(classifier.variant)
     assert 0 < classifier.threshold < 1 and card.not_sure["fitted_on"] == calibration["fitted_on"]
     assert calibration["fitted_on"] == ("out-of-fold" if "cv" in card.metrics else "val")
     assert 0 <= card.not_sure["non_pet"]["rate"] <= 1
