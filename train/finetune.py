@@ -30,6 +30,7 @@ from preprocess import InputSpec, load_for_model, model_input
 from train.config import Config
 from train.data import Sample
 from train.model import PetNet, build_net, class_weights, seed_everything, train_mode
+from train.tensors import NotTensorsError, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ def predict_logits(model: nn.Module, samples: list[Sample], spec: InputSpec, dev
 
 
 def _save(state: dict, path: Path) -> None:
+    """Tensors and plain values only, so `_load` can read it weights-only: numpy arrays go in as tensors,
+    their names listed under "arrays" to come back as arrays."""
+    arrays = [name for name, value in state.items() if isinstance(value, np.ndarray)]
+    state = state | {name: torch.from_numpy(state[name]) for name in arrays} | {"arrays": arrays}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     torch.save(state, temporary)
@@ -129,13 +134,19 @@ def _save(state: dict, path: Path) -> None:
 
 
 def _load(path: Path, key: str, resume: bool) -> dict | None:
+    """A checkpoint folder may be shared storage others write to (a cluster's): it is read as data, and one
+    holding any other object is refused, never unpickled."""
     if not resume or not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = load_tensors(path)
+    except NotTensorsError as error:
+        raise CheckpointError(f"{error}; it is not loaded: delete it to train again.") from None
     if state["key"] != key:
         raise CheckpointError(f"{path} belongs to another configuration or data; delete it or drop --resume.")
     log.info("resuming %s from epoch %d", path.name, state["epoch"])
-    return state
+    arrays = state.pop("arrays", [])
+    return state | {name: state[name].numpy() for name in arrays}
 
 
 def checkpoint_path(config: Config, classes: list[str], train: list[Sample], holdout: list[Sample]) -> Path:

@@ -65,7 +65,7 @@ def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_result(tiny_data, 
     with pytest.raises(KeyboardInterrupt):
         run(config, data)
     monkeypatch.setattr(train.finetune, "_save", save)
-    assert torch.load(next((tmp_path / "killed").glob("*.pt")), weights_only=False)["epoch"] == 2
+    assert torch.load(next((tmp_path / "killed").glob("*.pt")), weights_only=True)["epoch"] == 2
 
     resumed = run(config, data, resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2, 3]
