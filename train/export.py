@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -23,11 +24,13 @@ from mlflow.entities.model_registry import ModelVersion
 from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
 from train import prior
+from train.config import ConfigError, make_config
 from train.data import Sample, load_dataset
 from train.gates import Gates, ParityGate, parity_failure
-from train.model import Explained, PetNet
+from train.model import Explained, PetNet, build_net
 from train.provenance import git_commit
-from train.tracking import PRIOR_CORRECTION, REGISTERED_MODEL
+from train.tensors import load_tensors
+from train.tracking import PRIOR_CORRECTION, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,39 @@ def model_version(version: str | None = None, alias: str | None = None) -> Model
     except mlflow.exceptions.MlflowException as error:
         raise ExportError(f"No {REGISTERED_MODEL} version {alias or version}: {error.message}") from None
     raise ExportError("Say which model to export: --version N or --alias champion.")
+
+
+def registered_net(chosen: ModelVersion) -> PetNet:
+    """The version's network: built by `build_net` from its run's config and classes, then its weights
+    loaded into it as data (tensors only, every key matched). Nothing registered can make this run code."""
+    uri, name = f"models:/{REGISTERED_MODEL}/{chosen.version}", f"{REGISTERED_MODEL} version {chosen.version}"
+    if WEIGHTS not in {Path(entry.path).name for entry in mlflow.artifacts.list_artifacts(artifact_uri=uri)}:
+        raise ExportError(
+            f"{name} is a pickled torch model (no {WEIGHTS}: registered before versions held weights only) "
+            f"and export never unpickles: re-register it by training it again with `python -m train fit` or "
+            f"`cv` and its config (run {chosen.run_id})."
+        )
+    net = rebuilt_net(chosen.run_id, name)
+    with tempfile.TemporaryDirectory() as folder:
+        weights = Path(mlflow.artifacts.download_artifacts(f"{uri}/{WEIGHTS}", dst_path=folder))
+        try:
+            net.load_state_dict(load_tensors(weights), strict=True)
+        except RuntimeError as error:  # not tensors only (NotTensorsError), or keys or shapes that differ
+            reason = textwrap.shorten(str(error), 300)
+            raise ExportError(
+                f"{name}'s weights do not fit the network its config builds ({reason}): re-register it."
+            ) from None
+    return net.eval()
+
+
+def rebuilt_net(run_id: str, name: str) -> PetNet:
+    """A fresh network as the run built it, from its config and classes logged as JSON: the weights loaded
+    next replace every tensor in it."""
+    try:
+        config = make_config(mlflow.artifacts.load_dict(f"runs:/{run_id}/{RUN_CONFIG}"))
+    except ConfigError as error:
+        raise ExportError(f"{name}'s run config does not fit this code: {error}") from None
+    return build_net(config, mlflow.artifacts.load_dict(f"runs:/{run_id}/labels/classes.json")["classes"])[0]
 
 
 def parity_samples(run_params: dict, data_dir: str | Path | None, count: int) -> list[Sample]:
@@ -94,7 +130,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = model_version(version, alias)
     run = MlflowClient().get_run(chosen.run_id)
-    model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{chosen.version}")
+    model = registered_net(chosen)
     fold_prior_correction(model, run.info.run_id)
     spec = InputSpec.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/input_spec.json"))
     classes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/classes.json")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
@@ -31,6 +30,7 @@ def log_run_inputs(params: dict, spec: InputSpec, data: PetData, config_path: st
     mlflow.log_dict({"classes": data.classes, "species": data.species}, "labels/classes.json")
     mlflow.log_text(json.dumps(data.classes), "labels/labels.json")
     mlflow.log_dict(spec.to_dict(), "labels/input_spec.json")
+    mlflow.log_dict(params, RUN_CONFIG)
     if config_path:
         mlflow.log_artifact(config_path, "config")
     log_dataset(data)
@@ -70,15 +70,19 @@ def log_files(files: dict[str, callable]) -> None:
 
 
 REGISTERED_MODEL = "pet-breed-classifier"  # the one name runs register under and select/export look up
+RUN_CONFIG = "config/resolved.json"  # the run's whole Config as JSON: what `export` rebuilds the network from
+WEIGHTS = "state_dict.pt"  # a registered version's one file: the network's tensors, nothing else
 
 
 def log_model(model: torch.nn.Module) -> str:
-    """Log the whole torch module and register it; `export` turns it into ONNX without retraining."""
-    info = mlflow.pytorch.log_model(
-        model.eval(),
-        name="model",
-        serialization_format="pickle",
-        registered_model_name=REGISTERED_MODEL,
-        pip_requirements=[f"torch=={version('torch')}", "efficientnet-lite-pytorch==0.1.0"],
-    )
-    return str(info.registered_model_version)
+    """Register the network's weights, tensors only, as a version of REGISTERED_MODEL. Data, not code:
+    `export` rebuilds the network with the project's own `build_net` from the run's config and classes and
+    loads these into it, so nothing in a shared registry can make a loader run code (a pickled module could).
+    """
+    logged = mlflow.initialize_logged_model(name="model", model_type="state_dict")
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, Path(folder) / WEIGHTS)
+        mlflow.MlflowClient().log_model_artifacts(logged.model_id, folder)
+    mlflow.log_outputs([mlflow.entities.LoggedModelOutput(logged.model_id, step=0)])
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    return str(mlflow.register_model(f"models:/{logged.model_id}", REGISTERED_MODEL).version)

@@ -122,6 +122,7 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     assert card["calibration"]["fitted_on"] == "out-of-fold" and card["metrics"]["cv"]["folds"] == 2
     assert card["metrics"]["cv"]["accuracy"] == pytest.approx(parent.data.metrics["cv_accuracy"])
     folded = [a.path for a in client.list_artifacts(final.info.run_id, "cv")] == [PRIOR_CORRECTION]
+    assert card["int8"]["calibration"]["fitted_on"] == "out-of-fold"  # its own temperature, on the same photos
     assert folded == ("cv_prior_strength" in parent.data.metrics)  # kept only where τ > 0 won
     if folded:
         assert card["metrics"]["cv"]["prior_strength"] == parent.data.metrics["cv_prior_strength"] > 0

@@ -236,12 +236,11 @@ def test_requantizing_a_model_folder_follows_the_gate(trained, tmp_path: Path) -
 def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> None:
     """A model whose outputs are NaN on both sides fails the gate (it passed before: NaN compares false,
     and argmax of a NaN row is 0 on both sides)."""
-    import mlflow.pytorch
     import torch
 
-    from train.export import ExportError, check_parity, to_onnx
+    from train.export import ExportError, check_parity, model_version, registered_net, to_onnx
 
-    model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@champion")
+    model = registered_net(model_version(alias="champion"))
     spec = PetClassifier.load(trained["model"]).spec
     samples = load_dataset(trained["data"], 0.25, 0).splits["val"][:4]
     with torch.no_grad():
@@ -253,15 +252,14 @@ def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> 
 
 def test_the_folded_onnx_model_gives_the_corrected_probabilities(trained, tmp_path: Path) -> None:
     """Export with the correction in the head's bias: ONNX Runtime's logits are torch's minus τ·log prior."""
-    import mlflow.pytorch
     import onnxruntime as ort
     import torch
 
     from preprocess import model_batch
-    from train.export import to_onnx
+    from train.export import model_version, registered_net, to_onnx
     from train.prior import corrected, fold_into_bias, log_prior
 
-    model = mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}@champion").eval()
+    model = registered_net(model_version(alias="champion"))
     spec = PetClassifier.load(trained["model"]).spec
     batch = model_batch([s.path for s in load_dataset(trained["data"], 0.25, 0).splits["val"][:4]], spec)
     with torch.no_grad():
