@@ -82,7 +82,7 @@ def test_a_pickled_version_is_refused_and_never_unpickled(
     marker = tmp_path / "the pickle ran"
     mlflow.set_experiment("pet-breeds")
     with mlflow.start_run():  # how versions were registered before: the whole module, pickled
-        mlflow.pytorch.log_model(
+        mlflow.pytorch.log_model(  # noqa: TID251
             Tripwire(marker),
             name="model",
             serialization_format="pickle",  # pickle-ok: the legacy version this test shows export refuses
