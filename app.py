@@ -30,6 +30,7 @@ from gradio.route_utils import FnIndexInferError
 from PIL import Image
 from starlette.middleware import Middleware
 
+import gradio_patches
 import limits
 import preprocess
 import transforms
@@ -45,8 +46,12 @@ MAX_BATCH_FILES = 32  # files per batch and per upload request
 # Waiting or running requests one visitor (session or address) may hold; 0 lifts the limit (all of a laptop's
 # own scripts come from one address).
 MAX_QUEUED_PER_CLIENT = int(os.environ.get("PETS_MAX_QUEUED_PER_VISITOR", "4"))
+try:  # who the visitor is: the socket's peer, or behind proxies an X-Forwarded-For entry (limits.visitor)
+    TRUSTED_PROXIES = limits.trusted_proxies()
+except ValueError as error:
+    raise SystemExit(str(error)) from None
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
-# Gradio keeps a state per session (each REST call is a new one; limits.LazySessionState keeps it ~8 KB) and
+# Gradio keeps a state per session (each REST call is a new one; gradio_patches.LazySessionState keeps it ~8 KB) and
 # evicts the oldest only past this many sessions. The app keeps no per-session state of its own (no
 # gr.State), so an evicted session just starts afresh. (docs/operations.md, "Memory")
 SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
@@ -524,18 +529,27 @@ with gr.Blocks(title="Pet breed recognition", delete_cache=DELETE_CACHE) as demo
         gr.api(serving, api_name="serving")
 
 # The model's requests and the transforms' are separate groups, two and one at a time on the Space's 2 vCPUs,
-# so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's.
-demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64)
-if MAX_QUEUED_PER_CLIENT:
-    limits.limit_queue_per_client(demo._queue, MAX_QUEUED_PER_CLIENT)  # Gradio has no per-client limit of its own
-limits.wake_queue_on_events(demo._queue)
+# so a burst of heavy transforms cannot hold up /predict; up to 64 wait, at most 4 of them one visitor's. Every
+# call goes through the queue: /gradio_api/run/<api> refuses the queued endpoints (`api_open=False`, what
+# Gradio does on a Space) instead of running them at once, past the queue and its limits.
+demo.queue(default_concurrency_limit=int(os.environ.get("PETS_CONCURRENCY", "2")), max_size=64, api_open=False)
+if MAX_QUEUED_PER_CLIENT:  # Gradio has no per-visitor limit of its own
+    limits.PER_VISITOR.apply(demo._queue, MAX_QUEUED_PER_CLIENT, TRUSTED_PROXIES)
+gradio_patches.QUEUE_WAKE_UP.apply(demo._queue)
 
 
 def launch(**overrides: Any) -> None:
     """Serve the app with its limits: upload and body size, files per upload, queued requests per visitor,
     session capacity, no tracebacks to users."""
     limits.return_memory_to_the_os()
-    limits.lazy_session_configs()
+    gradio_patches.LAZY_SESSIONS.apply()
+    # uvicorn would replace the socket's peer with an X-Forwarded-For entry for a peer it trusts (loopback by
+    # default, so any local client could name itself): trusting none leaves who the visitor is to limits.visitor.
+    os.environ["FORWARDED_ALLOW_IPS"] = ""
+    log.info(
+        "visitors are told apart by %s",
+        f"the X-Forwarded-For entry {TRUSTED_PROXIES} from the right" if TRUSTED_PROXIES else "their socket address",
+    )
     middleware = Middleware(
         limits.RequestLimits,
         max_body=MAX_BODY_BYTES,

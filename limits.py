@@ -1,31 +1,31 @@
 """Limits on every way into the app that Gradio does not bound itself: request bodies, files per upload,
-queued requests per client, and process memory after large requests.
+queued requests per visitor, and process memory after large requests.
 
 Gradio caps each uploaded file (`max_file_size`) but not a request body (a data URL inside a JSON call
 can be any size), not the number of files in one upload (1000), and not how many queued requests one
-client holds (one burst could fill the queue for everyone). `RequestLimits` is a plain ASGI middleware
-for the first two; `limit_queue_per_client` wraps the queue's admission for the third. Two of Gradio's
-costs per call are bounded too: `lazy_session_configs` keeps it from copying every component's config for
-each REST call, and `wake_queue_on_events` from looking for work a thousand times a second. Imports
-nothing from the project.
+visitor holds (one burst could fill the queue for everyone). `RequestLimits` is a plain ASGI middleware
+for the first two; `PER_VISITOR` wraps the queue's admission for the third, and `visitor` says who the
+visitor is. Imports nothing from the project but `gradio_patches`, whose guard the queue's wrapper uses.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import contextvars
 import ctypes
 import ctypes.util
+import inspect
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from gradio import queueing, state_holder
+from gradio import queueing
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import Headers
+from starlette.formparsers import MultiPartException
+
+from gradio_patches import Patch, lacks, not_coroutines, parameters
 
 log = logging.getLogger("app.limits")
 
@@ -33,14 +33,18 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 
+UPLOAD_PATH = "/gradio_api/upload"  # Gradio's upload route: the only one given the upload allowance
 
-class BodyTooLarge(Exception):
-    """Raised from inside `receive` when a body grows past its limit, however it is framed."""
+
+class BodyTooLarge(MultiPartException):
+    """Raised from inside `receive` when a body grows past its limit, however it is framed. It is the
+    exception Gradio's multipart parser cleans up after: the files a refused upload had begun are deleted."""
 
 
 class RequestLimits:
-    """Refuse a request body over `max_body` bytes (413) and an upload of more than `max_files` files
-    (413), counting bytes and multipart parts as they stream in, so nothing over the limit is stored."""
+    """Refuse a request body over `max_body` bytes (413), or on the upload route over `max_upload_body`
+    bytes or of more than `max_files` files (413), counting bytes and multipart parts as they stream in, so
+    nothing over the limit is stored. The upload route is matched by its exact path."""
 
     def __init__(self, app: Callable, max_body: int, max_upload_body: int, max_files: int) -> None:
         self.app, self.max_body, self.max_upload_body, self.max_files = app, max_body, max_upload_body, max_files
@@ -48,9 +52,9 @@ class RequestLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        upload = scope["path"].endswith("/upload")
+        upload = scope["path"] == UPLOAD_PATH
         limit = self.max_upload_body if upload else self.max_body
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        declared = Headers(scope=scope).get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return await refuse(send, 413, too_large(limit))
         counter = BodyCounter(receive, limit, multipart_boundary(scope) if upload else None, self.max_files)
@@ -102,12 +106,11 @@ class BodyCounter:
 
 
 def multipart_boundary(scope: Scope) -> bytes | None:
-    content_type = dict(scope.get("headers", [])).get(b"content-type", b"")
-    for option in content_type.split(b";")[1:]:
-        key, _, value = option.strip().partition(b"=")
-        if key.lower() == b"boundary":
-            return value.strip(b'"')
-    return None
+    """The boundary exactly as Gradio's parser will read it: from the first Content-Type header (which
+    Starlette's `Headers` returns), by python-multipart's own `parse_options_header`; None unless the body
+    is multipart/form-data, which Gradio's upload route refuses unparsed."""
+    content_type, options = parse_options_header(Headers(scope=scope).get("content-type"))
+    return options.get(b"boundary") if content_type == b"multipart/form-data" else None
 
 
 def too_large(limit: int) -> str:
@@ -131,22 +134,64 @@ async def unknown_endpoint(request: Any, error: Exception) -> Any:
     return JSONResponse({"error": message}, status_code=404)
 
 
-def client_keys(session_hash: str | None, headers: Any, host: str | None) -> set[str]:
-    """Who is asking: the session, and the address (the first X-Forwarded-For entry, as Spaces pass it)."""
-    forwarded = (headers.get("x-forwarded-for") or "").split(",")[0].strip()
-    return {f"session:{session_hash}", f"ip:{forwarded or host}"}
+# --------------------------------------------------------------------------- who the visitor is
 
 
-def limit_queue_per_client(queue: Any, per_client: int) -> None:
-    """Wrap Gradio's queue admission so one client (by session or address) holds at most `per_client`
+def trusted_proxies(environ: Mapping[str, str] = os.environ) -> int:
+    """How many proxies in front of the app append to X-Forwarded-For: `PETS_TRUSTED_PROXIES`, or where it is
+    unset, 1 on a Hugging Face Space (marked as Gradio marks one: SYSTEM=spaces and SPACE_ID) and 0
+    elsewhere. docs/operations.md says what this default rests on."""
+    on_a_space = environ.get("SYSTEM") == "spaces" and bool(environ.get("SPACE_ID"))
+    value = environ.get("PETS_TRUSTED_PROXIES", "1" if on_a_space else "0")
+    if not value.strip().isdigit():
+        raise ValueError(f"PETS_TRUSTED_PROXIES must be a whole number of proxies (0 or more), got {value!r}.")
+    return int(value)
+
+
+def visitor(request: Any, trusted: int) -> str:
+    """Who is asking: with no trusted proxy, the socket's peer address; behind `trusted` proxies that each
+    append the address they were called from to X-Forwarded-For, the entry the outermost of them added, the
+    `trusted`-th from the right (as uvicorn's `forwarded_allow_ips` and Werkzeug's `ProxyFix(x_for=N)`
+    read it). The entries to its left are the client's own to write, so they never count. A request that
+    passed fewer proxies than that is its peer's."""
+    peer = request.client.host if request.client else "unknown"
+    if not trusted:
+        return peer
+    entries = [entry.strip() for value in request.headers.getlist("x-forwarded-for") for entry in value.split(",")]
+    return entries[-trusted] if len(entries) >= trusted and entries[-trusted] else peer
+
+
+def client_keys(session_hash: str | None, request: Any, trusted: int) -> set[str]:
+    """The keys a request counts under: its address (`visitor`) and, where it has one, its session."""
+    return {f"ip:{visitor(request, trusted)}"} | ({f"session:{session_hash}"} if session_hash else set())
+
+
+# --------------------------------------------------------------------------- requests per visitor
+
+
+def _per_visitor_problem(queue: Any, per_visitor: int, trusted: int) -> str | None:
+    """The wrapper relies on: `push(body, request, username)` returning (ok, message, state); the waiting
+    events per concurrency group and the running jobs; each event's `session_hash` and `request`."""
+    problem = lacks(queue, "event_queue_per_concurrency_id", "active_jobs") or not_coroutines(queue, "push")
+    if problem:
+        return problem
+    if parameters(queue.push) != ["body", "request", "username"]:
+        return f"Queue.push takes {parameters(queue.push)}, not (body, request, username)"
+    if not {"session_hash", "request"} <= set(inspect.signature(queueing.Event).parameters):
+        return "gradio.queueing.Event no longer keeps the session_hash and request"
+    return None
+
+
+def _install_per_visitor(queue: Any, per_visitor: int, trusted: int) -> None:
+    """Wrap Gradio's queue admission so one visitor (by session or address) holds at most `per_visitor`
     waiting or running events; more are refused like a full queue, with a message that says why."""
     push = queue.push
 
     async def admit(body: Any, request: Any, username: str | None) -> tuple[bool, Any, str]:
-        keys = client_keys(body.session_hash, request.headers, request.client.host if request.client else None)
-        held = sum(bool(keys & event_keys(event)) for event in queued_events(queue))
-        if held >= per_client:
-            message = f"Too many requests at once: at most {per_client} per visitor. Wait for your earlier ones."
+        keys = client_keys(body.session_hash, request, trusted)
+        held = sum(bool(keys & client_keys(event.session_hash, event.request, trusted)) for event in events(queue))
+        if held >= per_visitor:
+            message = f"Too many requests at once: at most {per_visitor} per visitor. Wait for your earlier ones."
             log.warning("refused a request: %s (%s)", message, ", ".join(sorted(keys)))
             return False, message, "queue_full"
         return await push(body, request, username)
@@ -154,88 +199,13 @@ def limit_queue_per_client(queue: Any, per_client: int) -> None:
     queue.push = admit
 
 
-def queued_events(queue: Any) -> list[Any]:
-    waiting = [event for events in queue.event_queue_per_concurrency_id.values() for event in events.queue]
+def events(queue: Any) -> list[Any]:
+    """Every event the queue holds: waiting in any concurrency group, or running."""
+    waiting = [event for group in queue.event_queue_per_concurrency_id.values() for event in group.queue]
     return waiting + [event for job in queue.active_jobs if job for event in job]
 
 
-def event_keys(event: Any) -> set[str]:
-    request = event.request
-    return client_keys(event.session_hash, request.headers, request.client.host if request.client else None)
-
-
-QUEUE_FALLBACK_WAKE_S = 1.0  # the longest the queue sleeps with nothing said: a safety net, not a poll
-# The wake-up of the queue loop running in this task, if `wake_queue_on_events` started it; other tasks
-# (another app's queue in the same process, say) see None and sleep as Gradio meant.
-_QUEUE_WAKE_UP: contextvars.ContextVar[SimpleNamespace | None] = contextvars.ContextVar("queue_wake_up", default=None)
-
-
-def wake_queue_on_events(queue: Any) -> None:
-    """Gradio's queue loop sleeps a millisecond (`sleep_when_free`) whenever it has nothing it can start,
-    and its progress loop ten: on 2 cores an idle app spent a tenth of a core waking up, and under load
-    the wake-ups preempt ONNX Runtime's threads. Here the queue loop's sleep ends when an event is pushed
-    or a job ends (the only things that let it start one), and at the latest after QUEUE_FALLBACK_WAKE_S;
-    the progress loop looks every 0.1 s (this app reports no progress). Gradio's loop itself is unchanged:
-    only the `asyncio.sleep` its module calls is `_sleep_until_woken`."""
-    wake_up = SimpleNamespace(event=asyncio.Event(), idle_sleep=queue.sleep_when_free)
-    push, process_events, start_processing = queue.push, queue.process_events, queue.start_processing
-
-    async def pushed(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await push(*args, **kwargs)
-        finally:
-            wake_up.event.set()
-
-    async def processed(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await process_events(*args, **kwargs)
-        finally:
-            wake_up.event.set()
-
-    async def processing() -> None:
-        _QUEUE_WAKE_UP.set(wake_up)  # in this task's context only: the loop's own sleeps see it
-        await start_processing()
-
-    queue.push, queue.process_events, queue.start_processing = pushed, processed, processing
-    queue.progress_update_sleep_when_free = 0.1
-    queueing.asyncio = SimpleNamespace(**(vars(asyncio) | {"sleep": _sleep_until_woken}))
-
-
-async def _sleep_until_woken(delay: float, result: Any = None) -> Any:
-    """`asyncio.sleep` as Gradio's queue module sees it: the idle sleep of a loop `wake_queue_on_events`
-    started lasts until something happened (at once if it did since the loop last looked); any other
-    sleep is asyncio's."""
-    wake_up = _QUEUE_WAKE_UP.get()
-    if wake_up is None or delay != wake_up.idle_sleep:
-        return await asyncio.sleep(delay, result)
-    if not wake_up.event.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake_up.event.wait(), QUEUE_FALLBACK_WAKE_S)
-    wake_up.event.clear()  # the loop looks at the queue right after this returns
-    return result
-
-
-class LazySessionState(state_holder.SessionState):
-    """Gradio's per-session state, with each component's config made when first needed. Gradio makes all
-    of them (64 here, ~100 KB) for every new session, and every REST call is a new session: a profile of
-    REST /predict under load found a seventh of the server's busy time there. They are read only to update
-    an output's value (made then) and for deep links (`components`, made then in full)."""
-
-    def __init__(self, blocks: Any) -> None:
-        super().__init__(SimpleNamespace(default_config=blocks.default_config, blocks={}))  # no config made
-        self._block_ids = set(blocks.blocks)
-
-    @property
-    def components(self) -> Iterator[dict]:
-        for key, block in self.blocks_config.blocks.items():
-            if key in self._block_ids and key not in self.config_values:
-                self.config_values[key] = self.blocks_config.config_for_block(key, [], block)
-        return super().components
-
-
-def lazy_session_configs() -> None:
-    """New sessions of every Gradio app in this process get `LazySessionState`."""
-    state_holder.SessionState = LazySessionState
+PER_VISITOR = Patch("requests per visitor", _per_visitor_problem, _install_per_visitor)
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

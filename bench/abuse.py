@@ -1,27 +1,42 @@
 """An adversarial benchmark: the inputs that once took the app to 4–7 GB, and the bad-input corpus, sent
-to every endpoint of a running app, one at a time and four at once; printed as JSON and written to
-bench/results/abuse.json.
+to every endpoint of a running app, one at a time and four at once; then the attacks of a client that
+knows Gradio's routes; printed as JSON and written to bench/results/abuse.json.
 
-    python -m bench.abuse
+    python -m bench.abuse              # everything
+    python -m bench.abuse --attacks    # only the attacks on Gradio's routes: bench/results/abuse-attacks.json
 
 For each request: its peak RSS above idle (the kernel's high-water mark, reset before each request), its
-time, and whether a normal /predict from another client was answered meanwhile (and how fast). Then a
-flood: one client sends heavy pipelines as fast as the queue takes them while another calls /predict.
-Targets (issue 21): every request ≤ idle + 400 MB and ≤ 5 s; after the run, RSS within 100 MB of its level
-after warm-up; the other client's /predict p95 ≤ 2 s during the flood; no traceback in any answer or,
-for user errors, in the log.
+time, and whether a normal /predict from another visitor (another loopback address) was answered meanwhile
+(and how fast). Then a flood: one client sends heavy pipelines as fast as the queue takes them while
+another calls /predict. Targets (issue 21): every request ≤ idle + 400 MB and ≤ 5 s; after the run, RSS
+within 100 MB of its level after warm-up; the other client's /predict p95 ≤ 2 s during the flood; no
+traceback in any answer or, for user errors, in the log.
+
+The attacks (issue 28), each with its outcome: 80 clients on one address, each call with a made-up
+X-Forwarded-For, while a second visitor calls /predict 10 times (target: the flood held like one visitor,
+about 4 at a time; all 10 answered, p95 ≤ 2 s); /gradio_api/run/ and /api/ (they run nothing past the
+queue); /call/, /call/v2/ and /queue/join bursts from one visitor (at most 4 admitted); a declared 25 MB
+body to every path but the upload route (413 before it is sent) and a chunked one; refused uploads (too
+many files, and each way of reading the boundary apart from Gradio's parser: 413, no file left); and behind
+one trusted proxy (PETS_TRUSTED_PROXIES=1), distinct last entries as distinct visitors.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import itertools
 import json
+import secrets
+import socket
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -31,6 +46,7 @@ from bench.common import REPO, cpu, percentiles, resident_mb, running_app
 from tests.corpus import write_corpus
 
 RESULTS = REPO / "bench" / "results" / "abuse.json"
+ATTACKS = REPO / "bench" / "results" / "abuse-attacks.json"
 PHOTO = REPO / "examples" / "Abyssinian_201.jpg"
 FILE = {"meta": {"_type": "gradio.FileData"}}
 TARGET_MB, TARGET_S = 400, 5.0
@@ -99,9 +115,13 @@ def call(http: httpx.Client, url: str, api: str, data: list, headers: dict | Non
     started = http.post(f"{url}gradio_api/call/{api}", json={"data": data}, headers=headers or {})
     if started.status_code != 200:
         return f"refused {started.status_code}", started.text
-    event = started.json()["event_id"]
+    return answer(http, f"{url}gradio_api/call/{api}/{started.json()['event_id']}", headers)
+
+
+def answer(http: httpx.Client, stream_url: str, headers: dict | None = None) -> tuple[str, str]:
+    """Read a call's event stream to its end: ("complete" | "error", the answer's text)."""
     kind, text = "none", ""
-    with http.stream("GET", f"{url}gradio_api/call/{api}/{event}", headers=headers or {}) as stream:
+    with http.stream("GET", stream_url, headers=headers or {}) as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 kind = line.split(":", 1)[1].strip()
@@ -116,19 +136,20 @@ def upload(http: httpx.Client, url: str, name: str, data: bytes, headers: dict |
 
 
 class Bystander:
-    """Another visitor calling /predict in a loop while the abuse goes on; records each answer's time."""
+    """Another visitor (another address) calling /predict in a loop while the abuse goes on; records each
+    answer's time."""
 
     def __init__(self, url: str) -> None:
-        self.url, self.headers, self.samples, self.failures = url, {"x-forwarded-for": "198.51.100.1"}, [], 0
+        self.url, self.samples, self.failures = url, [], 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        with httpx.Client(timeout=60) as http:
-            photo = upload(http, self.url, PHOTO.name, PHOTO.read_bytes(), self.headers)
+        with client_from(SECOND_VISITOR) as http:
+            photo = upload(http, self.url, PHOTO.name, PHOTO.read_bytes())
             while not self.stop.is_set():
                 started = time.perf_counter()
-                kind, _ = call(http, self.url, "predict", [photo], self.headers)
+                kind, _ = call(http, self.url, "predict", [photo])
                 self.samples.append((time.perf_counter() - started) * 1000)
                 self.failures += kind != "complete"
                 time.sleep(0.2)
@@ -215,6 +236,252 @@ def flood(url: str, seconds: float = 20) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- attacks that know Gradio's routes
+
+SECOND_VISITOR = "127.0.0.2"  # another visitor on this machine: loopback answers on all of 127/8
+HEAVY_STEPS = json.dumps([{"op": "rotate", "angle": 30, "expand": False}, {"op": "blur", "radius": 40}])
+RETRY_AFTER_REFUSAL_S = 0.2  # a flooder's pause after a refusal, so the bench's own client leaves the CPU to the app
+# The ways the multipart boundary was read differently by the limit and by Gradio's parser (the body's
+# boundary is always "real"); each once let 200 files past a 32-file limit.
+BOUNDARY_DODGES = {
+    "two boundary options (the parser reads the last)": [
+        ("content-type", "multipart/form-data; boundary=decoy; boundary=real")
+    ],
+    "spaces around '='": [("content-type", "multipart/form-data; boundary = real")],
+    "quoted": [("content-type", 'multipart/form-data; boundary="real"')],
+    "upper-case names": [("content-type", "Multipart/Form-Data; BOUNDARY=real")],
+    "two Content-Type headers (Starlette reads the first)": [
+        ("content-type", "multipart/form-data; boundary=real"),
+        ("content-type", "multipart/form-data; boundary=decoy"),
+    ],
+}
+NOT_THE_UPLOAD_ROUTE = ["/gradio_api/call/upload", "/gradio_api/upload/", "/gradio_api/queue/join", "/x/upload"]
+
+
+def client_from(address: str | None = None) -> httpx.Client:
+    """An HTTP client whose connections come from `address` (default: the system's choice, 127.0.0.1)."""
+    return httpx.Client(timeout=120, transport=httpx.HTTPTransport(local_address=address) if address else None)
+
+
+def made_up(number: int) -> str:
+    """A made-up address for a forged X-Forwarded-For entry (the benchmarking range, RFC 2544)."""
+    return f"198.18.{number // 250 % 250}.{number % 250 + 1}"
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most of these (start, end) spans that overlap at one moment."""
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    held = most = 0
+    for _, step in edges:
+        held += step
+        most = max(most, held)
+    return most
+
+
+def second_visitor(url: str, calls: int) -> dict:
+    """Another visitor (another address) calls /predict `calls` times in turn: how many were answered, how fast."""
+    times, answered = [], 0
+    with client_from(SECOND_VISITOR) as http:
+        photo = upload(http, url, PHOTO.name, PHOTO.read_bytes())
+        for _ in range(calls):
+            started = time.perf_counter()
+            answered += call(http, url, "predict", [photo])[0] == "complete"
+            times.append((time.perf_counter() - started) * 1000)
+    return {"calls": calls, "answered": answered} | percentiles(times)
+
+
+def forged_flood(url: str, api: str, forwarded_for: Callable[[int], str], workers: int, calls: int = 10) -> dict:
+    """`workers` clients on this address call `api` with a photo over and over, call i with X-Forwarded-For
+    `forwarded_for(i)`, while a second visitor calls /predict `calls` times. The admitted calls' spans (from
+    admission to answer, as the client sees them) give the most the queue held of them at once."""
+    stop, numbers, spans, refused = threading.Event(), itertools.count(), [], []
+
+    def flooder(http: httpx.Client, image: dict) -> None:
+        while not stop.is_set():
+            headers = {"x-forwarded-for": forwarded_for(next(numbers))}
+            started = http.post(f"{url}gradio_api/call/{api}", json={"data": [image]}, headers=headers)
+            if started.status_code != 200:
+                refused.append(started.status_code)
+                time.sleep(RETRY_AFTER_REFUSAL_S)
+                continue
+            admitted = time.perf_counter()
+            answer(http, f"{url}gradio_api/call/{api}/{started.json()['event_id']}", headers)
+            spans.append((admitted, time.perf_counter()))
+
+    with client_from() as http, ThreadPoolExecutor(workers) as pool:
+        image = upload(http, url, PHOTO.name, PHOTO.read_bytes())
+        running = [pool.submit(flooder, http, image) for _ in range(workers)]
+        time.sleep(0.5)  # the flood is under way before the second visitor comes
+        other = second_visitor(url, calls)
+        stop.set()
+        for future in running:
+            future.result()
+    return {
+        "api": api,
+        "workers": workers,
+        "admitted": len(spans),
+        "refused": len(refused),
+        "most_admitted_at_once": most_at_once(spans),
+        "second_visitor": other,
+    }
+
+
+def direct_runs(url: str, route: str, api: str, count: int = 12) -> dict:
+    """`count` calls of `api` at once by a route that would run them at once, past the queue."""
+    with client_from() as http, ThreadPoolExecutor(count) as pool:
+        image = upload(http, url, PHOTO.name, PHOTO.read_bytes())
+        statuses = list(
+            pool.map(lambda _: http.post(f"{url}gradio_api/{route}/{api}", json={"data": [image]}), range(count))
+        )
+    return {
+        "route": f"/gradio_api/{route}/{api}",
+        "sent": count,
+        "answered": sum(answer.status_code == 200 for answer in statuses),
+        "statuses": sorted({answer.status_code for answer in statuses}),
+    }
+
+
+def pipeline_index(url: str) -> int:
+    """The /pipeline endpoint's function index, which /queue/join takes instead of its name."""
+    dependencies = httpx.get(url + "config", timeout=30).json()["dependencies"]
+    return next(dependency["id"] for dependency in dependencies if dependency.get("api_name") == "pipeline")
+
+
+def through_the_queue(url: str, route: str, image: dict, count: int = 8) -> dict:
+    """`count` heavy pipelines at once from one address by `route` ("call", "call/v2" or "queue/join"),
+    each with its own made-up X-Forwarded-For and session: how many the queue admits (each runs ~0.5 s, one
+    at a time, so none ends while the others arrive). Admitted calls are read to their end."""
+    index = pipeline_index(url) if route == "queue/join" else None
+
+    def one(number: int) -> str:
+        headers, session = {"x-forwarded-for": made_up(number)}, f"abuse-{route}-{number}-{time.monotonic_ns()}"
+        if route == "call/v2":
+            started = http.post(
+                f"{url}gradio_api/call/v2/pipeline", json={"image": image, "steps": HEAVY_STEPS}, headers=headers
+            )
+        elif route == "queue/join":
+            body = {"data": [image, HEAVY_STEPS], "fn_index": index, "session_hash": session}
+            started = http.post(f"{url}gradio_api/queue/join", json=body, headers=headers)
+        else:
+            started = http.post(f"{url}gradio_api/call/pipeline", json={"data": [image, HEAVY_STEPS]}, headers=headers)
+        if started.status_code != 200:
+            return f"refused {started.status_code}"
+        if route == "queue/join":
+            return queue_answer(http, url, session)
+        return answer(http, f"{url}gradio_api/{route}/pipeline/{started.json()['event_id']}", headers)[0]
+
+    with client_from() as http, ThreadPoolExecutor(count) as pool:
+        kinds = list(pool.map(one, range(count)))
+    return {
+        "route": route,
+        "sent": count,
+        "admitted": sum(not kind.startswith("refused") for kind in kinds),
+        "outcomes": kinds,
+    }
+
+
+def queue_answer(http: httpx.Client, url: str, session: str) -> str:
+    """Read a /queue/join session's messages to its event's end: "complete" or "error"."""
+    with http.stream("GET", f"{url}gradio_api/queue/data", params={"session_hash": session}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and '"process_completed"' in line:
+                return "complete" if json.loads(line[5:])["success"] else "error"
+    return "none"
+
+
+def heavy_image(http: httpx.Client, url: str) -> dict:
+    """A 2000×2000 noise photo uploaded: the /pipeline input that keeps the transform group busy ~0.5 s."""
+    return upload(
+        http, url, "heavy.jpg", encoded(Image.effect_noise((2000, 2000), 60).convert("RGB"), "JPEG", quality=80)
+    )
+
+
+def multipart(boundary: str, files: int, size: int) -> bytes:
+    """A multipart/form-data upload body of `files` files of `size` bytes each, unlike each other and any
+    sent before (Gradio stores a content once: a repeat would leave no new file to count)."""
+    unique = secrets.token_hex(8)
+    parts = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{n}.png"\r\n\r\n'.encode()
+        + f"{unique}{n:08d}".encode().ljust(size, b"x")
+        + b"\r\n"
+        for n in range(files)
+    )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file()}
+
+
+def upload_outcome(url: str, folder: Path, headers: list[tuple[str, str]], body: bytes) -> dict:
+    """Post `body` to the upload route: its status, and how many files it left in Gradio's upload folder."""
+    before = files_under(folder)
+    posted = httpx.post(url + "gradio_api/upload", content=body, headers=headers, timeout=60)
+    return {"status": posted.status_code, "files_left": len(files_under(folder) - before)}
+
+
+def uploads(url: str, folder: Path) -> dict:
+    """The refused uploads: too many files, and each way of dodging the file count by the boundary."""
+    plain = [("content-type", "multipart/form-data; boundary=real")]
+    outcomes = {"33 files of 100 KB": upload_outcome(url, folder, plain, multipart("real", 33, 100_000))}
+    for name, headers in BOUNDARY_DODGES.items():
+        outcomes[f"200 files, boundary {name}"] = upload_outcome(url, folder, headers, multipart("real", 200, 10))
+    return outcomes
+
+
+def declared_body(url: str, path: str, content_type: str = "application/json", wait_s: float = 5.0) -> dict:
+    """Headers that declare a 25 MB body, and no body: a route that reads bodies waits for it, a refusal
+    before reading answers at once. The status (None: no answer in `wait_s`) and how long it took."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
+    head += "Content-Length: 25000000\r\n\r\n"
+    started = time.perf_counter()
+    with socket.create_connection((host, port), timeout=wait_s) as connection:
+        connection.sendall(head.encode())
+        try:
+            status = int(connection.recv(64).split()[1])
+        except TimeoutError:
+            status = None
+    return {"path": path, "status": status, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def chunked_body(url: str, path: str, peak: Peak, idle_mb: float) -> dict:
+    """25 MB streamed in 1 MB chunks with no declared length: the status, and the app's peak RSS above idle."""
+    peak.reset()
+    posted = httpx.post(
+        url.rstrip("/") + path,
+        content=(b" " * 1_000_000 for _ in range(25)),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    return {"path": path, "status": posted.status_code, "peak_above_idle_mb": round(peak.mb() - idle_mb, 1)}
+
+
+def attacks(url: str, peak: Peak, idle_mb: float, upload_folder: Path) -> dict:
+    """Each attack that reads Gradio's routes, with default settings."""
+    with client_from() as http:
+        image = heavy_image(http, url)
+    return {
+        "forged_forwarded_for": forged_flood(url, "explain", made_up, workers=80),
+        "direct_runs": [direct_runs(url, "run", "explain"), direct_runs(url, "api", "explain")],
+        "through_the_queue": [through_the_queue(url, route, image) for route in ("call", "call/v2", "queue/join")],
+        "declared_25_mb": [declared_body(url, path) for path in NOT_THE_UPLOAD_ROUTE]
+        + [declared_body(url, "/gradio_api/upload", "multipart/form-data; boundary=real", wait_s=2.0)],
+        "chunked_25_mb": chunked_body(url, "/gradio_api/call/upload", peak, idle_mb),
+        "uploads": uploads(url, upload_folder),
+    }
+
+
+def behind_one_proxy() -> dict:
+    """With PETS_TRUSTED_PROXIES=1: distinct last X-Forwarded-For entries are distinct visitors, and
+    made-up entries in front of the same last one are one visitor."""
+    with running_app({"PETS_TRUSTED_PROXIES": "1"}) as (url, _):
+        return {
+            "distinct_last_entries": forged_flood(url, "explain", lambda n: f"203.0.113.7, {made_up(n)}", workers=8),
+            "one_last_entry": forged_flood(url, "explain", lambda n: f"{made_up(n)}, 198.51.100.9", workers=8),
+        }
+
+
 def corpus_files() -> dict[str, bytes]:
     folder = Path(tempfile.mkdtemp(prefix="abuse-corpus-"))
     return {name: path.read_bytes() for name, (path, _) in write_corpus(folder).items()}
@@ -227,23 +494,15 @@ def warm_up(url: str) -> None:
             call(http, url, api, [photo] + ([512, None] if api == "resize" else []))
 
 
-def main() -> int:
-    files = hostile_inputs()
-    with running_app() as (url, process):
-        warm_up(url)
-        time.sleep(1)
-        idle = resident_mb(process.pid)
-        peak = Peak(process.pid)
-        rows = one_at_a_time(url, peak, idle, files | corpus_files())
-        together = four_at_once(url, files)
-        flooded = flood(url)
-        time.sleep(2)
-        after = resident_mb(process.pid)
-        log = Path(process.log).read_text()
+def inputs_report(url: str, process: Any, idle: float, peak: Peak) -> dict:
+    """The hostile inputs and the corpus one at a time, four heavy ones at once, a flood of pipelines."""
+    rows = one_at_a_time(url, peak, idle, hostile_inputs() | corpus_files())
+    together = four_at_once(url, hostile_inputs())
+    flooded = flood(url)
+    time.sleep(2)
+    after = resident_mb(process.pid)
     measured = [row for row in rows if "seconds" in row]
-    report = {
-        "cpu": cpu(),
-        "idle_rss_mb": round(idle, 1),
+    return {
         "rss_after_mb": round(after, 1),
         "rss_after_minus_idle_mb": round(after - idle, 1),
         "requests": len(rows),
@@ -253,14 +512,32 @@ def main() -> int:
         "over_memory_target": [row for row in measured if row["peak_above_idle_mb"] > TARGET_MB],
         "over_time_target": [row for row in measured if row["seconds"] > TARGET_S],
         "tracebacks_in_answers": sum(row["traceback_in_answer"] for row in measured),
-        "tracebacks_in_log": log.count("Traceback"),
         "bystander_always_answered": all(row["bystander_answered"] for row in measured),
         "four_at_once": together,
         "flood": flooded,
         "rows": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.abuse", description=__doc__.splitlines()[0])
+    parser.add_argument("--attacks", action="store_true", help=f"only the attacks on Gradio's routes ({ATTACKS.name})")
+    only_attacks = parser.parse_args(argv).attacks
+    upload_folder = Path(tempfile.mkdtemp(prefix="abuse-gradio-"))  # Gradio's files: where refused uploads would stay
+    with running_app({"GRADIO_TEMP_DIR": str(upload_folder)}) as (url, process):
+        warm_up(url)
+        time.sleep(1)
+        idle = resident_mb(process.pid)
+        peak = Peak(process.pid)
+        report = {"cpu": cpu(), "idle_rss_mb": round(idle, 1)}
+        if not only_attacks:
+            report |= inputs_report(url, process, idle, peak)
+        report["attacks"] = attacks(url, peak, idle, upload_folder)
+        report["tracebacks_in_log"] = Path(process.log).read_text().count("Traceback")
+    report["attacks"]["behind_one_proxy"] = behind_one_proxy()
+    out = ATTACKS if only_attacks else RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k != "rows"}, indent=2))
     return 0
 

@@ -44,9 +44,14 @@ CURVES = REPO / "bench" / "results" / "memory.json"
 WARMUP = 500
 
 
+# The app as a Space runs it, behind one proxy that appends the visitor's address to X-Forwarded-For:
+# with it, each load client is its own visitor to the per-visitor queue limit (limits.visitor).
+BEHIND_A_PROXY = {"PETS_TRUSTED_PROXIES": "1"}
+
+
 def visitor(number: int) -> dict[str, str]:
-    """The address a load client stands for, as Spaces pass it: each client is its own visitor to the
-    app's per-visitor queue limit (documentation addresses, RFC 5737; no traffic goes there)."""
+    """The address a load client stands for, as the Space's proxy passes it (BEHIND_A_PROXY): each client
+    is its own visitor (documentation addresses, RFC 5737; no traffic goes there)."""
     return {"x-forwarded-for": f"198.51.100.{number % 250 + 1}"}
 
 
@@ -99,7 +104,7 @@ def hammer(
 
 
 def concurrency(limit: int, clients: int, calls: int, expected: str) -> dict:
-    with running_app({"PETS_CONCURRENCY": str(limit)}) as (url, _):
+    with running_app(BEHIND_A_PROXY | {"PETS_CONCURRENCY": str(limit)}) as (url, _):
         hammer(url, clients, 5, expected)  # warm-up
         return hammer(url, clients, calls, expected)
 
@@ -110,7 +115,7 @@ def variants(clients: int, calls: int, expected: str) -> dict:
     gives the CPU a call costs outside the model, which bounds what a faster model can gain."""
     report = {}
     for name, env in (("served", {}), ("fp32", {"PETS_MODEL_VARIANT": "fp32"})):
-        with running_app(env | {"PETS_BENCH_NOOP": "1"}) as (url, process):
+        with running_app(BEHIND_A_PROXY | env | {"PETS_BENCH_NOOP": "1"}) as (url, process):
             with httpx.Client(timeout=30) as http:
                 serving = call_api(http, url, "serving", [])[0]
             hammer(url, clients, calls // 4, expected, "rest")  # warm-up
@@ -142,7 +147,7 @@ def caller(way: str, url: str, endpoint: str, number: int, photos: list[Path] = 
 
 def memory_curve(way: str, endpoint: str, calls: int, threads: int, step: int) -> list[list[float]]:
     """[calls so far, resident MB] from a fresh app's start, every `step` calls made by `threads` threads."""
-    with running_app({"PETS_BENCH_NOOP": "1"}) as (url, process):
+    with running_app(BEHIND_A_PROXY | {"PETS_BENCH_NOOP": "1"}) as (url, process):
         curve = [[0, round(resident_mb(process.pid), 1)]]
         callers = [caller(way, url, endpoint, number) for number in range(threads)]
         counter, per_thread = itertools.count(), max(1, step // threads)

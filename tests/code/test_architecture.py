@@ -10,14 +10,16 @@ import pytest
 
 from tests.conftest import REPO
 
-PROJECT = {"app", "inference", "preprocess", "transforms", "limits", "train", "bench", "tests"}
-SERVING = {"app", "inference", "preprocess", "transforms", "limits"}  # what the Space uploads and runs
+PROJECT = {"app", "inference", "preprocess", "transforms", "limits", "gradio_patches", "train", "bench", "tests"}
+# what the Space uploads and runs
+SERVING = {"app", "inference", "preprocess", "transforms", "limits", "gradio_patches"}
 MAY_IMPORT = {  # project modules each serving module may import
     "preprocess": set(),
-    "limits": set(),
+    "gradio_patches": set(),
+    "limits": {"gradio_patches"},
     "transforms": {"preprocess"},
     "inference": {"preprocess"},
-    "app": {"inference", "preprocess", "transforms", "limits"},
+    "app": {"inference", "preprocess", "transforms", "limits", "gradio_patches"},
 }
 NOT_IN_THE_SPACE = {"torch", "torchvision", "mlflow", "onnx", "ray", "matplotlib", "skimage", "huggingface_hub"}
 

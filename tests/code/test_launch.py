@@ -1,14 +1,21 @@
 """How `app.launch` serves, checked on the running server: the bound on Gradio's sessions (every plain REST
 call is a new one; bench/load.py measures the effect on memory) and what each costs, the upload limit, no
-share link."""
+share link; each patch on Gradio's internals active, the app serving with Gradio's own behaviour where a
+patch's target is not as expected, and a second launch in one process."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from bench.common import free_port, rest_call
-from tests.conftest import CHELSEA
+from bench.common import free_port, rest_call, running_app
+from tests.conftest import CHELSEA, REPO
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +42,17 @@ def test_rest_sessions_beyond_the_capacity_are_evicted(app_in_process) -> None:
 def test_a_rest_call_makes_no_config_it_does_not_use(app_in_process) -> None:
     """Every REST call is a new session; its state makes only the configs it touches (Gradio's own made all
     64 each time), and a deep link still sees every component as Gradio would have made it."""
-    import limits
+    import gradio_patches
 
-    gradios_own = limits.LazySessionState.__base__  # gradio.state_holder.SessionState, before launch replaced it
+    gradios_own = gradio_patches.LazySessionState.__base__  # gradio.state_holder.SessionState, before launch
 
     app, url = app_in_process
     with httpx.Client(timeout=30) as http:
         rest_call(http, url, "predict", CHELSEA, inline=True)
     session = next(reversed(app.demo.server_app.state_holder.session_data.values()))
-    assert isinstance(session, limits.LazySessionState)
+    assert isinstance(session, gradio_patches.LazySessionState)
     assert set(session.config_values) == {app.photo._id, app.breeds._id}  # the photo it read, the label it set
-    eager, lazy = gradios_own(app.demo), limits.LazySessionState(app.demo)
+    eager, lazy = gradios_own(app.demo), gradio_patches.LazySessionState(app.demo)
     assert not lazy.config_values and len(eager.config_values) == len(app.demo.blocks)
     assert list(lazy.components) == list(eager.components)
     assert {c["id"] for c in session.components} == {c["id"] for c in eager.components}
@@ -82,7 +89,7 @@ def test_the_idle_queue_sleeps_until_an_event_comes(app_in_process, monkeypatch)
 
     from gradio import queueing
 
-    import limits
+    import gradio_patches
 
     app, url = app_in_process
     queue, sleeps = app.demo._queue, []
@@ -93,7 +100,7 @@ def test_the_idle_queue_sleeps_until_an_event_comes(app_in_process, monkeypatch)
         return await wake_on_events(delay, result)
 
     monkeypatch.setattr(queueing.asyncio, "sleep", counted)
-    monkeypatch.setattr(limits, "QUEUE_FALLBACK_WAKE_S", 60.0)
+    monkeypatch.setattr(gradio_patches, "QUEUE_FALLBACK_WAKE_S", 60.0)
     with httpx.Client(timeout=20) as http:
         for _ in range(3):
             assert rest_call(http, url, "grayscale", CHELSEA, inline=True)[0]["path"]
@@ -102,3 +109,77 @@ def test_the_idle_queue_sleeps_until_an_event_comes(app_in_process, monkeypatch)
     started = time.perf_counter()
     asyncio.run(queueing.asyncio.sleep(queue.sleep_when_free))  # not the app's queue loop: asyncio's own
     assert time.perf_counter() - started < 0.5  # not the minute a loop waiting for an event would take
+
+
+def test_every_patch_finds_its_target_as_expected_in_this_gradio() -> None:
+    """Checked on a queue and a session store no patch has touched: a Gradio upgrade that moves a target
+    turns its patch off (and the app warns), and fails here."""
+    import gradio as gr
+
+    import gradio_patches
+    import limits
+
+    with gr.Blocks() as fresh:
+        gr.Button().click(lambda: None, api_name="nothing")
+    fresh.queue()
+    assert gradio_patches.QUEUE_WAKE_UP.problem(fresh._queue) is None
+    assert limits.PER_VISITOR.problem(fresh._queue, 4, 0) is None
+    assert gradio_patches.LAZY_SESSIONS.problem() is None
+
+
+CHANGED_GRADIO = """
+from gradio import queueing, state_holder
+
+del state_holder.SessionState.components  # a target gone
+original = queueing.Queue.start_processing
+
+
+async def start_processing(self):  # a target changed: its idle sleep is no longer its own code
+    await original(self)
+
+
+queueing.Queue.start_processing = start_processing
+"""
+
+
+def test_the_app_serves_with_gradios_own_behaviour_where_a_target_is_not_as_expected(tmp_path: Path) -> None:
+    """A Gradio whose session state lacks `components` and whose queue loop is not the code the wake-up
+    patch expects (changed at start-up by a sitecustomize): the app starts, says in one warning line each
+    which patch is off, and answers."""
+    (tmp_path / "sitecustomize.py").write_text(CHANGED_GRADIO)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    with running_app({"PYTHONPATH": path}) as (url, process), httpx.Client(timeout=30) as http:
+        assert rest_call(http, url, "predict", CHELSEA)[0]["confidences"]
+        log = process.log.read_text()
+    warnings = [line for line in log.splitlines() if "Gradio patch" in line]
+    assert len(warnings) == 2 and "Traceback" not in log, log[-2000:]
+    assert "'lazy session configs' is off" in warnings[0] + warnings[1]
+    assert "'queue wakes on events' is off" in warnings[0] + warnings[1]
+
+
+TWO_LAUNCHES = """
+import json, os, sys
+import httpx
+from bench.common import free_port, listens_on, rest_call
+from tests.conftest import CHELSEA
+import app
+
+answers = []
+for _ in range(2):
+    port = free_port()
+    app.launch(server_port=port, prevent_thread_lock=True)
+    assert listens_on(os.getpid(), port), "another process answers on the port"
+    with httpx.Client(timeout=20) as http:
+        answers.append(rest_call(http, f"http://127.0.0.1:{port}/", "predict", CHELSEA)[0]["label"])
+    app.demo.close()
+print(json.dumps(answers))
+"""
+
+
+def test_a_second_launch_in_one_process_serves() -> None:
+    """The queue's wake-up is made in the event loop it serves: a second `launch()` (a new server, a new
+    loop) gets its own, where a wake-up bound to the first loop hung the queue."""
+    done = subprocess.run([sys.executable, "-c", TWO_LAUNCHES], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert first == second and first

@@ -1,5 +1,7 @@
-"""Each limit on the ways into the app triggers, on the live server, with small fast inputs; user errors
-are one log line; a port another server answers is never taken for the app's."""
+"""Each limit on the ways into the app triggers, on the live server, with small fast inputs, by every route
+and header form a client that knows Gradio would try (the attacks are bench/abuse.py's); who the visitor is,
+with and without a trusted proxy; user errors are one log line; a port another server answers is never
+taken for the app's."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import base64
 import contextlib
 import http.server
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +21,23 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from starlette.requests import Request
 
+import limits
+from bench.abuse import (
+    BOUNDARY_DODGES,
+    NOT_THE_UPLOAD_ROUTE,
+    SECOND_VISITOR,
+    client_from,
+    declared_body,
+    direct_runs,
+    forged_flood,
+    heavy_image,
+    made_up,
+    multipart,
+    through_the_queue,
+    upload_outcome,
+)
 from bench.common import free_port, running_app
 from tests.conftest import CHELSEA, REPO
 
@@ -26,9 +45,24 @@ FILE = {"meta": {"_type": "gradio.FileData"}}
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[tuple[str, Path]]:
-    with running_app() as (url, process):
+def gradio_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gradio's folder for uploads and results (GRADIO_TEMP_DIR) of the module's app."""
+    return tmp_path_factory.mktemp("gradio")
+
+
+@pytest.fixture(scope="module")
+def live(gradio_files: Path) -> Iterator[tuple[str, Path]]:
+    """`python app.py` with default settings; running_app proves the port's listener is the process it started."""
+    with running_app({"GRADIO_TEMP_DIR": str(gradio_files)}) as (url, process):
         yield url, process.log
+
+
+@pytest.fixture(scope="module")
+def behind_a_proxy() -> Iterator[str]:
+    """The app told that one proxy in front of it appends to X-Forwarded-For."""
+    with running_app({"PETS_TRUSTED_PROXIES": "1"}) as (url, process):
+        assert "X-Forwarded-For entry 1 from the right" in process.log.read_text()
+        yield url
 
 
 def call(http: httpx.Client, url: str, api: str, data: list, headers: dict | None = None) -> tuple[int, str]:
@@ -61,7 +95,8 @@ def test_a_data_url_body_over_20_mb_is_refused(live) -> None:
     assert status == 413 and "at most 20 MB" in text
 
 
-def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(live) -> None:
+@pytest.mark.parametrize("path", ["gradio_api/call/predict", "gradio_api/call/upload"])
+def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(live, path: str) -> None:
     url, _ = live
 
     def chunks() -> Iterator[bytes]:
@@ -69,20 +104,41 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(live) -> None:
             yield b" " * 1_000_000
 
     with httpx.Client(timeout=60) as http:
-        answer = http.post(
-            f"{url}gradio_api/call/predict", content=chunks(), headers={"content-type": "application/json"}
-        )
+        answer = http.post(url + path, content=chunks(), headers={"content-type": "application/json"})
     assert answer.status_code == 413 and "at most 20 MB" in answer.text
 
 
-def test_an_upload_of_more_than_32_files_is_refused(live) -> None:
+def test_an_upload_of_more_than_32_files_is_refused_and_leaves_no_file(live, gradio_files: Path) -> None:
+    """33 files of 100 KB: refused as they stream, and the files Gradio's parser had begun are deleted (the
+    refusal is the exception it cleans up after); 32 are stored, so the folder listed is where they go."""
     url, _ = live
+    plain = [("content-type", "multipart/form-data; boundary=real")]
     files = [("files", (f"{i}.png", png())) for i in range(33)]
     with httpx.Client(timeout=60) as http:
         refused = http.post(url + "gradio_api/upload", files=files)
-        accepted = http.post(url + "gradio_api/upload", files=files[:32])
     assert refused.status_code == 413 and "At most 32 files" in refused.text
-    assert accepted.status_code == 200 and len(accepted.json()) == 32
+    assert upload_outcome(url, gradio_files, plain, multipart("real", 33, 100_000)) == {"status": 413, "files_left": 0}
+    assert upload_outcome(url, gradio_files, plain, multipart("real", 32, 100_000)) == {"status": 200, "files_left": 32}
+
+
+@pytest.mark.parametrize("dodge", sorted(BOUNDARY_DODGES))
+def test_the_file_count_reads_the_boundary_as_gradios_parser_does(live, gradio_files: Path, dodge: str) -> None:
+    """Each header form Gradio's parser accepts (3 files are stored), but which the limit once read another
+    way: 200 files are refused, and none is left behind."""
+    url, _ = live
+    headers = BOUNDARY_DODGES[dodge]
+    assert upload_outcome(url, gradio_files, headers, multipart("real", 3, 10)) == {"status": 200, "files_left": 3}
+    assert upload_outcome(url, gradio_files, headers, multipart("real", 200, 10)) == {"status": 413, "files_left": 0}
+
+
+def test_a_declared_25_mb_body_is_refused_unread_on_every_path_but_the_upload_route(live) -> None:
+    """The upload allowance (640 MB) is the upload route's alone, by its exact path: elsewhere a body
+    declared over 20 MB is refused before a byte of it is sent, while the upload route waits for it."""
+    url, _ = live
+    for path in NOT_THE_UPLOAD_ROUTE:
+        refused = declared_body(url, path)
+        assert refused["status"] == 413 and refused["seconds"] < 2, refused
+    assert declared_body(url, "/gradio_api/upload", "multipart/form-data; boundary=real", wait_s=2.0)["status"] is None
 
 
 def test_a_malformed_data_url_gets_a_clear_error(live) -> None:
@@ -128,25 +184,104 @@ def heavy_pipeline(http: httpx.Client, url: str, headers: dict, image: dict) -> 
 
 
 def test_one_visitor_cannot_fill_the_queue_or_hold_up_predict(live, tmp_path: Path) -> None:
-    """Twelve heavy calls at once from one address: at most four are queued, the rest are told why; meanwhile
-    another visitor's /predict is answered promptly (the transforms run in their own group)."""
+    """Twelve heavy calls at once from one address, each naming itself another visitor in X-Forwarded-For:
+    with no trusted proxy the header counts for nothing, so at most four are queued and the rest are told
+    why; meanwhile another visitor's (another address) /predict is answered promptly."""
     url, _ = live
     big = tmp_path / "big.jpg"
     Image.effect_noise((3000, 3000), 60).convert("RGB").save(big, quality=80)
-    flooder, other = {"x-forwarded-for": "203.0.113.7"}, {"x-forwarded-for": "198.51.100.9"}
-    with httpx.Client(timeout=120) as http:
-        image = uploaded(http, url, big, flooder)
-        photo = uploaded(http, url, CHELSEA, other)
+    with httpx.Client(timeout=120) as http, client_from(SECOND_VISITOR) as other:
+        image = uploaded(http, url, big)
+        photo = uploaded(other, url, CHELSEA)
         with ThreadPoolExecutor(12) as pool:
-            flood = [pool.submit(heavy_pipeline, http, url, flooder, image) for _ in range(12)]
+            flood = [pool.submit(heavy_pipeline, http, url, {"x-forwarded-for": made_up(i)}, image) for i in range(12)]
             time.sleep(1.0)
             started = time.perf_counter()
-            status, text = call(http, url, "predict", [photo], other)
+            status, text = call(other, url, "predict", [photo])
             waited = time.perf_counter() - started
             answers = [future.result() for future in flood]
     refused = [text for status, text in answers if "Too many requests at once" in text]
     assert status == 200 and "event: complete" in text and waited < 5, (waited, text)
     assert 8 <= len(refused) <= 12 - 1, answers  # at most four held; at least one ran
+
+
+def test_a_forged_forwarded_for_flood_is_held_like_one_visitor(live) -> None:
+    """The issue's attack, smaller: twelve clients on one address call /explain over and over, each call
+    with a made-up X-Forwarded-For, while a second visitor calls /predict ten times: the flood is held to
+    about four at a time (the client sees an answer a moment after the queue lets it go), and the second
+    visitor's ten calls are all answered, p95 within 2 s."""
+    url, _ = live
+    outcome = forged_flood(url, "explain", made_up, workers=12, calls=10)
+    assert outcome["refused"] > 0 and outcome["most_admitted_at_once"] <= 5, outcome
+    assert outcome["second_visitor"]["answered"] == 10 and outcome["second_visitor"]["p95_ms"] <= 2000, outcome
+
+
+def test_behind_one_proxy_the_last_entry_is_the_visitor(behind_a_proxy: str) -> None:
+    """PETS_TRUSTED_PROXIES=1: calls whose last X-Forwarded-For entries differ are different visitors (more
+    than four held at once); made-up entries in front of the same last one are one visitor."""
+    distinct = forged_flood(behind_a_proxy, "explain", lambda n: f"203.0.113.7, {made_up(n)}", workers=8, calls=3)
+    one = forged_flood(behind_a_proxy, "explain", lambda n: f"{made_up(n)}, 198.51.100.9", workers=8, calls=3)
+    assert distinct["refused"] == 0 and distinct["most_admitted_at_once"] > 4, distinct
+    assert one["refused"] > 0 and one["most_admitted_at_once"] <= 5, one
+
+
+@pytest.mark.parametrize("route", ["run", "api"])
+def test_no_route_runs_an_endpoint_past_the_queue(live, route: str) -> None:
+    """/gradio_api/run/<api> and /api/<api> would run a call at once, past the queue and its limits: the app
+    turns them away (Gradio's `api_open=False`, as on a Space) with a message that says to join the queue."""
+    url, _ = live
+    outcome = direct_runs(url, route, "explain", count=6)
+    assert outcome["answered"] == 0 and outcome["statuses"] == [404], outcome
+    assert (
+        httpx.post(f"{url}gradio_api/{route}/classes", json={"data": []}, timeout=30)
+        .json()["detail"]
+        .endswith("Please join the queue to use this API.")
+    )
+
+
+@pytest.mark.parametrize("route", ["call", "call/v2", "queue/join"])
+def test_every_queue_route_holds_one_visitor_to_four(live, route: str) -> None:
+    """Eight heavy pipelines at once from one address by each way into the queue, each with its own session
+    and made-up X-Forwarded-For: about four are admitted (each runs ~0.5 s, one at a time), and they run."""
+    url, _ = live
+    with client_from() as http:
+        image = heavy_image(http, url)
+    outcome = through_the_queue(url, route, image, count=8)
+    assert 1 <= outcome["admitted"] <= 5 and "complete" in outcome["outcomes"], outcome
+
+
+def request(peer: str, *forwarded: str) -> Request:
+    """A Starlette request as the app sees it: its socket's peer and its X-Forwarded-For headers."""
+    headers = [(b"x-forwarded-for", value.encode()) for value in forwarded]
+    return Request({"type": "http", "client": (peer, 50000), "headers": headers})
+
+
+def test_the_visitor_is_the_peer_or_the_entry_the_outermost_trusted_proxy_added() -> None:
+    assert limits.visitor(request("10.0.0.5", "1.1.1.1, 2.2.2.2"), 0) == "10.0.0.5"  # the header is the client's
+    assert limits.visitor(request("10.0.0.5", "1.1.1.1, 2.2.2.2"), 1) == "2.2.2.2"
+    assert limits.visitor(request("10.0.0.5", "1.1.1.1, 2.2.2.2"), 2) == "1.1.1.1"
+    assert limits.visitor(request("10.0.0.5", "1.1.1.1", "2.2.2.2,3.3.3.3"), 2) == "2.2.2.2"  # headers in order
+    assert limits.visitor(request("10.0.0.5", "2.2.2.2"), 2) == "10.0.0.5"  # it passed fewer proxies than that
+    assert limits.visitor(request("10.0.0.5"), 1) == "10.0.0.5"
+    assert limits.visitor(request("10.0.0.5", "1.1.1.1, "), 1) == "10.0.0.5"  # an empty entry names nobody
+
+
+def test_one_proxy_is_trusted_by_default_on_a_space_only() -> None:
+    space = {"SYSTEM": "spaces", "SPACE_ID": "someone/pets"}
+    assert limits.trusted_proxies({}) == 0
+    assert limits.trusted_proxies({"SYSTEM": "spaces"}) == 0  # Gradio, too, calls it a Space only with SPACE_ID
+    assert limits.trusted_proxies(space) == 1
+    assert limits.trusted_proxies(space | {"PETS_TRUSTED_PROXIES": "0"}) == 0
+    assert limits.trusted_proxies({"PETS_TRUSTED_PROXIES": "2"}) == 2
+    with pytest.raises(ValueError, match="whole number"):
+        limits.trusted_proxies({"PETS_TRUSTED_PROXIES": "-1"})
+
+
+def test_a_bad_trusted_proxies_value_stops_the_app_with_one_line() -> None:
+    env = os.environ | {"PETS_TRUSTED_PROXIES": "two"}
+    done = subprocess.run([sys.executable, "-c", "import app"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "PETS_TRUSTED_PROXIES must be a whole number" in done.stderr.strip().splitlines()[-1]
 
 
 class Decoy(http.server.BaseHTTPRequestHandler):

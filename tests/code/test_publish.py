@@ -17,6 +17,7 @@ from train.publish import GateError, publish, validate
 
 SPACE_TOP_LEVEL = {
     "app.py",
+    "gradio_patches.py",
     "inference.py",
     "limits.py",
     "preprocess.py",
