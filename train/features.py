@@ -106,7 +106,7 @@ def activations(
     path = Path(cache_dir) / f"{_cache_key(backbone, spec, len(prefix), view, digest, samples)}.pt"
     if path.is_file():
         stats.hits += 1
-        return torch.load(path)["x"].float()
+        return torch.load(path, weights_only=True)["x"].float()
     started = time.perf_counter()
     x = _extract(prefix, spec, samples, view, pool)
     stats.seconds += time.perf_counter() - started
