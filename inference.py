@@ -67,6 +67,7 @@ class ModelInfo:
     cam_method: str
     opset: int
     parity: dict  # ONNX Runtime against torch at export: images, max |Δlogit|
+    teacher: dict | None = None  # the ImageNet teacher: kept in the model beside the fine-tuned tail, distilled
 
 
 FEW_TEST_PHOTOS = 10  # a breed's test accuracy on fewer photos is too few to judge (Model tab, Space page)

@@ -39,16 +39,19 @@ def pattern(kind: int, rng: np.random.Generator, size: tuple[int, int] = (96, 80
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def write_tiny_dataset(root: Path, per_class: int = TINY_PER_CLASS, seed: int = 0) -> Path:
-    """Oxford layout: images/<Name>_<n>.jpg and annotations/{list,trainval,test}.txt (a third to test)."""
+def write_tiny_dataset(
+    root: Path, per_class: int = TINY_PER_CLASS, seed: int = 0, classes: list[tuple[str, int]] = TINY_CLASSES
+) -> Path:
+    """Oxford layout: images/<Name>_<n>.jpg and annotations/{list,trainval,test}.txt (a third to test).
+    `classes` are (name, species id: 1 cat, 2 dog); name real breeds to reach what ImageNet knows of them."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     (root / "annotations").mkdir()
     lines = {"trainval": [], "test": []}
-    for class_id, (name, species) in enumerate(TINY_CLASSES, start=1):
+    for class_id, (name, species) in enumerate(classes, start=1):
         for n in range(1, per_class + 1):
             stem = f"{name}_{n}"
-            pattern(class_id - 1, rng).save(root / "images" / f"{stem}.jpg", quality=90)
+            pattern((class_id - 1) % 3, rng).save(root / "images" / f"{stem}.jpg", quality=90)
             split = "test" if n % 3 == 0 else "trainval"
             lines[split].append(f"{stem} {class_id} {species} {n}")
     for split, entries in lines.items():

@@ -32,9 +32,12 @@ class Config:
     warmup_epochs: int = 1  # end to end: linear warmup, then cosine decay to zero
     ema_decay: float = 0.0  # end to end: weight EMA per step (0 = off); the average is what is kept
     imagenet_init: bool = False  # start the head rows of breeds that are ImageNet classes from its classifier
+    keep_teacher: bool = False  # serve the frozen ImageNet tail beside the fine-tuned one, one head over both
+    distill_weight: float = 0.0  # weight of the ImageNet classifier's distillation on dog photos (0 = off)
+    distill_temperature: float = 2.0  # softens both distributions in the distillation loss
     folds: int = 5  # python -m train cv: stratified folds over trainval
     extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
-    balance: str = "none"  # "none", or "loss": class weights ∝ 1 / training images, so each breed counts alike
+    balance: str = "none"  # "none"; "loss": class weights ∝ 1 / training images (each breed alike); "sqrt": ∝ 1 / √
     prior_correction: bool = False  # cv: fit logits − τ·log(prior) on out-of-fold logits, fold it into the bias
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
     workers: int = 2  # end to end: data-loading processes
@@ -74,7 +77,10 @@ class Config:
             "folds": 2 <= self.folds <= 20,
             "imagenet_init": not self.imagenet_init or self.head == "linear",
             "device": self.device in ("auto", "cuda", "cpu"),
-            "balance": self.balance in ("none", "loss"),
+            "balance": self.balance in ("none", "loss", "sqrt"),
+            "keep_teacher": not self.keep_teacher or self.end_to_end or self.finetune_blocks >= 1,
+            "distill_weight": 0.0 <= self.distill_weight <= 100.0,
+            "distill_temperature": 0.1 <= self.distill_temperature <= 20.0,
             "workers": 0 <= self.workers <= 64,
             "trial_cpus": 0.0 < self.trial_cpus <= 1024,
             "trial_gpus": 0.0 <= self.trial_gpus <= 64,

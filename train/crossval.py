@@ -116,6 +116,7 @@ def cross_validate(
         summary = metrics.summarize(logits, labels, data.classes, data.species)
         found = cv_metrics([r.val_accuracy for r in results], summary, logits, labels)
         found |= correction_metrics(correction)
+        found |= oof_retention(config, folds[:-1], [r.run_id for r in results], data, logits)
         mlflow.log_metrics(found)
         with tempfile.TemporaryDirectory() as folder:
             oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
@@ -138,6 +139,25 @@ def cross_validate(
         "cv accuracy %.4f ± %.4f; registered version %s", found["cv_accuracy"], found["cv_accuracy_std"], final.version
     )
     return found | {"version": final.version}
+
+
+def oof_retention(
+    config: Config, folds: list[Fold], run_ids: list[str], data: PetData, logits: np.ndarray
+) -> dict[str, float]:
+    """Out-of-fold retention: top-1 among the ImageNet dog breeds, the model against the teacher on the
+    same held-out photos. Only the cached path with a teacher (kept or distilled) logs its logits."""
+    from train import tracking
+    from train.distill import retention
+    from train.imagenet import dog_rows
+
+    if config.end_to_end or not (config.keep_teacher or config.distill_weight):
+        return {}
+    taught = [tracking.load_logits(run_id, tracking.HOLDOUT_TEACHER)[1] for run_id in run_ids]
+    names, teacher, labels = out_of_fold(folds, taught)
+    if len(names) != len(logits):
+        raise ValueError("The teacher's out-of-fold logits do not cover the model's.")
+    found = retention(logits, teacher, labels, *dog_rows(data.classes, data.species))
+    return {f"cv_retention_{kind}": value for kind, value in found.items()}
 
 
 def log_twins(data: PetData) -> None:
@@ -203,7 +223,9 @@ def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     data = load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
     for fold in plan(config, data):
         train = fold_data(data, fold).training()  # what `cv --resume` trains on: the same checkpoint key
-        outcome = fine_tune_run(config, data.classes, train, fold.holdout, resume=True, keep=not fold.holdout)
+        outcome = fine_tune_run(
+            config, data.classes, data.species, train, fold.holdout, resume=True, keep=not fold.holdout
+        )
         if fold.holdout:
             accuracy = (outcome.holdout_logits.argmax(1) == np.array([s.label for s in fold.holdout])).mean()
             log.info("%s: held-out accuracy %.4f", fold.name, accuracy)

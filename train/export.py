@@ -206,6 +206,7 @@ def make_card(
             cam_method="exact CAM (linear head)" if linear else "mean activation (MLP head)",
             opset=OPSET,
             parity=parity,
+            teacher=teacher_entry(params),
         ),
         preprocess=spec,
         species=species,
@@ -228,6 +229,15 @@ def make_card(
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=git_commit(),
     )
+
+
+def teacher_entry(params: dict[str, str]) -> dict | None:
+    """What the model keeps of the ImageNet network it started from: its frozen tail beside the fine-tuned
+    one, and the distillation of its dog rows; None for a model that does neither (or predates both)."""
+    kept, weight = params.get("keep_teacher") == "True", float(params.get("distill_weight", 0.0))
+    if not (kept or weight):
+        return None
+    return {"kept": kept, "distill_weight": weight, "distill_temperature": float(params["distill_temperature"])}
 
 
 def selection_metrics(found: dict[str, float]) -> dict:

@@ -8,6 +8,7 @@ and be logged later from the checkpoint folder (docs/training.md, "Fine-tuning e
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from preprocess import InputSpec, load_for_model, model_input
 from train.config import Config
 from train.data import Sample
-from train.model import PetNet, build_net, class_weights, seed_everything, train_mode
+from train.distill import Distiller, make_distiller
+from train.model import Frozen, PetNet, build, class_weights, seed_everything, train_mode
 from train.tensors import NotTensorsError, load_tensors
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class Outcome:
     history: list[dict[str, float]]  # one row per epoch
     holdout_logits: np.ndarray  # fp32 logits of the held-out samples, from the serving tensor
     images_per_second: float  # training throughput of the epochs this process ran (0 when none)
+    holdout_teacher: np.ndarray | None = None  # the teacher's ImageNet logits of the held-out samples, if cached
 
 
 def pick_device(name: str) -> torch.device:
@@ -122,8 +125,8 @@ def predict_logits(model: nn.Module, samples: list[Sample], spec: InputSpec, dev
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
 
 
-def _save(state: dict, path: Path) -> None:
-    """Tensors and plain values only, so `_load` can read it weights-only: numpy arrays go in as tensors,
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Tensors and plain values only, so `load_checkpoint` can read it weights-only: numpy arrays go in as tensors,
     their names listed under "arrays" to come back as arrays."""
     arrays = [name for name, value in state.items() if isinstance(value, np.ndarray)]
     state = state | {name: torch.from_numpy(state[name]) for name in arrays} | {"arrays": arrays}
@@ -133,7 +136,7 @@ def _save(state: dict, path: Path) -> None:
     temporary.replace(path)
 
 
-def _load(path: Path, key: str, resume: bool) -> dict | None:
+def load_checkpoint(path: Path, key: str, resume: bool) -> dict | None:
     """A checkpoint folder may be shared storage others write to (a cluster's): it is read as data, and one
     holding any other object is refused, never unpickled."""
     if not resume or not path.is_file():
@@ -162,12 +165,15 @@ def finetune(
     holdout: list[Sample],
     resume: bool = False,
     keep: bool = True,
+    distiller: Distiller | None = None,
 ) -> Outcome:
     """Train `model` end to end on `train`; evaluate on `holdout` (may be empty) after every epoch.
-    Without `keep` (CV folds) the final checkpoint holds only the history and held-out logits."""
+    Without `keep` (CV folds) the final checkpoint holds only the history and held-out logits. With a
+    `distiller`, the pretrained tail as it was before training (the model's kept teacher, or a frozen copy)
+    gives the teacher's view of each augmented batch."""
     checkpoint = checkpoint_path(config, classes, train, holdout)
     key = checkpoint.stem
-    state = _load(checkpoint, key, resume)
+    state = load_checkpoint(checkpoint, key, resume)
     if state and state.get("done"):
         if keep and "model" not in state:
             raise CheckpointError(f"{checkpoint} kept no weights (a CV fold's); delete it to train again.")
@@ -199,6 +205,8 @@ def finetune(
             ema.load_state_dict(state["ema"])
         history = state["history"]
     kept = ema.module if ema else model
+    teacher = (model.teacher or Frozen(*copy.deepcopy(list(model.tail)))).to(device) if distiller else None
+    distiller = distiller.to(device) if distiller else None
 
     images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment), spec)
     weights = class_weights([s.label for s in train], len(classes), config.balance)
@@ -227,6 +235,10 @@ def finetune(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=config.label_smoothing)
+                if distiller:
+                    with torch.no_grad():
+                        taught = teacher(model.prefix(x)).mean((2, 3), keepdim=True).float()
+                    loss = loss + distiller.loss(logits.float(), taught, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -250,22 +262,29 @@ def finetune(
         log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in list(row.items())[1:]))
         state = {"key": key, "epoch": epoch, "model": model.state_dict(), "history": history}
         state |= {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict()}
-        _save(state | {"ema": ema.state_dict() if ema else None}, checkpoint)
+        save_checkpoint(state | {"ema": ema.state_dict() if ema else None}, checkpoint)
     progress.close()
     seconds = time.perf_counter() - started
 
     holdout_logits = predict_logits(kept, holdout, spec, device, config.workers)
     final = kept.to("cpu").eval()
     done = {"key": key, "epoch": config.epochs, "done": True, "history": history, "holdout_logits": holdout_logits}
-    _save(done | ({"model": final.state_dict()} if keep else {}), checkpoint)
+    save_checkpoint(done | ({"model": final.state_dict()} if keep else {}), checkpoint)
     return Outcome(final if keep else None, history, holdout_logits, seen / seconds if seen else 0.0)
 
 
 def fine_tune_run(
-    config: Config, classes: list[str], train: list[Sample], holdout: list[Sample], resume: bool, keep: bool
+    config: Config,
+    classes: list[str],
+    species: list[str],
+    train: list[Sample],
+    holdout: list[Sample],
+    resume: bool,
+    keep: bool,
 ) -> Outcome:
     """A freshly seeded pretrained network, fine-tuned (or taken from its checkpoint): `fit` and
     `cv --checkpoints-only` start every run this way, so their checkpoints are interchangeable."""
     seed_everything(config.seed)
-    net, spec = build_net(config, classes)
-    return finetune(config, net, spec, classes, train, holdout, resume, keep)
+    net, spec, imagenet = build(config, classes)
+    distiller = make_distiller(config, imagenet, classes, species)
+    return finetune(config, net, spec, classes, train, holdout, resume, keep, distiller)

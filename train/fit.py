@@ -20,9 +20,10 @@ from preprocess import InputSpec
 from train import metrics, tracking
 from train.config import Config
 from train.data import PetData, load_dataset
-from train.features import CacheStats, activations
-from train.finetune import Outcome, fine_tune_run
-from train.model import build_net, class_weights, input_spec, seed_everything, train_mode
+from train.distill import Distiller, make_distiller
+from train.features import Cached, CacheStats, activations
+from train.finetune import Outcome, checkpoint_path, fine_tune_run, load_checkpoint, save_checkpoint
+from train.model import Frozen, build, class_weights, input_spec, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +38,53 @@ class RunResult:
     train_images_per_s: float
 
 
-def evaluate_logits(tail: nn.Module, head: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+@dataclass(frozen=True)
+class Inputs:
+    """What the trainable part reads per sample: the cached activations at the cut, and beside them the
+    teacher's pooled features when the model keeps the teacher or learns from it (None otherwise)."""
+
+    x: torch.Tensor
+    teacher: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index) -> Inputs:
+        return Inputs(self.x[index], None if self.teacher is None else self.teacher[index])
+
+
+def forward(tail: nn.Module, head: nn.Module, inputs: Inputs, keep_teacher: bool) -> torch.Tensor:
+    """The head's logits from cached inputs: the tail's map, beside the teacher's pooled features when the
+    model keeps the teacher (pooling is linear, so the head's pool of the stacked maps is this)."""
+    maps = tail(inputs.x)
+    if keep_teacher:
+        maps = torch.cat([maps.mean((2, 3), keepdim=True), inputs.teacher], 1)
+    return head(maps)
+
+
+def evaluate_logits(tail: nn.Module, head: nn.Module, inputs: Inputs, keep_teacher: bool, batch: int = 256):
     tail.eval(), head.eval()
     with torch.no_grad():  # at least one batch, so nothing held out gives an empty (0, classes) result
-        return torch.cat([head(tail(x[i : i + batch])) for i in range(0, max(len(x), 1), batch)])
+        chunks = range(0, max(len(inputs), 1), batch)
+        return torch.cat([forward(tail, head, inputs[i : i + batch], keep_teacher) for i in chunks])
 
 
 def train_loop(
     config: Config,
     tail: nn.Module,
     head: nn.Module,
-    views: torch.Tensor,
+    views: Inputs,
     y: torch.Tensor,
-    val_x: torch.Tensor,
+    val: Inputs,
     val_y: torch.Tensor,
     classes: int,
+    distiller: Distiller | None = None,
 ) -> list[dict[str, float]]:
-    """AdamW with a cosine schedule (class-weighted loss with `balance = "loss"`); each sample shows a
-    random cached view per epoch; early stopping on validation loss restores the best weights, unless
-    `patience = 0`: then every epoch runs and the last weights stay (cross-validation, where the held-out
-    fold must not choose the epoch, and the final run has nothing held out)."""
+    """AdamW with a cosine schedule (class-weighted loss with `balance`, plus the teacher's distillation
+    with a `distiller`); each sample shows a random cached view per epoch; early stopping on validation
+    loss restores the best weights, unless `patience = 0`: then every epoch runs and the last weights stay
+    (cross-validation, where the held-out fold must not choose the epoch, and the final run has nothing
+    held out to stop on). `views` index as [view, sample]."""
     params = [p for p in [*tail.parameters(), *head.parameters()] if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     weights = class_weights(y.tolist(), classes, config.balance)
@@ -67,12 +95,15 @@ def train_loop(
     for epoch in range(1, config.epochs + 1):
         train_mode(tail, head)
         order = torch.randperm(len(y), generator=generator)
-        chosen = torch.randint(len(views), (len(y),), generator=generator)
+        chosen = torch.randint(len(views.x), (len(y),), generator=generator)
         total_loss, total_correct = 0.0, 0
         for start in range(0, len(y), config.batch_size):
             index = order[start : start + config.batch_size]
-            logits = head(tail(views[chosen[index], index]))
+            batch = views[chosen[index], index]
+            logits = forward(tail, head, batch, config.keep_teacher)
             loss = F.cross_entropy(logits, y[index], weights, label_smoothing=config.label_smoothing)
+            if distiller:
+                loss = loss + distiller.loss(logits, batch.teacher, y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -81,7 +112,7 @@ def train_loop(
             total_correct += (logits.argmax(1) == y[index]).sum().item()
         row = {"epoch": epoch, "train_loss": total_loss / len(y), "train_accuracy": total_correct / len(y)}
         if len(val_y):
-            val_logits = evaluate_logits(tail, head, val_x)
+            val_logits = evaluate_logits(tail, head, val, config.keep_teacher)
             row["val_loss"] = F.cross_entropy(val_logits, val_y).item()
             row["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
         history.append(row)
@@ -103,29 +134,38 @@ def train_loop(
     return history
 
 
-def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcome, CacheStats]:
-    """The fast path: the frozen prefix runs once per view into the feature cache, then the tail and head
-    train on cached activations. The cache holds every training and held-out image in one set, the same
-    for each CV fold, the final run and a sweep's runs, so one extraction serves them all."""
-    net, stats = build_net(config, data.classes)[0], CacheStats()
+def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = False) -> tuple[Outcome, CacheStats]:
+    """The fast path: the frozen prefix runs once per view into the feature cache (with the teacher's
+    pooled features beside its activations when the model keeps or distils the teacher), then the tail and
+    head train on cached activations. The cache holds every training and held-out image in one set, the
+    same for each CV fold, the final run and a sweep's runs, so one extraction serves them all. A finished
+    run leaves a checkpoint, so `--resume` after a kill redoes only the runs that had not finished."""
+    (net, _, imagenet), stats = build(config, data.classes), CacheStats()
     training, held_out = data.training(), data.splits["val"]
+    checkpoint = checkpoint_path(config, data.classes, training, held_out)
+    done = load_checkpoint(checkpoint, checkpoint.stem, resume)
+    if done:
+        net.load_state_dict(done["model"])
+        return Outcome(net.eval(), done["history"], done["holdout_logits"], 0.0, done.get("holdout_teacher")), stats
     images = sorted(training + held_out, key=lambda s: s.name)
     row = {s.name: i for i, s in enumerate(images)}
     if len(row) != len(images):
         raise RuntimeError("Two training or held-out images share a name; the feature cache needs them unique.")
+    teacher = net.teacher or (Frozen(*copy.deepcopy(list(net.tail))) if config.distill_weight else None)
 
-    def cached(view: int) -> torch.Tensor:
+    def cached(view: int) -> Cached:
         pooled = len(net.tail) == 0
-        return activations(
-            net.prefix, config.backbone, spec, images, view, data.digest, Path(config.cache_dir), stats, pooled
-        )
+        cache = Path(config.cache_dir)
+        return activations(net.prefix, config.backbone, spec, images, view, data.digest, cache, stats, pooled, teacher)
 
     def rows(samples: list) -> torch.Tensor:
         return torch.tensor([row[s.name] for s in samples], dtype=torch.long)
 
-    centre = cached(0)
-    views = torch.stack([centre[rows(training)]] + [cached(v)[rows(training)] for v in range(1, config.views)])
-    val_x = centre[rows(held_out)]
+    everything = [cached(view) for view in range(config.views)]
+    x = torch.stack([found.x[rows(training)] for found in everything])
+    taught = torch.stack([found.teacher[rows(training)] for found in everything]) if teacher else None
+    centre = everything[0]
+    val = Inputs(centre.x, centre.teacher)[rows(held_out)]
     mlflow.log_metrics(
         {
             "feature_cache_hits": stats.hits,
@@ -137,10 +177,15 @@ def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcom
     val_y = torch.tensor([s.label for s in held_out], dtype=torch.long)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    history = train_loop(config, net.tail, net.head, views, y, val_x, val_y, len(data.classes))
+    distiller = make_distiller(config, imagenet, data.classes, data.species)
+    history = train_loop(config, net.tail, net.head, Inputs(x, taught), y, val, val_y, len(data.classes), distiller)
     throughput = len(y) * len(history) / (time.perf_counter() - started)
-    holdout = evaluate_logits(net.tail, net.head, val_x).numpy()
-    return Outcome(net.eval(), history, holdout, throughput), stats
+    holdout = evaluate_logits(net.tail, net.head, val, config.keep_teacher).numpy()
+    teacher_logits = imagenet(val.teacher.flatten(1)).numpy() if val.teacher is not None else None
+    state = {"key": checkpoint.stem, "epoch": len(history), "model": net.state_dict(), "history": history}
+    state |= {"holdout_logits": holdout} | ({"holdout_teacher": teacher_logits} if teacher_logits is not None else {})
+    save_checkpoint(state, checkpoint)
+    return Outcome(net.eval(), history, holdout, throughput, teacher_logits), stats
 
 
 def fit(
@@ -166,10 +211,10 @@ def fit(
         tracking.log_run_inputs(config.as_params(), spec, data, config_path)
         if config.end_to_end:
             train, val = data.training(), data.splits["val"]
-            outcome = fine_tune_run(config, data.classes, train, val, resume, keep=register)
+            outcome = fine_tune_run(config, data.classes, data.species, train, val, resume, keep=register)
             stats = CacheStats()
         else:
-            outcome, stats = train_cached(config, spec, data)
+            outcome, stats = train_cached(config, spec, data, resume)
         for row in outcome.history:
             mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         mlflow.log_metrics({"train_images_per_s": outcome.images_per_second} | (extra_metrics or {}))
@@ -198,14 +243,17 @@ def log_holdout(outcome: Outcome, data: PetData) -> tuple[float, float]:
         }
         | {f"val_accuracy_{k}": v for k, v in summary["per_species"].items()}
     )
+    names = [s.name for s in data.splits["val"]]
     plots |= {
-        Path(tracking.HOLDOUT_LOGITS).name: lambda p: tracking.save_logits(
-            p, [s.name for s in data.splits["val"]], outcome.holdout_logits, val_y
-        ),
+        Path(tracking.HOLDOUT_LOGITS).name: lambda p: tracking.save_logits(p, names, outcome.holdout_logits, val_y),
         "confusion_matrix_val.png": lambda p: metrics.plot_confusion(
             summary["confusion"], data.classes, "validation", p
         ),
         "per_class_accuracy_val.csv": lambda p: metrics.write_per_class_csv(summary, data.classes, p),
     }
+    if outcome.holdout_teacher is not None:
+        plots[Path(tracking.HOLDOUT_TEACHER).name] = lambda p: tracking.save_logits(
+            p, names, outcome.holdout_teacher, val_y
+        )
     tracking.log_files(plots)
     return summary["accuracy"], val_loss

@@ -45,12 +45,16 @@ IMAGENET_CLASSES: dict[str, tuple[str, int]] = {
 def init_from_imagenet(classifier: nn.Linear, classes: list[str], imagenet: nn.Linear) -> list[str]:
     """Copy the ImageNet classifier's row of each breed that has one into the new head; returns those
     breeds. The other rows keep their random start, scaled to the copied rows' norm so no class starts
-    with an advantage from its initialisation alone."""
+    with an advantage from its initialisation alone.
+
+    A head over k stacked copies of the backbone's features (the fine-tuned tail and the teacher's, which
+    start equal) gets each row split in k equal parts, so it starts as the ImageNet classifier itself."""
     rows = {i: IMAGENET_CLASSES[name][1] for i, name in enumerate(classes) if name in IMAGENET_CLASSES}
     if not rows:
         return []
     targets, sources = list(rows), list(rows.values())
-    classifier.weight[targets] = imagenet.weight[sources]
+    copies = classifier.in_features // imagenet.in_features
+    classifier.weight[targets] = imagenet.weight[sources].repeat(1, copies) / copies
     classifier.bias[targets] = imagenet.bias[sources]
     others = [i for i in range(len(classes)) if i not in rows]
     if others:
@@ -59,3 +63,17 @@ def init_from_imagenet(classifier: nn.Linear, classes: list[str], imagenet: nn.L
         classifier.bias[others] = imagenet.bias[sources].mean()
     log.info("head initialised from ImageNet for %d of %d classes", len(rows), len(classes))
     return [classes[i] for i in targets]
+
+
+def dog_rows(classes: list[str], species: list[str]) -> tuple[list[int], list[int]]:
+    """The dog breeds that are ImageNet classes: their indices among `classes`, and ImageNet's, in step.
+
+    The teacher is distilled and retention measured on these only: three of ImageNet's rows for our
+    breeds are cats (Persian, Siamese, Egyptian cat), and a teacher asked about every photo pulls all cats
+    toward those three."""
+    pairs = [
+        (i, IMAGENET_CLASSES[name][1])
+        for i, (name, kind) in enumerate(zip(classes, species, strict=True))
+        if kind == "dog" and name in IMAGENET_CLASSES
+    ]
+    return [i for i, _ in pairs], [j for _, j in pairs]

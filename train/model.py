@@ -1,6 +1,10 @@
-"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head."""
+"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head;
+optionally the untouched ImageNet tail (the teacher) beside the trainable one, the head reading both."""
 
 from __future__ import annotations
+
+import copy
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,12 +30,23 @@ def make_head(config: Config, channels: int, num_classes: int) -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(config.dropout), classifier)
 
 
-def split_layers(layers: list[nn.Module], finetune_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
+class Frozen(nn.Sequential):
+    """Layers that never train: no gradients, and evaluation mode whatever `.train()` asks, so neither
+    batch-norm statistics nor stochastic depth ever change what they compute."""
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> Frozen:
+        return super().train(False)
+
+
+def split_layers(layers: list[nn.Module], finetune_blocks: int) -> tuple[Frozen, nn.Sequential]:
     """The last `finetune_blocks` layers train; the rest stay frozen and can be cached."""
     cut = len(layers) - min(finetune_blocks, len(layers) - 1)
-    prefix, tail = nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:])
-    prefix.eval().requires_grad_(False)
-    return prefix, tail
+    return Frozen(*layers[:cut]), nn.Sequential(*layers[cut:])
 
 
 def train_mode(*modules: nn.Module) -> None:
@@ -46,14 +61,24 @@ def train_mode(*modules: nn.Module) -> None:
 
 
 class PetNet(nn.Module):
-    """What is registered in MLflow and exported to ONNX: normalized image in, logits out."""
+    """What is registered in MLflow and exported to ONNX: normalized image in, logits out.
 
-    def __init__(self, prefix: nn.Sequential, tail: nn.Sequential, head: nn.Module) -> None:
+    With a `teacher` (a frozen copy of the pretrained tail) the head reads the trainable tail's feature map
+    and the teacher's, stacked: the fine-tuned features learn the cats, and what ImageNet taught the
+    backbone about dogs stays in the model whatever the few Oxford dog photos do to the tail."""
+
+    def __init__(self, prefix: nn.Sequential, tail: nn.Sequential, head: nn.Module, teacher: Frozen | None = None):
         super().__init__()
-        self.prefix, self.tail, self.head = prefix, tail, head
+        self.prefix, self.tail, self.head, self.teacher = prefix, tail, head, teacher
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """The feature map the head pools: the tail's, and the teacher's beside it when there is one."""
+        cut = self.prefix(image)
+        maps = self.tail(cut)
+        return maps if self.teacher is None else torch.cat([maps, self.teacher(cut)], 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.head(self.tail(self.prefix(image)))
+        return self.head(self.features(image))
 
 
 class Explained(nn.Module):
@@ -69,7 +94,7 @@ class Explained(nn.Module):
         self.linear = isinstance(model.head[-1], nn.Linear)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.tail(self.model.prefix(image))
+        features = self.model.features(image)
         logits = self.model.head(features)
         if self.linear:
             layer = self.model.head[-1]
@@ -91,25 +116,39 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build_net(config: Config, classes: list[str]) -> tuple[PetNet, InputSpec]:
-    """The pretrained backbone split where training starts, and a new head (rows from ImageNet on request)."""
+class Built(NamedTuple):
+    net: PetNet
+    spec: InputSpec
+    imagenet: nn.Linear  # the backbone's ImageNet classifier: the teacher's head, for distillation and retention
+
+
+def build(config: Config, classes: list[str]) -> Built:
+    """The pretrained backbone split where training starts, the frozen teacher tail on request, and a new
+    head (rows from ImageNet on request)."""
     backbone, spec = get_backbone(config.backbone), input_spec(config)
     layers, imagenet = backbone.build(spec.crop)
     prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
-    head = make_head(config, backbone.channels, len(classes))
+    teacher = Frozen(*copy.deepcopy(list(tail))) if config.keep_teacher else None
+    head = make_head(config, backbone.channels * (2 if teacher else 1), len(classes))
     if config.imagenet_init:
         init_from_imagenet(head[-1], classes, imagenet)
-    return PetNet(prefix, tail, head), spec
+    return Built(PetNet(prefix, tail, head, teacher), spec, imagenet.requires_grad_(False))
+
+
+def build_net(config: Config, classes: list[str]) -> tuple[PetNet, InputSpec]:
+    net, spec, _ = build(config, classes)
+    return net, spec
 
 
 def class_weights(labels: list[int], classes: int, balance: str) -> torch.Tensor | None:
-    """Loss weights for `balance = "loss"`: each class's images weigh total / (classes present × its count),
-    so every breed contributes alike however many photos it has (the extra dogs make some breeds ~10× the
-    five they leave out). None for "none": plain cross-entropy."""
+    """Loss weights. "loss": each class's images weigh ∝ 1 / its count, so every breed contributes alike
+    however many photos it has; "sqrt": ∝ 1 / √count, a gentler balance (with 100 photos per cat breed and
+    ~10 per dog breed, full balancing weighs a dog photo 10× a cat's and drowns the cats). Normalised to a
+    mean weight of 1 per image. None for "none": plain cross-entropy."""
     if balance == "none":
         return None
     counts = torch.bincount(torch.as_tensor(labels), minlength=classes).float()
     present = counts > 0
     weights = torch.zeros(classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights
+    weights[present] = counts[present] ** (-1.0 if balance == "loss" else -0.5)
+    return weights * counts.sum() / (weights * counts).sum()

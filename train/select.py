@@ -13,6 +13,7 @@ import numpy as np
 from mlflow import MlflowClient
 
 from inference import ModelCard, PetClassifier, not_sure, softmax
+from train import retention
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
 from train.data import PetData, Sample, load_dataset
 from train.evaluate import evaluate_classifier, photo_logits
@@ -94,6 +95,8 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
         card, metrics=card.metrics | {"test": summarize_test(test, fp32, gates.calibration) | {"variant": "fp32"}}
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
+    retained = retention.measure(fp32, data.root.parent / retention.FOLDER)
+    card = replace(card, metrics=card.metrics | ({"retention": retained} if retained else {}))
     card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")
     log_test_results(client, card, test)

@@ -47,6 +47,7 @@ def log_dataset(data: PetData) -> None:
 
 
 HOLDOUT_LOGITS = "evaluation/holdout_logits.npz"  # each run's held-out logits: what `cv` gathers its folds from
+HOLDOUT_TEACHER = "evaluation/holdout_teacher_logits.npz"  # the teacher's ImageNet logits of them: retention
 PRIOR_CORRECTION = "cv/prior_correction.json"  # a CV final run's τ and log prior: folded into its head at export
 OOF_LOGITS = "cv/oof.npz"  # a cross-validation parent's out-of-fold logits: what `select` calibrates on
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import REPO
 from train.config import Config, ConfigError, load_config, load_sweep, parse_override
 
 
@@ -89,3 +90,20 @@ def test_missing_file_and_bad_toml(tmp_path) -> None:
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "lr = = 1"))
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted(p.name for p in (REPO / "train" / "configs").glob("*.toml") if p.stem not in ("gates", "publish"))
+)
+def test_every_shipped_recipe_loads(recipe: str) -> None:
+    path = REPO / "train" / "configs" / recipe
+    configs = load_sweep(path) if recipe.startswith("sweep_") else [load_config(path)]
+    assert configs and all(c.epochs >= 1 for c in configs)
+
+
+def test_a_kept_teacher_needs_a_trainable_tail() -> None:
+    with pytest.raises(ConfigError, match="keep_teacher"):
+        Config(keep_teacher=True, finetune_blocks=0)
+    assert Config(keep_teacher=True, finetune_blocks=6).keep_teacher
+    with pytest.raises(ConfigError, match="balance"):
+        Config(balance="cubic")

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from inference import sha256_file
 from tests.conftest import REPO, TINY_CLASSES, pattern, write_tiny_dataset
 from train.config import Config
 from train.crossval import fold_data, plan
 from train.data import DataError, load_dataset, load_extra
 from train.model import class_weights
-from inference import sha256_file
 from train.stanford import SYNSETS, ArchiveError, build
 
 CLASSES = [name for name, _ in TINY_CLASSES]
@@ -179,3 +180,11 @@ def test_the_builder_refuses_an_archive_with_another_checksum(tmp_path: Path) ->
     archive = stanford_archive(tmp_path / "images.tar")
     with pytest.raises(ArchiveError, match="expected 00"):
         build(archive, tmp_path / "out", expected_sha256="00" * 32)
+
+
+def test_square_root_balancing_is_gentler_than_full_balancing() -> None:
+    labels = [0] * 100 + [1] * 4 + [2] * 25  # a cat breed's 100 photos beside a dog breed's few
+    full, gentle = class_weights(labels, 4, "loss"), class_weights(labels, 4, "sqrt")
+    assert full[1] / full[0] == pytest.approx(25.0) and gentle[1] / gentle[0] == pytest.approx(5.0)
+    for weights in (full, gentle):  # an average image weighs 1 either way; absent classes weigh nothing
+        assert (weights[torch.tensor(labels)].mean()).item() == pytest.approx(1.0) and weights[3] == 0

@@ -30,7 +30,9 @@ TINY = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, worker
 
 
 def run(config: Config, data, resume: bool = False):
-    return fine_tune_run(config, data.classes, data.splits["train"], data.splits["val"], resume, keep=True)
+    return fine_tune_run(
+        config, data.classes, data.species, data.splits["train"], data.splits["val"], resume, keep=True
+    )
 
 
 def test_loss_falls_and_held_out_logits_are_what_serving_computes(tiny_data, tmp_path) -> None:
@@ -54,17 +56,17 @@ def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_result(tiny_data, 
     whole = run(Config(**TINY, epochs=3, ema_decay=0.9, checkpoint_dir=str(tmp_path / "whole")), data)
 
     config = Config(**TINY, epochs=3, ema_decay=0.9, checkpoint_dir=str(tmp_path / "killed"))
-    save = train.finetune._save
+    save = train.finetune.save_checkpoint
 
     def save_then_die(state: dict, path) -> None:
         save(state, path)
         if state["epoch"] == 2:
             raise KeyboardInterrupt("killed after epoch 2")
 
-    monkeypatch.setattr(train.finetune, "_save", save_then_die)
+    monkeypatch.setattr(train.finetune, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(config, data)
-    monkeypatch.setattr(train.finetune, "_save", save)
+    monkeypatch.setattr(train.finetune, "save_checkpoint", save)
     assert torch.load(next((tmp_path / "killed").glob("*.pt")), weights_only=True)["epoch"] == 2
 
     resumed = run(config, data, resume=True)
@@ -120,9 +122,9 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     assert train_main([*data, "select", "--model-dir", str(tmp_path / "model")]) == 0
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     assert card["calibration"]["fitted_on"] == "out-of-fold" and card["metrics"]["cv"]["folds"] == 2
+    assert card["int8"]["calibration"]["fitted_on"] == "out-of-fold"  # its own temperature, on the same photos
     assert card["metrics"]["cv"]["accuracy"] == pytest.approx(parent.data.metrics["cv_accuracy"])
     folded = [a.path for a in client.list_artifacts(final.info.run_id, "cv")] == [PRIOR_CORRECTION]
-    assert card["int8"]["calibration"]["fitted_on"] == "out-of-fold"  # its own temperature, on the same photos
     assert folded == ("cv_prior_strength" in parent.data.metrics)  # kept only where τ > 0 won
     if folded:
         assert card["metrics"]["cv"]["prior_strength"] == parent.data.metrics["cv_prior_strength"] > 0

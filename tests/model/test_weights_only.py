@@ -22,7 +22,7 @@ from train.__main__ import main as train_main
 from train.config import Config
 from train.data import load_dataset
 from train.export import ExportError, export, model_version, registered_net
-from train.finetune import CheckpointError, _load, _save
+from train.finetune import CheckpointError, load_checkpoint, save_checkpoint
 from train.fit import fit
 from train.gates import Gates
 from train.model import build_net
@@ -131,7 +131,7 @@ def test_weights_that_do_not_fit_or_hold_an_object_are_refused(
 
 @pytest.mark.parametrize("kind", ["code", "object"])
 def test_a_checkpoint_holding_an_object_is_refused(tmp_path: Path, kind: str) -> None:
-    """What `--resume` reads (every resume goes through `_load`): refused whole, nothing in it run."""
+    """What `--resume` reads (every resume goes through `load_checkpoint`): refused whole, nothing in it run."""
     marker, path = tmp_path / "the pickle ran", tmp_path / "checkpoints" / "k.pt"
     payload, named = (Tripwire(marker), "posix.mkdir") if kind == "code" else (Note(), f"{__name__}.Note")
     finished = {"key": "k", "epoch": 1, "done": True, "history": [], "holdout_logits": torch.zeros(6, 3)}
@@ -139,7 +139,7 @@ def test_a_checkpoint_holding_an_object_is_refused(tmp_path: Path, kind: str) ->
     torch.save(finished | {"model": {"extra": payload}}, path)
 
     with pytest.raises(CheckpointError, match=f"k.pt holds {named}, not only tensors and plain values; it is not"):
-        _load(path, "k", resume=True)
+        load_checkpoint(path, "k", resume=True)
     assert not marker.exists()
 
 
@@ -148,13 +148,13 @@ def test_a_checkpoint_is_tensors_and_plain_values(tmp_path: Path) -> None:
     back as the array they were; the key check still guards the resume."""
     logits = np.arange(6, dtype=np.float32).reshape(2, 3)
     state = {"key": "k", "epoch": 2, "history": [{"epoch": 1, "train_loss": 0.5}], "holdout_logits": logits}
-    _save(state | {"model": {"weight": torch.ones(2)}}, tmp_path / "k.pt")
+    save_checkpoint(state | {"model": {"weight": torch.ones(2)}}, tmp_path / "k.pt")
 
     raw = torch.load(tmp_path / "k.pt", weights_only=True)
     assert isinstance(raw["holdout_logits"], torch.Tensor) and raw["arrays"] == ["holdout_logits"]
-    loaded = _load(tmp_path / "k.pt", "k", resume=True)
+    loaded = load_checkpoint(tmp_path / "k.pt", "k", resume=True)
     assert isinstance(loaded["holdout_logits"], np.ndarray) and "arrays" not in loaded
     np.testing.assert_array_equal(loaded["holdout_logits"], logits)
     assert loaded["history"] == state["history"] and torch.equal(loaded["model"]["weight"], torch.ones(2))
     with pytest.raises(CheckpointError, match="belongs to another configuration"):
-        _load(tmp_path / "k.pt", "another", resume=True)
+        load_checkpoint(tmp_path / "k.pt", "another", resume=True)

@@ -1,0 +1,124 @@
+"""The kept ImageNet teacher on real Lite0 weights: the model starts as the ImageNet classifier, the
+teacher never trains, its cached features are the untouched network's, and the recipe runs through
+cross-validation (with retention) and select to an ONNX model that passes the parity gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from inference import ModelCard
+from preprocess import load_for_model
+from tests.conftest import write_tiny_dataset
+from tests.data.test_extra import write_extra
+from train.__main__ import main as train_main
+from train.backbones import get_backbone
+from train.config import Config
+from train.data import load_dataset
+from train.features import CacheStats, activations, view_input
+from train.imagenet import IMAGENET_CLASSES
+from train.model import build
+
+pytestmark = pytest.mark.slow
+
+DOGS = [("Stripes", 1), ("beagle", 2), ("pug", 2)]  # two dog breeds ImageNet knows, and a made-up cat
+CONFIG = Config(backbone="efficientnet_lite0", image_size=96, finetune_blocks=2, keep_teacher=True, imagenet_init=True)
+
+
+@pytest.fixture(scope="module")
+def dogs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_dataset(tmp_path_factory.mktemp("dogs") / "oxford-iiit-pet", classes=DOGS)
+
+
+def untouched(image: torch.Tensor) -> torch.Tensor:
+    """The pretrained ImageNet network, freshly loaded: the teacher as it was published."""
+    layers, classifier = get_backbone(CONFIG.backbone).build(CONFIG.image_size)
+    with torch.no_grad():
+        return classifier(torch.nn.Sequential(*layers).eval()(image).mean((2, 3)))
+
+
+def test_a_model_that_keeps_the_teacher_starts_as_the_imagenet_classifier() -> None:
+    net = build(CONFIG, [name for name, _ in DOGS]).net.eval()
+    image = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        logits = net(image)
+    imagenet = [IMAGENET_CLASSES[breed][1] for breed in ("beagle", "pug")]
+    assert torch.allclose(logits[:, 1:], untouched(image)[:, imagenet], atol=1e-4)
+
+
+def test_the_teacher_never_trains() -> None:
+    net = build(CONFIG, [name for name, _ in DOGS]).net
+    net.train()
+    assert not net.teacher.training and not any(layer.training for layer in net.teacher.modules())
+    assert not any(p.requires_grad for p in net.teacher.parameters())
+    assert any(p.requires_grad for p in net.tail.parameters())
+    assert set(net.state_dict()) >= {f"teacher.{key}" for key in net.teacher.state_dict()}  # it ships
+
+
+def test_cached_teacher_features_give_the_untouched_networks_logits(dogs: Path, tmp_path: Path) -> None:
+    data = load_dataset(dogs, 0.25, 0)
+    samples = data.splits["train"][:5]
+    net, spec, imagenet = build(CONFIG, data.classes)
+    stats = CacheStats()
+    for _ in range(2):  # computed, then read back from disk
+        cached = activations(
+            net.prefix, CONFIG.backbone, spec, samples, 2, data.digest, tmp_path, stats, False, net.teacher
+        )
+    assert stats.hits == 1 and stats.computed_images == len(samples)
+    views = np.concatenate([view_input(load_for_model(s.path, spec), spec, 2, s.name) for s in samples])
+    with torch.no_grad():
+        from_cache = imagenet(cached.teacher.flatten(1))
+    assert torch.allclose(from_cache, untouched(torch.from_numpy(views)), atol=1e-4)
+
+
+def test_the_recipe_runs_through_cv_with_retention_and_ships_with_parity(dogs: Path, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    recipe = tmp_path / "teacher.toml"
+    recipe.write_text(
+        'backbone = "efficientnet_lite0"\nimage_size = 96\nimagenet_init = true\nfinetune_blocks = 2\n'
+        'keep_teacher = true\nviews = 1\nepochs = 1\npatience = 0\nfolds = 2\nbalance = "sqrt"\n'
+        "distill_weight = 1.0\n"
+    )
+    assert train_main(["--data-dir", str(dogs), "cv", "--config", str(recipe)]) == 0
+    client = MlflowClient()
+    parent = next(r for r in client.search_runs(["1"]) if r.info.run_name == "cv:teacher")
+    found = parent.data.metrics
+    trainval_dogs = 2 * 8  # beagle and pug: 8 trainval photos each (every third photo is a test photo)
+    assert found["cv_retention_photos"] == trainval_dogs
+    assert 0.0 <= found["cv_retention_student"] <= 1.0 and 0.0 <= found["cv_retention_teacher"] <= 1.0
+    write_extra(dogs.parent / "stanford-dogs-extra", {"beagle": 3, "pug": 2, "Stripes": 2})  # retention photos
+    assert train_main(["--data-dir", str(dogs), "select", "--model-dir", str(tmp_path / "model")]) == 0
+    card = ModelCard.load(tmp_path / "model" / "card.json")
+    assert card.model.parity["max_abs_logit_delta"] <= 1e-3  # the teacher's tail is in the graph, and agrees
+    assert card.model.teacher == {"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0}
+    assert card.metrics["cv"]["retention_photos"] == trainval_dogs
+    retained = card.metrics["retention"]
+    assert retained["photos"] == 5 and set(retained["per_breed"]) == {"beagle", "pug"}  # the cat is not asked
+    mlflow.set_tracking_uri(None)
+
+
+def test_end_to_end_fine_tuning_keeps_and_distils_the_teacher(dogs: Path, tmp_path: Path) -> None:
+    from train.export import to_onnx
+    from train.finetune import fine_tune_run
+    from train.model import input_spec
+
+    data = load_dataset(dogs, 0.25, 0)
+    tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=1)
+    tiny |= dict(backbone="efficientnet_lite0", keep_teacher=True, imagenet_init=True)
+
+    def run(weight: float):
+        config = Config(**tiny, distill_weight=weight, checkpoint_dir=str(tmp_path / str(weight)))
+        train, held_out = data.splits["train"], data.splits["val"]
+        return config, fine_tune_run(config, data.classes, data.species, train, held_out, resume=False, keep=True)
+
+    plain, (config, taught) = run(0.0)[1], run(5.0)
+    assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]  # the teacher's term is in the loss
+    to_onnx(taught.model, input_spec(config), tmp_path / "model.onnx")  # the kept teacher exports with the rest
+    assert taught.model.teacher is not None and not taught.model.teacher.training

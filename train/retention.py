@@ -1,0 +1,64 @@
+"""Retention on a folder of labelled dog photos (an extra folder's layout): the served model against the
+ImageNet network it started from, among the dog breeds ImageNet knows. Stanford Dogs are ImageNet photos,
+the teacher's home ground: the figure says what the model kept, and is never used to choose a model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from inference import PetClassifier
+from preprocess import InputSpec, model_batch
+from train.backbones import get_backbone
+from train.data import Sample, load_extra
+from train.distill import retention
+from train.evaluate import BATCH, photo_logits
+from train.imagenet import dog_rows
+
+log = logging.getLogger(__name__)
+
+FOLDER = "stanford-dogs-extra"  # beside the Oxford data folder, as in ../shared/data
+
+
+@torch.no_grad()
+def teacher_logits(backbone: str, spec: InputSpec, samples: list[Sample]) -> np.ndarray:
+    """The untouched pretrained network's ImageNet logits, on the tensor serving makes of each photo."""
+    layers, classifier = get_backbone(backbone).build(spec.crop)
+    network = nn.Sequential(*layers).eval()
+    paths = [s.path for s in samples]
+    batches = [torch.from_numpy(model_batch(paths[i : i + BATCH], spec)) for i in range(0, len(paths), BATCH)]
+    return np.concatenate([classifier(network(x).mean((2, 3))).numpy() for x in batches])
+
+
+def measure(classifier: PetClassifier, folder: Path) -> dict | None:
+    """Overall and per-breed retention on `folder`'s photos of breeds the teacher knows; None (said in the
+    log) where the folder is absent. Listed photos whose file is missing are counted, not fatal."""
+    if not (folder / "MANIFEST.tsv").is_file():
+        log.warning("no retention photos at %s: the card reports retention on Oxford's held-out dogs only", folder)
+        return None
+    extra = load_extra(folder, classifier.labels)
+    rows, imagenet_rows = dog_rows(classifier.labels, classifier.card.species)
+    samples = [s for s in extra.samples if s.label in rows]
+    student = photo_logits(classifier, samples)
+    teacher = teacher_logits(classifier.card.model.backbone, classifier.spec, samples)
+    labels = np.array([s.label for s in samples])
+    per_breed = {
+        classifier.labels[row]: retention(
+            student[labels == row], teacher[labels == row], labels[labels == row], rows, imagenet_rows
+        )
+        for row in rows
+        if (labels == row).any()
+    }
+    overall = retention(student, teacher, labels, rows, imagenet_rows)
+    log.info(
+        "retention on %s: model %.4f, teacher %.4f (%d photos)",
+        folder.name,
+        overall["student"],
+        overall["teacher"],
+        len(labels),
+    )
+    return overall | {"folder": folder.name, "missing": sum(extra.missing.values()), "per_breed": per_breed}
