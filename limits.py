@@ -41,6 +41,12 @@ class BodyTooLarge(MultiPartException):
     exception Gradio's multipart parser cleans up after: the files a refused upload had begun are deleted."""
 
 
+class ClientGone(MultiPartException):
+    """Raised from inside `receive` when the client leaves before its body ended. Gradio's multipart
+    parser lets Starlette's own `ClientDisconnect` through, leaving the files it had begun and a traceback
+    in the log; this one it cleans up after, and the route answers no one."""
+
+
 class RequestLimits:
     """Refuse a request body over `max_body` bytes (413), or on the upload route over `max_upload_body`
     bytes or of more than `max_files` files (413), counting bytes and multipart parts as they stream in, so
@@ -52,12 +58,13 @@ class RequestLimits:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        upload = scope["path"] == UPLOAD_PATH
+        upload, headers = scope["path"] == UPLOAD_PATH, Headers(scope=scope)
         limit = self.max_upload_body if upload else self.max_body
-        declared = Headers(scope=scope).get("content-length")
+        declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return await refuse(send, 413, too_large(limit))
-        counter = BodyCounter(receive, limit, multipart_boundary(scope) if upload else None, self.max_files)
+        has_body = declared not in (None, "0") or "transfer-encoding" in headers
+        counter = BodyCounter(receive, limit, multipart_boundary(headers) if upload else None, self.max_files, has_body)
         refused = False
 
         async def checked_send(message: dict) -> None:
@@ -78,18 +85,24 @@ class RequestLimits:
 
 
 class BodyCounter:
-    """A `receive` that counts body bytes and, for multipart bodies, the parts (files) begun so far."""
+    """A `receive` that counts body bytes and, for multipart bodies, the parts (files) begun so far; a
+    client that leaves before its body ended is `ClientGone`."""
 
-    def __init__(self, receive: Receive, limit: int, boundary: bytes | None, max_files: int) -> None:
+    def __init__(self, receive: Receive, limit: int, boundary: bytes | None, max_files: int, has_body: bool) -> None:
         self.receive, self.limit, self.max_files = receive, limit, max_files
         self.delimiter = b"\r\n--" + boundary if boundary else None
         self.seen, self.parts, self.tail = 0, 0, b"\r\n"  # the first delimiter has no CRLF before it
         self.exceeded = ""  # which limit the body broke, once it has
+        self.ended = not has_body  # whether the body's last part came (a disconnect after it is the app's to see)
 
     async def __call__(self) -> dict:
         message = await self.receive()
+        if message["type"] == "http.disconnect" and not self.ended:
+            log.warning("a client left before its request's body ended (%d bytes); nothing of it is kept", self.seen)
+            raise ClientGone("The client left before the request's body ended.")
         if message["type"] != "http.request":
             return message
+        self.ended = not message.get("more_body", False)
         chunk = message.get("body", b"")
         self.seen += len(chunk)
         if self.seen > self.limit:
@@ -105,11 +118,11 @@ class BodyCounter:
         return message
 
 
-def multipart_boundary(scope: Scope) -> bytes | None:
+def multipart_boundary(headers: Headers) -> bytes | None:
     """The boundary exactly as Gradio's parser will read it: from the first Content-Type header (which
     Starlette's `Headers` returns), by python-multipart's own `parse_options_header`; None unless the body
     is multipart/form-data, which Gradio's upload route refuses unparsed."""
-    content_type, options = parse_options_header(Headers(scope=scope).get("content-type"))
+    content_type, options = parse_options_header(headers.get("content-type"))
     return options.get(b"boundary") if content_type == b"multipart/form-data" else None
 
 

@@ -429,20 +429,32 @@ def uploads(url: str, folder: Path) -> dict:
     return outcomes
 
 
-def declared_body(url: str, path: str, content_type: str = "application/json", wait_s: float = 5.0) -> dict:
-    """Headers that declare a 25 MB body, and no body: a route that reads bodies waits for it, a refusal
-    before reading answers at once. The status (None: no answer in `wait_s`) and how long it took."""
+def declared_body(
+    url: str, path: str, content_type: str = "application/json", wait_s: float = 5.0, sent: bytes = b""
+) -> dict:
+    """Headers that declare a 25 MB body, and only `sent` of it: a route that reads bodies waits for the
+    rest, a refusal before reading answers at once. The status (None: no answer in `wait_s`, after which
+    the client leaves) and how long it took."""
     host, port = httpx.URL(url).host, httpx.URL(url).port
     head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
     head += "Content-Length: 25000000\r\n\r\n"
     started = time.perf_counter()
     with socket.create_connection((host, port), timeout=wait_s) as connection:
-        connection.sendall(head.encode())
+        connection.sendall(head.encode() + sent)
         try:
             status = int(connection.recv(64).split()[1])
         except TimeoutError:
             status = None
     return {"path": path, "status": status, "seconds": round(time.perf_counter() - started, 2)}
+
+
+def abandoned_upload(url: str, folder: Path) -> dict:
+    """An upload whose client leaves after three files of a declared 25 MB: how many files stay behind."""
+    before = files_under(folder)
+    multipart_type = "multipart/form-data; boundary=real"
+    outcome = declared_body(url, "/gradio_api/upload", multipart_type, wait_s=2.0, sent=multipart("real", 3, 100_000))
+    time.sleep(0.5)  # the app sees the client leave
+    return outcome | {"files_left": len(files_under(folder) - before)}
 
 
 def chunked_body(url: str, path: str, peak: Peak, idle_mb: float) -> dict:
@@ -469,6 +481,7 @@ def attacks(url: str, peak: Peak, idle_mb: float, upload_folder: Path) -> dict:
         + [declared_body(url, "/gradio_api/upload", "multipart/form-data; boundary=real", wait_s=2.0)],
         "chunked_25_mb": chunked_body(url, "/gradio_api/call/upload", peak, idle_mb),
         "uploads": uploads(url, upload_folder),
+        "abandoned_upload": abandoned_upload(url, upload_folder),
     }
 
 

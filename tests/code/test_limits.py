@@ -28,6 +28,7 @@ from bench.abuse import (
     BOUNDARY_DODGES,
     NOT_THE_UPLOAD_ROUTE,
     SECOND_VISITOR,
+    abandoned_upload,
     client_from,
     declared_body,
     direct_runs,
@@ -139,6 +140,17 @@ def test_a_declared_25_mb_body_is_refused_unread_on_every_path_but_the_upload_ro
         refused = declared_body(url, path)
         assert refused["status"] == 413 and refused["seconds"] < 2, refused
     assert declared_body(url, "/gradio_api/upload", "multipart/form-data; boundary=real", wait_s=2.0)["status"] is None
+
+
+def test_an_upload_abandoned_midway_leaves_no_file_and_no_traceback(live, gradio_files: Path) -> None:
+    """A client that leaves after three files of a declared 25 MB: Gradio's parser had begun three files;
+    they are deleted, and the log has one line, no traceback (Gradio let Starlette's disconnect through)."""
+    url, log = live
+    before = log.read_text()
+    outcome = abandoned_upload(url, gradio_files)
+    written = log.read_text()[len(before) :]
+    assert outcome["status"] is None and outcome["files_left"] == 0, outcome
+    assert "left before its request's body ended" in written and "Traceback" not in written, written
 
 
 def test_a_malformed_data_url_gets_a_clear_error(live) -> None:
