@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
-from train.tracking import HOLDOUT_LOGITS, OOF_LOGITS, REGISTERED_MODEL, load_logits
+from train.tracking import HOLDOUT_LOGITS, OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS, load_logits
 from train.tracking_server import ServerError, free_port, mlflow_server, postgres, stop
 
 pytestmark = pytest.mark.slow
@@ -105,9 +105,10 @@ def test_fit_select_export_round_trip_through_the_server(tracked) -> None:
     assert any(m["key"] == "test_accuracy" for m in run["data"]["metrics"])  # select logged the test result
     assert run["inputs"]["dataset_inputs"][0]["dataset"]["name"] == "oxford-iiit-pet"
 
-    # The artifacts went through the server's proxy into its destination.
+    # The artifacts went through the server's proxy into its destination: the registered version is weights.
     stored = {p.name for p in tracked["artifacts"].rglob("*") if p.is_file()}
-    assert {"holdout_logits.npz", "input_spec.json", "card.json", "MLmodel"} <= stored
+    assert {"holdout_logits.npz", "input_spec.json", "card.json", WEIGHTS, Path(RUN_CONFIG).name} <= stored
+    assert "MLmodel" not in stored and "model.pth" not in stored  # no pickled module
 
 
 def command(stack: dict, url: str, *args: str) -> subprocess.Popen:
