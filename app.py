@@ -291,13 +291,43 @@ def trust_text(card: ModelCard) -> str:
         f"{kind}s {share:.1%}" + (f" ({counts[kind]} photos)" if counts else "")
         for kind, share in test["per_species"].items()
     )
+    served = card.int8["test"] if classifier.variant == "int8" else test
     return (
         f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
-        f"{calibration['temperature']:.2f}, fitted on {calibration['fitted_on']} predictions): test ECE "
-        f"{test['ece_uncalibrated']:.1%} → {test['ece']:.1%}. Below {not_sure['threshold']:.0%} the answer is "
+        f"{card.temperature_of(classifier.variant):.2f} for the {classifier.variant} model, fitted on "
+        f"{calibration['fitted_on']} predictions): test ECE {test['ece_uncalibrated']:.1%} → {served['ece']:.1%}. "
+        f"Below {not_sure['threshold']:.0%} the answer is "
         f"marked *not sure* ({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of "
         "non-pet images)."
     )
+
+
+def teacher_text(card: ModelCard) -> str:
+    """What the model keeps of the ImageNet network it started from, and how much of what that network knew
+    about the dog breeds it has classes for the model still knows (retention)."""
+    teacher = card.model.teacher
+    if not teacher:
+        return ""
+    kept = "kept beside the fine-tuned layers, the head reading both" if teacher["kept"] else "not kept"
+    distilled = (
+        f"its dog rows distilled on dog photos (weight {teacher['distill_weight']:g}, T = "
+        f"{teacher['distill_temperature']:g})"
+        if teacher["distill_weight"]
+        else "not distilled"
+    )
+    parts = [f"The untouched ImageNet network (the teacher): {kept}; {distilled}."]
+    cv, retained = card.metrics.get("cv", {}), card.metrics.get("retention")
+    if cv.get("retention_photos"):
+        where = f"{cv['retention_photos']:.0f} held-out Oxford dog photos (cross-validation)"
+        parts.append(retention_sentence(where, cv["retention_student"], cv["retention_teacher"]))
+    if retained and retained["photos"]:
+        where = f"{retained['photos']:.0f} {retained['folder']} photos (ImageNet's own)"
+        parts.append(retention_sentence(where, retained["student"], retained["teacher"]))
+    return " ".join(parts)
+
+
+def retention_sentence(where: str, model: float, teacher: float) -> str:
+    return f"Top-1 among the dog breeds ImageNet knows, on {where}: this model {model:.1%}, the teacher {teacher:.1%}."
 
 
 def missing_sentence(card: ModelCard) -> str:
@@ -353,6 +383,8 @@ def card_markdown(card: ModelCard) -> str:
             int8_row(card),
             "",
             trust_text(card),
+            "",
+            teacher_text(card),
             "",
             f"Data digest `{card.data['digest'][:12]}`. {missing_sentence(card)}",
         ]
