@@ -145,12 +145,13 @@ def oof_retention(
     config: Config, folds: list[Fold], run_ids: list[str], data: PetData, logits: np.ndarray
 ) -> dict[str, float]:
     """Out-of-fold retention: top-1 among the ImageNet dog breeds, the model against the teacher on the
-    same held-out photos. Only the cached path with a teacher (kept or distilled) logs its logits."""
+    same held-out photos. The cached path logs the teacher's logits of every held-out photo (its features
+    cache with the activations); the end-to-end path does not."""
     from train import tracking
     from train.distill import retention
     from train.imagenet import dog_rows
 
-    if config.end_to_end or not (config.keep_teacher or config.distill_weight):
+    if config.end_to_end:
         return {}
     taught = [tracking.load_logits(run_id, tracking.HOLDOUT_TEACHER)[1] for run_id in run_ids]
     names, teacher, labels = out_of_fold(folds, taught)

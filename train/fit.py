@@ -135,23 +135,23 @@ def train_loop(
 
 
 def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = False) -> tuple[Outcome, CacheStats]:
-    """The fast path: the frozen prefix runs once per view into the feature cache (with the teacher's
-    pooled features beside its activations when the model keeps or distils the teacher), then the tail and
-    head train on cached activations. The cache holds every training and held-out image in one set, the
-    same for each CV fold, the final run and a sweep's runs, so one extraction serves them all. A finished
-    run leaves a checkpoint, so `--resume` after a kill redoes only the runs that had not finished."""
+    """The fast path: the frozen prefix runs once per view into the feature cache (beside its activations,
+    the pooled features of the teacher, the pretrained tail, to keep, distil and measure retention against),
+    then the tail and head train on cached activations. The cache holds every training and held-out image
+    in one set, the same for each CV fold, the final run and a sweep's runs, so one extraction serves them
+    all. A finished run leaves a checkpoint, so `--resume` after a kill redoes only the runs that had not finished."""
     (net, _, imagenet), stats = build(config, data.classes), CacheStats()
     training, held_out = data.training(), data.splits["val"]
     checkpoint = checkpoint_path(config, data.classes, training, held_out)
     done = load_checkpoint(checkpoint, checkpoint.stem, resume)
     if done:
         net.load_state_dict(done["model"])
-        return Outcome(net.eval(), done["history"], done["holdout_logits"], 0.0, done.get("holdout_teacher")), stats
+        return Outcome(net.eval(), done["history"], done["holdout_logits"], 0.0, done["holdout_teacher"]), stats
     images = sorted(training + held_out, key=lambda s: s.name)
     row = {s.name: i for i, s in enumerate(images)}
     if len(row) != len(images):
         raise RuntimeError("Two training or held-out images share a name; the feature cache needs them unique.")
-    teacher = net.teacher or (Frozen(*copy.deepcopy(list(net.tail))) if config.distill_weight else None)
+    teacher = net.teacher or (Frozen(*copy.deepcopy(list(net.tail))) if len(net.tail) else None)
 
     def cached(view: int) -> Cached:
         pooled = len(net.tail) == 0
@@ -166,6 +166,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     taught = torch.stack([found.teacher[rows(training)] for found in everything]) if teacher else None
     centre = everything[0]
     val = Inputs(centre.x, centre.teacher)[rows(held_out)]
+    taught_val = val.teacher if teacher else val.x  # a frozen backbone's pooled activations are the teacher's
     mlflow.log_metrics(
         {
             "feature_cache_hits": stats.hits,
@@ -181,9 +182,10 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     history = train_loop(config, net.tail, net.head, Inputs(x, taught), y, val, val_y, len(data.classes), distiller)
     throughput = len(y) * len(history) / (time.perf_counter() - started)
     holdout = evaluate_logits(net.tail, net.head, val, config.keep_teacher).numpy()
-    teacher_logits = imagenet(val.teacher.flatten(1)).numpy() if val.teacher is not None else None
+    with torch.no_grad():
+        teacher_logits = imagenet(taught_val.flatten(1)).numpy()
     state = {"key": checkpoint.stem, "epoch": len(history), "model": net.state_dict(), "history": history}
-    state |= {"holdout_logits": holdout} | ({"holdout_teacher": teacher_logits} if teacher_logits is not None else {})
+    state |= {"holdout_logits": holdout, "holdout_teacher": teacher_logits}
     save_checkpoint(state, checkpoint)
     return Outcome(net.eval(), history, holdout, throughput, teacher_logits), stats
 
