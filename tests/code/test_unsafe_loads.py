@@ -23,6 +23,7 @@ RUFF_CAUGHT = {
 HOOK_CAUGHT = [
     "import torch\n\nstate = torch.load('c.pt', weights_only=False)\n",  # pickle-ok: a sample the hook must catch
     "import torch\n\nstate = torch.load('c.pt', map_location='cpu', weights_only = 0)\n",  # pickle-ok: a sample
+    "import torch\n\nstate = torch.load('c.pt', pickle_module=__import__('pickle'))\n",  # pickle-ok: a sample
     "import mlflow\n\nmlflow.pytorch.log_model(m, name='m', serialization_format='pickle')\n",  # pickle-ok: a sample
     'import mlflow\n\nmlflow.pytorch.save_model(m, "m", serialization_format="cloudpickle")\n',  # pickle-ok: a sample
     "import numpy as np\n\nlogits = np.load('l.npy', allow_pickle=True)\n",  # pickle-ok: a sample
