@@ -34,8 +34,12 @@ class Patch:
     install: Callable[..., None]
 
     def apply(self, *args: Any) -> bool:
-        """Install the change where Gradio is as expected; else one warning line, and Gradio's own way."""
-        problem = self.problem(*args)
+        """Install the change where Gradio is as expected; else one warning line, and Gradio's own way. A
+        check that cannot even look (a name it reads is gone) is a problem too, not a crash at start."""
+        try:
+            problem = self.problem(*args)
+        except Exception as error:
+            problem = f"its check failed ({type(error).__name__}: {error})"
         if problem:
             log.warning(
                 "Gradio patch %r is off (gradio %s): %s; Gradio's own behaviour serves",

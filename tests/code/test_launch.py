@@ -127,6 +127,26 @@ def test_every_patch_finds_its_target_as_expected_in_this_gradio() -> None:
     assert gradio_patches.LAZY_SESSIONS.problem() is None
 
 
+def test_a_check_that_cannot_look_turns_its_patch_off_with_one_line(monkeypatch, caplog) -> None:
+    """A Gradio whose queue module no longer has the name a check reads (it imports `sleep` from asyncio, say):
+    the patch is off with one warning line, the queue untouched, where the check's AttributeError stopped the app."""
+    import gradio as gr
+    from gradio import queueing
+
+    import gradio_patches
+
+    with gr.Blocks() as fresh:
+        gr.Button().click(lambda: None, api_name="nothing")
+    fresh.queue()
+    push = fresh._queue.push
+    monkeypatch.delattr(queueing, "asyncio")
+    with caplog.at_level("WARNING", logger="app.gradio_patches"):
+        assert gradio_patches.QUEUE_WAKE_UP.apply(fresh._queue) is False
+    assert fresh._queue.push == push and not hasattr(queueing, "asyncio")
+    [line] = [record.getMessage() for record in caplog.records]
+    assert "'queue wakes on events' is off" in line and "AttributeError" in line, line
+
+
 CHANGED_GRADIO = """
 from gradio import queueing, state_holder
 
