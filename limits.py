@@ -41,6 +41,12 @@ class BodyTooLarge(MultiPartException):
     exception Gradio's multipart parser cleans up after: the files a refused upload had begun are deleted."""
 
 
+class UnclosedUpload(MultiPartException):
+    """Raised from inside `receive` when a multipart body ends without its closing boundary. Gradio's parser
+    would return the parts it saw end and keep the file of the last one, begun but never ended, on disk for
+    good (nothing lists it for deletion); this exception is one it deletes every file it began for."""
+
+
 class ClientGone(MultiPartException):
     """Raised from inside `receive` when the client leaves before its body ended. Gradio's multipart
     parser lets Starlette's own `ClientDisconnect` through, leaving the files it had begun and a traceback
@@ -50,7 +56,8 @@ class ClientGone(MultiPartException):
 class RequestLimits:
     """Refuse a request body over `max_body` bytes (413), or on the upload route over `max_upload_body`
     bytes or of more than `max_files` files (413), counting bytes and multipart parts as they stream in, so
-    nothing over the limit is stored. The upload route is matched by its exact path."""
+    nothing over the limit is stored; and a multipart body on any route that ends before its closing
+    boundary (400). The upload route is matched by its exact path."""
 
     def __init__(self, app: Callable, max_body: int, max_upload_body: int, max_files: int) -> None:
         self.app, self.max_body, self.max_upload_body, self.max_files = app, max_body, max_upload_body, max_files
@@ -64,35 +71,39 @@ class RequestLimits:
         if declared and declared.isdigit() and int(declared) > limit:
             return await refuse(send, 413, too_large(limit))
         has_body = declared not in (None, "0") or "transfer-encoding" in headers
-        counter = BodyCounter(receive, limit, multipart_boundary(headers) if upload else None, self.max_files, has_body)
+        files = self.max_files if upload else None
+        counter = BodyCounter(receive, limit, multipart_boundary(headers), files, has_body)
         refused = False
 
         async def checked_send(message: dict) -> None:
-            """Once the body broke a limit, whatever the app answers (it may call it a parse error) is
-            replaced by the 413 that says which limit."""
+            """Once the body is refused, whatever the app answers (it may call it a parse error) is replaced
+            by the refusal that says why: 413 and which limit, or 400 for an upload left unclosed."""
             nonlocal refused
-            if counter.exceeded and not refused:
+            if counter.refusal and not refused:
                 refused = True
-                await refuse(send, 413, counter.exceeded)
+                await refuse(send, counter.status, counter.refusal)
             elif not refused:
                 await send(message)
 
         try:
             await self.app(scope, counter, checked_send)
-        except BodyTooLarge:
+        except (BodyTooLarge, UnclosedUpload):
             if not refused:
-                await refuse(send, 413, counter.exceeded)
+                await refuse(send, counter.status, counter.refusal)
 
 
 class BodyCounter:
-    """A `receive` that counts body bytes and, for multipart bodies, the parts (files) begun so far; a
-    client that leaves before its body ended is `ClientGone`."""
+    """A `receive` that counts body bytes and, for multipart bodies, the parts (files) begun so far (at most
+    `max_files`, where it is not None) and whether the closing boundary came; a client that leaves before
+    its body ended is `ClientGone`."""
 
-    def __init__(self, receive: Receive, limit: int, boundary: bytes | None, max_files: int, has_body: bool) -> None:
+    def __init__(
+        self, receive: Receive, limit: int, boundary: bytes | None, max_files: int | None, has_body: bool
+    ) -> None:
         self.receive, self.limit, self.max_files = receive, limit, max_files
         self.delimiter = b"\r\n--" + boundary if boundary else None
         self.seen, self.parts, self.tail = 0, 0, b"\r\n"  # the first delimiter has no CRLF before it
-        self.exceeded = ""  # which limit the body broke, once it has
+        self.refusal, self.status = "", 413  # why the body is refused, once it is, and with what status
         self.ended = not has_body  # whether the body's last part came (a disconnect after it is the app's to see)
 
     async def __call__(self) -> dict:
@@ -106,22 +117,30 @@ class BodyCounter:
         chunk = message.get("body", b"")
         self.seen += len(chunk)
         if self.seen > self.limit:
-            self.exceeded = too_large(self.limit)
-            raise BodyTooLarge(self.exceeded)
+            self.refusal = too_large(self.limit)
+            raise BodyTooLarge(self.refusal)
         if self.delimiter:
-            window = self.tail + chunk
-            self.parts += window.count(self.delimiter) - self.tail.count(self.delimiter)
-            self.tail = window[-len(self.delimiter) :]
-            if self.parts - 1 > self.max_files:  # the closing delimiter ends the last part
-                self.exceeded = f"At most {self.max_files} files per upload."
-                raise BodyTooLarge(self.exceeded)
+            self.count_parts(chunk)
         return message
+
+    def count_parts(self, chunk: bytes) -> None:
+        """Count the delimiters in `chunk` (and across its start), refusing too many parts, and a body that
+        ended without the closing delimiter (a CRLF may follow it, as clients send it)."""
+        window = self.tail + chunk
+        self.parts += window.count(self.delimiter) - self.tail.count(self.delimiter)
+        self.tail = window[-len(self.delimiter) - 4 :]  # long enough for the closing delimiter and a CRLF
+        if self.max_files is not None and self.parts - 1 > self.max_files:  # the closing delimiter ends the last
+            self.refusal = f"At most {self.max_files} files per upload."
+            raise BodyTooLarge(self.refusal)
+        if self.ended and self.seen and not self.tail.rstrip(b"\r\n").endswith(self.delimiter + b"--"):
+            self.refusal, self.status = "The upload ended before its closing boundary: nothing of it is kept.", 400
+            raise UnclosedUpload(self.refusal)
 
 
 def multipart_boundary(headers: Headers) -> bytes | None:
     """The boundary exactly as Gradio's parser will read it: from the first Content-Type header (which
     Starlette's `Headers` returns), by python-multipart's own `parse_options_header`; None unless the body
-    is multipart/form-data, which Gradio's upload route refuses unparsed."""
+    is multipart/form-data (Gradio's multipart routes refuse any other unparsed)."""
     content_type, options = parse_options_header(headers.get("content-type"))
     return options.get(b"boundary") if content_type == b"multipart/form-data" else None
 

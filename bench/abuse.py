@@ -17,8 +17,9 @@ X-Forwarded-For, while a second visitor calls /predict 10 times (target: the flo
 about 4 at a time; all 10 answered, p95 ≤ 2 s); /gradio_api/run/ and /api/ (they run nothing past the
 queue); /call/, /call/v2/ and /queue/join bursts from one visitor (at most 4 admitted); a declared 25 MB
 body to every path but the upload route (413 before it is sent) and a chunked one; refused uploads (too
-many files, and each way of reading the boundary apart from Gradio's parser: 413, no file left); and behind
-one trusted proxy (PETS_TRUSTED_PROXIES=1), distinct last entries as distinct visitors.
+many files, and each way of reading the boundary apart from Gradio's parser: 413, no file left; a body
+that never closes: 400, no file left); and behind one trusted proxy (PETS_TRUSTED_PROXIES=1), distinct
+last entries as distinct visitors.
 """
 
 from __future__ import annotations
@@ -421,9 +422,12 @@ def upload_outcome(url: str, folder: Path, headers: list[tuple[str, str]], body:
 
 
 def uploads(url: str, folder: Path) -> dict:
-    """The refused uploads: too many files, and each way of dodging the file count by the boundary."""
+    """The refused uploads: too many files, each way of dodging the file count by the boundary, and a body
+    whose last file never closes (Gradio's parser kept that file for good)."""
     plain = [("content-type", "multipart/form-data; boundary=real")]
     outcomes = {"33 files of 100 KB": upload_outcome(url, folder, plain, multipart("real", 33, 100_000))}
+    unclosed = multipart("real", 3, 100_000).removesuffix(b"--real--\r\n")
+    outcomes["3 files, no closing boundary"] = upload_outcome(url, folder, plain, unclosed)
     for name, headers in BOUNDARY_DODGES.items():
         outcomes[f"200 files, boundary {name}"] = upload_outcome(url, folder, headers, multipart("real", 200, 10))
     return outcomes

@@ -132,6 +132,17 @@ def test_the_file_count_reads_the_boundary_as_gradios_parser_does(live, gradio_f
     assert upload_outcome(url, gradio_files, headers, multipart("real", 200, 10)) == {"status": 413, "files_left": 0}
 
 
+def test_an_upload_that_never_closes_is_refused_and_leaves_no_file(live, gradio_files: Path) -> None:
+    """A body whose last file has no closing boundary after it: Gradio's parser returned the files before it
+    and kept the last one's file, begun but never listed for deletion, on disk for good (one per request,
+    up to 20 MB each). Refused, and none is left; the same files closed are stored."""
+    url, _ = live
+    plain = [("content-type", "multipart/form-data; boundary=real")]
+    unclosed = multipart("real", 3, 100_000).removesuffix(b"--real--\r\n")
+    assert upload_outcome(url, gradio_files, plain, unclosed) == {"status": 400, "files_left": 0}
+    assert upload_outcome(url, gradio_files, plain, multipart("real", 3, 100_000)) == {"status": 200, "files_left": 3}
+
+
 def test_a_declared_25_mb_body_is_refused_unread_on_every_path_but_the_upload_route(live) -> None:
     """The upload allowance (640 MB) is the upload route's alone, by its exact path: elsewhere a body
     declared over 20 MB is refused before a byte of it is sent, while the upload route waits for it."""
