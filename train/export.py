@@ -69,7 +69,7 @@ def registered_net(chosen: ModelVersion) -> PetNet:
         weights = Path(mlflow.artifacts.download_artifacts(f"{uri}/{WEIGHTS}", dst_path=folder))
         try:
             net.load_state_dict(load_tensors(weights), strict=True)
-        except RuntimeError as error:  # not tensors only (NotTensorsError), or keys or shapes that differ
+        except (RuntimeError, TypeError) as error:  # not tensors only (NotTensorsError), not a dict, keys or shapes
             reason = textwrap.shorten(str(error), 300)
             raise ExportError(
                 f"{name}'s weights do not fit the network its config builds ({reason}): re-register it."

@@ -145,7 +145,7 @@ def load_checkpoint(path: Path, key: str, resume: bool) -> dict | None:
         state = load_tensors(path)
     except NotTensorsError as error:
         raise CheckpointError(f"{error}; it is not loaded: delete it to train again.") from None
-    if state["key"] != key:
+    if not isinstance(state, dict) or state.get("key") != key:  # a file of tensors, but not this run's checkpoint
         raise CheckpointError(f"{path} belongs to another configuration or data; delete it or drop --resume.")
     log.info("resuming %s from epoch %d", path.name, state["epoch"])
     arrays = state.pop("arrays", [])

@@ -105,7 +105,7 @@ def test_a_pickled_version_is_refused_and_never_unpickled(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tampered", ["classes", "weights"])
+@pytest.mark.parametrize("tampered", ["classes", "weights", "a list"])
 def test_weights_that_do_not_fit_or_hold_an_object_are_refused(
     mlflow_store: Path, tmp_path: Path, tampered: str
 ) -> None:
@@ -118,12 +118,14 @@ def test_weights_that_do_not_fit_or_hold_an_object_are_refused(
         logged_classes = [*classes, "Spots"] if tampered == "classes" else classes
         mlflow.log_dict({"classes": logged_classes, "species": ["cat"] * len(logged_classes)}, "labels/classes.json")
         version = log_model(net)
-    if tampered == "weights":  # the registered file replaced in the store by one that carries code
+    if tampered != "classes":  # the registered file replaced in the store by one that carries code, or a list
         (tmp_path / "upload").mkdir()
-        torch.save(net.state_dict() | {"extra": Tripwire(marker)}, tmp_path / "upload" / WEIGHTS)
+        replacement = net.state_dict() | {"extra": Tripwire(marker)} if tampered == "weights" else [torch.ones(2)]
+        torch.save(replacement, tmp_path / "upload" / WEIGHTS)
         MlflowClient().log_model_artifacts(model_version(version).source.removeprefix("models:/"), tmp_path / "upload")
 
-    reason = "holds posix.mkdir, not only tensors" if tampered == "weights" else "size mismatch for head"
+    reasons = {"weights": "holds posix.mkdir, not only tensors", "a list": "Expected state_dict to be dict-like"}
+    reason = reasons.get(tampered, "size mismatch for head")
     with pytest.raises(ExportError, match=f"version {version}'s weights do not fit .*{reason}.*: re-register it"):
         registered_net(model_version(version))
     assert not marker.exists()
@@ -158,3 +160,6 @@ def test_a_checkpoint_is_tensors_and_plain_values(tmp_path: Path) -> None:
     assert loaded["history"] == state["history"] and torch.equal(loaded["model"]["weight"], torch.ones(2))
     with pytest.raises(CheckpointError, match="belongs to another configuration"):
         load_checkpoint(tmp_path / "k.pt", "another", resume=True)
+    torch.save([torch.ones(2)], tmp_path / "tensors.pt")  # tensors only, but no checkpoint: one line, no traceback
+    with pytest.raises(CheckpointError, match="tensors.pt belongs to another configuration"):
+        load_checkpoint(tmp_path / "tensors.pt", "k", resume=True)
