@@ -181,6 +181,8 @@ def finetune(
             model.load_state_dict(state["model"])
         return Outcome(model.eval() if keep else None, state["history"], state["holdout_logits"], 0.0)
 
+    # The pretrained tail, copied before a resumed run loads its checkpoint's trained weights into the model.
+    teacher = (model.teacher or Frozen(*copy.deepcopy(list(model.tail)))) if distiller else None
     device = pick_device(config.device)
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # faster convs on GPUs
     model.to(device, memory_format=layout)
@@ -205,8 +207,7 @@ def finetune(
             ema.load_state_dict(state["ema"])
         history = state["history"]
     kept = ema.module if ema else model
-    teacher = (model.teacher or Frozen(*copy.deepcopy(list(model.tail)))).to(device) if distiller else None
-    distiller = distiller.to(device) if distiller else None
+    teacher, distiller = (teacher.to(device), distiller.to(device)) if distiller else (None, None)
 
     images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment), spec)
     weights = class_weights([s.label for s in train], len(classes), config.balance)

@@ -122,3 +122,33 @@ def test_end_to_end_fine_tuning_keeps_and_distils_the_teacher(dogs: Path, tmp_pa
     assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]  # the teacher's term is in the loss
     to_onnx(taught.model, input_spec(config), tmp_path / "model.onnx")  # the kept teacher exports with the rest
     assert taught.model.teacher is not None and not taught.model.teacher.training
+
+
+def test_a_killed_distilling_run_resumes_with_the_pretrained_teacher(dogs: Path, tmp_path: Path, monkeypatch) -> None:
+    """The teacher is the tail as it was pretrained: a resumed run must not take it from the checkpoint's
+    trained tail (it did: the copy was made after the checkpoint's weights were loaded)."""
+    import train.finetune
+    from train.finetune import fine_tune_run
+
+    data = load_dataset(dogs, 0.25, 0)
+    tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=2)
+    tiny |= dict(backbone="efficientnet_lite0", imagenet_init=True, distill_weight=5.0, lr=3e-3, backbone_lr_scale=1.0)
+
+    def run(folder: str, resume: bool = False):
+        config = Config(**tiny, checkpoint_dir=str(tmp_path / folder))
+        train, held_out = data.splits["train"], data.splits["val"]
+        return fine_tune_run(config, data.classes, data.species, train, held_out, resume, keep=True)
+
+    whole, save = run("whole"), train.finetune.save_checkpoint
+
+    def save_then_die(state: dict, path) -> None:
+        save(state, path)
+        raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(train.finetune, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run("killed")
+    monkeypatch.setattr(train.finetune, "save_checkpoint", save)
+    resumed = run("killed", resume=True)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.history == whole.history  # epoch 2 distilled from the same teacher
