@@ -41,7 +41,8 @@ class RunResult:
 @dataclass(frozen=True)
 class Inputs:
     """What the trainable part reads per sample: the cached activations at the cut, and beside them the
-    teacher's pooled features when the model keeps the teacher or learns from it (None otherwise)."""
+    teacher's pooled features (a frozen backbone's are the pooled activations themselves), which the model
+    keeps beside its own, distils, and measures retention against."""
 
     x: torch.Tensor
     teacher: torch.Tensor | None = None
@@ -163,10 +164,9 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
 
     everything = [cached(view) for view in range(config.views)]
     x = torch.stack([found.x[rows(training)] for found in everything])
-    taught = torch.stack([found.teacher[rows(training)] for found in everything]) if teacher else None
-    centre = everything[0]
-    val = Inputs(centre.x, centre.teacher)[rows(held_out)]
-    taught_val = val.teacher if teacher else val.x  # a frozen backbone's pooled activations are the teacher's
+    taught = torch.stack([found.teacher[rows(training)] for found in everything]) if teacher else x
+    centre = everything[0]  # a frozen backbone's pooled activations are the teacher's features (`else`)
+    val = Inputs(centre.x, centre.teacher if teacher else centre.x)[rows(held_out)]
     mlflow.log_metrics(
         {
             "feature_cache_hits": stats.hits,
@@ -183,7 +183,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     throughput = len(y) * len(history) / (time.perf_counter() - started)
     holdout = evaluate_logits(net.tail, net.head, val, config.keep_teacher).numpy()
     with torch.no_grad():
-        teacher_logits = imagenet(taught_val.flatten(1)).numpy()
+        teacher_logits = imagenet(val.teacher.flatten(1)).numpy()
     state = {"key": checkpoint.stem, "epoch": len(history), "model": net.state_dict(), "history": history}
     state |= {"holdout_logits": holdout, "holdout_teacher": teacher_logits}
     save_checkpoint(state, checkpoint)

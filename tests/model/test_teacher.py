@@ -152,3 +152,22 @@ def test_a_killed_distilling_run_resumes_with_the_pretrained_teacher(dogs: Path,
     resumed = run("killed", resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     assert resumed.history == whole.history  # epoch 2 distilled from the same teacher
+
+
+def test_a_frozen_backbone_distils_from_its_own_pooled_features(dogs: Path, tmp_path: Path, mlflow_store) -> None:
+    """With no trainable tail the cached pooled activations are the teacher's features: distillation on a
+    frozen backbone (the issue's first ablation) runs, and its term is in the loss."""
+    from dataclasses import replace
+
+    from train.fit import train_cached
+    from train.model import input_spec
+
+    data = load_dataset(dogs, 0.25, 0)
+    config = Config(backbone="efficientnet_lite0", image_size=64, crop_ratio=1.0, views=1, epochs=1, patience=0)
+    config = replace(config, imagenet_init=True, distill_weight=5.0, cache_dir=str(tmp_path / "cache"))
+    with mlflow.start_run():
+        taught, _ = train_cached(config, input_spec(config), data)
+        plain, _ = train_cached(replace(config, distill_weight=0.0), input_spec(config), data)
+    assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]
+    _, _, imagenet = build(config, data.classes)
+    assert taught.holdout_teacher.shape == (len(data.splits["val"]), imagenet.out_features)
