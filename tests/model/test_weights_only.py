@@ -163,3 +163,29 @@ def test_a_checkpoint_is_tensors_and_plain_values(tmp_path: Path) -> None:
     torch.save([torch.ones(2)], tmp_path / "tensors.pt")  # tensors only, but no checkpoint: one line, no traceback
     with pytest.raises(CheckpointError, match="tensors.pt belongs to another configuration"):
         load_checkpoint(tmp_path / "tensors.pt", "k", resume=True)
+
+
+@pytest.mark.slow
+def test_python_m_train_fit_prints_no_serialization_warning(tiny_data: Path, tmp_path: Path) -> None:
+    """What a new user sees: MLflow warns on every run that logs a pickled model; this one must say nothing
+    of pickles or serialization (it did while models were logged with serialization_format="pickle")."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    recipe = tmp_path / "fit.toml"
+    recipe.write_text(f'epochs = 1\nval_fraction = 0.25\ncache_dir = "{tmp_path / "cache"}"\n')
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PYTHONWARNINGS": "default"}
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "--data-dir", str(tiny_data), "fit", "--config", str(recipe)],
+        cwd=tmp_path,
+        env=env | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "registered version 1" in done.stderr + done.stdout  # it did log and register a model
+    said = (done.stdout + done.stderr).lower()
+    assert "pickle" not in said and "serializ" not in said, said[-2000:]
