@@ -58,7 +58,7 @@ def init_from_imagenet(classifier: nn.Linear, classes: list[str], imagenet: nn.L
     classifier.bias[targets] = imagenet.bias[sources]
     others = [i for i in range(len(classes)) if i not in rows]
     if others:
-        scale = imagenet.weight[sources].norm(dim=1).mean() / classifier.weight[others].norm(dim=1).mean()
+        scale = classifier.weight[targets].norm(dim=1).mean() / classifier.weight[others].norm(dim=1).mean()
         classifier.weight[others] *= scale
         classifier.bias[others] = imagenet.bias[sources].mean()
     log.info("head initialised from ImageNet for %d of %d classes", len(rows), len(classes))
