@@ -34,15 +34,23 @@ def teacher_logits(backbone: str, spec: InputSpec, samples: list[Sample]) -> np.
     return np.concatenate([classifier(network(x).mean((2, 3))).numpy() for x in batches])
 
 
-def measure(classifier: PetClassifier, folder: Path) -> dict | None:
+def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...] = ()) -> dict | None:
     """Overall and per-breed retention on `folder`'s photos of breeds the teacher knows; None (said in the
-    log) where the folder is absent. Listed photos whose file is missing are counted, not fatal."""
+    log) where the folder is absent, holds no such photo, or is one of the extra folders the model trained
+    on (`trained_on`: its photos would measure memory, not what was kept). Listed photos whose file is
+    missing are counted, not fatal."""
     if not (folder / "MANIFEST.tsv").is_file():
         log.warning("no retention photos at %s: the card reports retention on Oxford's held-out dogs only", folder)
+        return None
+    if any(Path(extra).name == folder.name for extra in trained_on):
+        log.warning("the model trained on %s: no retention measured on its photos", folder.name)
         return None
     extra = load_extra(folder, classifier.labels)
     rows, imagenet_rows = dog_rows(classifier.labels, classifier.card.species)
     samples = [s for s in extra.samples if s.label in rows]
+    if not samples:
+        log.warning("no photo of a dog breed ImageNet knows at %s: no retention measured there", folder)
+        return None
     student = photo_logits(classifier, samples)
     teacher = teacher_logits(classifier.card.model.backbone, classifier.spec, samples)
     labels = np.array([s.label for s in samples])

@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
@@ -20,7 +21,7 @@ from train.evaluate import evaluate_classifier, photo_logits
 from train.export import export_model, replacing
 from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
 from train.quantize import quantize
-from train.tracking import OOF_LOGITS, REGISTERED_MODEL, load_logits
+from train.tracking import OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, load_logits
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
         card, metrics=card.metrics | {"test": summarize_test(test, fp32, gates.calibration) | {"variant": "fp32"}}
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
-    retained = retention.measure(fp32, data.root.parent / retention.FOLDER)
+    trained_on = mlflow.artifacts.load_dict(f"runs:/{card.mlflow['run_id']}/{RUN_CONFIG}").get("extra_data", [])
+    retained = retention.measure(fp32, data.root.parent / retention.FOLDER, tuple(trained_on))
     card = replace(card, metrics=card.metrics | ({"retention": retained} if retained else {}))
     card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")

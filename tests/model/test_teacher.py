@@ -171,3 +171,19 @@ def test_a_frozen_backbone_distils_from_its_own_pooled_features(dogs: Path, tmp_
     assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]
     _, _, imagenet = build(config, data.classes)
     assert taught.holdout_teacher.shape == (len(data.splits["val"]), imagenet.out_features)
+
+
+def test_retention_is_not_measured_on_photos_it_cannot_speak_for(tmp_path: Path) -> None:
+    """No photo of a dog breed ImageNet knows (cats only, or every listed file missing): nothing to measure,
+    not a crash at the end of select. A model trained on the folder: its photos measure memory, not what
+    was kept, so no figure under retention's name."""
+    from inference import PetClassifier
+    from tests.conftest import MODEL_DIR
+    from train import retention
+
+    classifier = PetClassifier.load(MODEL_DIR, variant="fp32")
+    cats = write_extra(tmp_path / "cats" / retention.FOLDER, {"Persian": 2})
+    assert retention.measure(classifier, cats) is None
+    dogs = write_extra(tmp_path / "dogs" / retention.FOLDER, {"beagle": 2})
+    assert retention.measure(classifier, dogs, trained_on=("data/stanford-dogs-extra",)) is None
+    assert retention.measure(classifier, dogs, trained_on=("data/other-extra",))["photos"] == 2
