@@ -187,3 +187,25 @@ def test_retention_is_not_measured_on_photos_it_cannot_speak_for(tmp_path: Path)
     dogs = write_extra(tmp_path / "dogs" / retention.FOLDER, {"beagle": 2})
     assert retention.measure(classifier, dogs, trained_on=("data/stanford-dogs-extra",)) is None
     assert retention.measure(classifier, dogs, trained_on=("data/other-extra",))["photos"] == 2
+
+
+def test_the_cached_path_computes_what_the_served_network_does(dogs: Path, tmp_path: Path) -> None:
+    """Training reads [tail, teacher] from the cache (the tail's map pooled beside the teacher's pooled
+    features); serving runs the network, which stacks the two maps and pools them. With the tail no
+    longer the teacher and the head's halves different, a swapped order or a skipped part would show."""
+    from preprocess import model_batch
+    from train.fit import Inputs, evaluate_logits
+
+    data = load_dataset(dogs, 0.25, 0)
+    samples = data.splits["train"][:4]
+    net, spec, _ = build(CONFIG, data.classes)
+    with torch.no_grad():
+        net.tail[-1][0].weight.mul_(1.5)  # the head convolution: the fine-tuned tail has moved
+        net.head[-1].weight.normal_(0.0, 0.05)
+    cached = activations(
+        net.prefix, CONFIG.backbone, spec, samples, 0, data.digest, tmp_path, CacheStats(), False, net.teacher
+    )
+    trained = evaluate_logits(net.tail, net.head, Inputs(cached.x, cached.teacher), keep_teacher=True)
+    with torch.no_grad():
+        served = net.eval()(torch.from_numpy(model_batch([s.path for s in samples], spec)))
+    torch.testing.assert_close(trained, served, rtol=1e-3, atol=1e-2)  # the cache holds float16 activations
