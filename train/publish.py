@@ -123,6 +123,29 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
         weakest=", ".join(f"{readable_name(name)} {value:.0%} ({photos[name]} photos)" for name, value in weakest),
         ece=f"{test['ece']:.1%}",
         extra_data=STANFORD_DOGS.format(extra=extra) if extra else "",
+        dog_limits=dog_limits(card),
+    )
+
+
+def dog_limits(card: ModelCard) -> str:
+    """The page's word on dogs: what the model keeps of the ImageNet network it started from, how much of
+    that network's knowledge of the dog breeds ImageNet has it still shows, and where it is weakest."""
+    teacher, retained = card.model.teacher, card.metrics.get("retention")
+    if not (teacher and teacher["kept"]):
+        return "It learnt the dog breeds from those few photos on top of an ImageNet network. "
+    said = (
+        "It keeps the ImageNet network it started from beside its fine-tuned layers, so what that network "
+        "learnt of the 22 dog breeds ImageNet has (about 1,300 photos each) stays in it"
+    )
+    if not retained:
+        return said + ". "
+    weakest = sorted(retained["per_breed"].items(), key=lambda item: item[1]["student"])[:3]
+    return (
+        f"{said}: on {retained['photos']:.0f} ImageNet photos of {len(retained['per_breed'])} of those breeds "
+        f"(Stanford Dogs) it names the right one of the 22 {retained['student']:.0%} of the time, the ImageNet "
+        f"network {retained['teacher']:.0%}; weakest there: "
+        + ", ".join(f"{readable_name(name)} {found['student']:.0%}" for name, found in weakest)
+        + ". "
     )
 
 

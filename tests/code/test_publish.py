@@ -251,7 +251,7 @@ def test_the_space_page_gives_photo_counts_and_names_extra_data_only_when_used()
     page = space_readme(card, labels, None)
     assert f"cats {test['per_species']['cat']:.1%} of {cats} photos" in page
     assert "American Pit Bull Terrier" not in page.split("The weakest")[1].split(";")[0]  # 1 photo: not judged
-    assert "Stanford Dogs" not in page
+    assert "extra dog photos from Stanford Dogs" not in page and "non-commercial" not in page
     with_extra = replace(card, data=card.data | {"images": card.data["images"] | {"extra": 2677}})
     page = space_readme(with_extra, labels, None)
     assert "2677 extra dog photos from Stanford Dogs" in page and "non-commercial research and education" in page
@@ -264,3 +264,26 @@ def test_dry_run_materialises_exactly_the_upload(space_copy: Path, tmp_path_fact
     uploaded = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     assert "app.py" in uploaded and "model/model.onnx" in uploaded and not {"mlflow.db", ".env"} & uploaded
     assert not any(name.startswith(("train/", "tests/", "mlruns/")) for name in uploaded)
+
+
+def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> None:
+    from dataclasses import replace
+
+    from inference import ModelCard
+    from train.publish import space_readme
+
+    card = ModelCard.load(REPO / "model" / "card.json")
+    labels = json.loads((REPO / "model" / "labels.json").read_text())
+    untaught = replace(card, model=replace(card.model, teacher=None), metrics=card.metrics | {"retention": None})
+    assert "keeps the ImageNet network" not in space_readme(untaught, labels, None)
+    per_breed = {"beagle": {"student": 0.97}, "chihuahua": {"student": 0.81}, "pug": {"student": 0.99}}
+    retained = {"student": 0.934, "teacher": 0.951, "photos": 2682.0, "per_breed": per_breed}
+    taught = replace(
+        card,
+        model=replace(card.model, teacher={"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0}),
+        metrics=card.metrics | {"retention": retained},
+    )
+    page = space_readme(taught, labels, None)
+    assert "keeps the ImageNet network it started from" in page
+    assert "on 2682 ImageNet photos of 3 of those breeds (Stanford Dogs)" in page and "93% of the time" in page
+    assert "weakest there: Chihuahua 81%, Beagle 97%, Pug 99%." in page
