@@ -74,13 +74,15 @@ def test_the_feature_cache_key_follows_the_preprocessing_code_and_the_weights(mo
 
     data = load_dataset(tiny_data, 0.25, 0)
     spec = InputSpec(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    key = features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, data.splits["train"])
+    train = data.splits["train"]
+    key = features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=False)
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=True) != key
     assert features.weights_version("efficientnet_lite0") == "0.1.0"
     monkeypatch.setattr(features, "PREPROCESS_CODE", "edited")
-    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, data.splits["train"]) != key
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=False) != key
     monkeypatch.undo()
     monkeypatch.setattr(features, "weights_version", lambda backbone: "0.2.0")
-    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, data.splits["train"]) != key
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=False) != key
 
 
 def test_augmentation_does_not_depend_on_the_worker_count(tiny_data) -> None:

@@ -168,7 +168,7 @@ def test_a_checkpoint_is_tensors_and_plain_values(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_python_m_train_fit_prints_no_serialization_warning(tiny_data: Path, tmp_path: Path) -> None:
     """What a new user sees: MLflow warns on every run that logs a pickled model; this one must say nothing
-    of pickles or serialization (it did while models were logged with serialization_format="pickle")."""
+    of pickles or serialization (it did while models were logged as pickles)."""
     import subprocess
     import sys
 
