@@ -149,7 +149,10 @@ class ModelCard:
             raise CardError(f"{path} is not valid JSON: {error}") from None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["model"]["teacher"] is None:  # a model without a teacher: the card as before the field existed
+            del data["model"]["teacher"]
+        return data
 
     def save(self, path: Path) -> None:
         """Atomically: a reader sees the old card or the new one, never half of it."""
