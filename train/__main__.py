@@ -1,4 +1,5 @@
-"""python -m train {fit,sweep,cv,select,int8,export,evaluate,publish,server,stanford-dogs}: docs/training.md."""
+"""python -m train {fit,sweep,cv,select,int8,export,evaluate,retention,publish,server,stanford-dogs}:
+docs/training.md."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = commands.add_parser("evaluate")
     evaluate.add_argument("--model", default="model")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    retention = commands.add_parser("retention", help="a model folder against its ImageNet teacher on dog photos")
+    retention.add_argument("--model", default="model")
+    retention.add_argument("--photos", default="data/stanford-dogs-extra", help="a folder in the extra layout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -135,6 +139,14 @@ def run(args: argparse.Namespace) -> int | None:
 
         summary = evaluate(args.model, args.split, args.data_dir)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion", "logits", "labels")}, indent=2))
+    elif args.command == "retention":
+        from pathlib import Path
+
+        from inference import PetClassifier
+        from train.retention import measure
+
+        found = measure(PetClassifier.load(Path(args.model), variant="fp32"), Path(args.photos))
+        print(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ cross-validation (with retention) and select to an ONNX model that passes the pa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -209,3 +210,13 @@ def test_the_cached_path_computes_what_the_served_network_does(dogs: Path, tmp_p
     with torch.no_grad():
         served = net.eval()(torch.from_numpy(model_batch([s.path for s in samples], spec)))
     torch.testing.assert_close(trained, served, rtol=1e-3, atol=1e-2)  # the cache holds float16 activations
+
+
+def test_retention_of_a_model_folder_from_the_command_line(tmp_path: Path, capsys) -> None:
+    from tests.conftest import MODEL_DIR
+
+    photos = write_extra(tmp_path / "dogs", {"beagle": 3, "pug": 2, "Persian": 2})
+    assert train_main(["retention", "--model", str(MODEL_DIR), "--photos", str(photos)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["photos"] == 5 and set(found["per_breed"]) == {"beagle", "pug"}  # a cat is not the teacher's
+    assert 0.0 <= found["student"] <= 1.0 and 0.0 <= found["teacher"] <= 1.0
