@@ -30,8 +30,8 @@ def teacher_logits(backbone: str, spec: InputSpec, samples: list[Sample]) -> np.
     layers, classifier = get_backbone(backbone).build(spec.crop)
     network = nn.Sequential(*layers).eval()
     paths = [s.path for s in samples]
-    batches = [torch.from_numpy(model_batch(paths[i : i + BATCH], spec)) for i in range(0, len(paths), BATCH)]
-    return np.concatenate([classifier(network(x).mean((2, 3))).numpy() for x in batches])
+    batches = (torch.from_numpy(model_batch(paths[i : i + BATCH], spec)) for i in range(0, len(paths), BATCH))
+    return np.concatenate([classifier(network(x).mean((2, 3))).numpy() for x in batches])  # one batch at a time
 
 
 def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...] = ()) -> dict | None:
