@@ -23,7 +23,7 @@ from train.config import Config
 from train.data import load_dataset
 from train.features import CacheStats, activations, view_input
 from train.imagenet import IMAGENET_CLASSES
-from train.model import build
+from train.model import build, seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -166,8 +166,11 @@ def test_a_frozen_backbone_distils_from_its_own_pooled_features(dogs: Path, tmp_
     data = load_dataset(dogs, 0.25, 0)
     config = Config(backbone="efficientnet_lite0", image_size=64, crop_ratio=1.0, views=1, epochs=1, patience=0)
     config = replace(config, imagenet_init=True, distill_weight=5.0, cache_dir=str(tmp_path / "cache"))
+    mlflow.set_experiment(config.experiment)  # this store's: MLflow keeps the last test's experiment id
     with mlflow.start_run():
+        seed_everything(0)  # the same random head rows for both, whatever ran before
         taught, _ = train_cached(config, input_spec(config), data)
+        seed_everything(0)
         plain, _ = train_cached(replace(config, distill_weight=0.0), input_spec(config), data)
     assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]
     _, _, imagenet = build(config, data.classes)
