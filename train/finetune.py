@@ -8,7 +8,6 @@ and be logged later from the checkpoint folder (docs/training.md, "Fine-tuning e
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -31,7 +30,7 @@ from preprocess import InputSpec, load_for_model, model_input
 from train.config import Config
 from train.data import Sample
 from train.distill import Distiller, make_distiller
-from train.model import Frozen, PetNet, build, class_weights, seed_everything, train_mode
+from train.model import PetNet, build, class_weights, frozen_copy, seed_everything, train_mode
 from train.tensors import NotTensorsError, load_tensors
 
 log = logging.getLogger(__name__)
@@ -182,7 +181,7 @@ def finetune(
         return Outcome(model.eval() if keep else None, state["history"], state["holdout_logits"], 0.0)
 
     # The pretrained tail, copied before a resumed run loads its checkpoint's trained weights into the model.
-    teacher = (model.teacher or Frozen(*copy.deepcopy(list(model.tail)))) if distiller else None
+    teacher = (model.teacher or frozen_copy(model.tail)) if distiller else None
     device = pick_device(config.device)
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # faster convs on GPUs
     model.to(device, memory_format=layout)

@@ -23,7 +23,7 @@ from train.data import PetData, load_dataset
 from train.distill import Distiller, make_distiller
 from train.features import Cached, CacheStats, activations
 from train.finetune import Outcome, checkpoint_path, fine_tune_run, load_checkpoint, save_checkpoint
-from train.model import Frozen, build, class_weights, input_spec, seed_everything, train_mode
+from train.model import build, class_weights, frozen_copy, input_spec, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     row = {s.name: i for i, s in enumerate(images)}
     if len(row) != len(images):
         raise RuntimeError("Two training or held-out images share a name; the feature cache needs them unique.")
-    teacher = net.teacher or (Frozen(*copy.deepcopy(list(net.tail))) if len(net.tail) else None)
+    teacher = net.teacher or (frozen_copy(net.tail) if len(net.tail) else None)
 
     def cached(view: int) -> Cached:
         pooled = len(net.tail) == 0

@@ -43,6 +43,11 @@ class Frozen(nn.Sequential):
         return super().train(False)
 
 
+def frozen_copy(tail: nn.Sequential) -> Frozen:
+    """The teacher: the pretrained tail as it is now, copied and frozen, before any training moves it."""
+    return Frozen(*copy.deepcopy(list(tail)))
+
+
 def split_layers(layers: list[nn.Module], finetune_blocks: int) -> tuple[Frozen, nn.Sequential]:
     """The last `finetune_blocks` layers train; the rest stay frozen and can be cached."""
     cut = len(layers) - min(finetune_blocks, len(layers) - 1)
@@ -128,7 +133,7 @@ def build(config: Config, classes: list[str]) -> Built:
     backbone, spec = get_backbone(config.backbone), input_spec(config)
     layers, imagenet = backbone.build(spec.crop)
     prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
-    teacher = Frozen(*copy.deepcopy(list(tail))) if config.keep_teacher else None
+    teacher = frozen_copy(tail) if config.keep_teacher else None
     head = make_head(config, backbone.channels * (2 if teacher else 1), len(classes))
     if config.imagenet_init:
         init_from_imagenet(head[-1], classes, imagenet)
