@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
     retention = commands.add_parser("retention", help="a model folder against its ImageNet teacher on dog photos")
     retention.add_argument("--model", default="model")
-    retention.add_argument("--photos", default="data/stanford-dogs-extra", help="a folder in the extra layout")
+    retention.add_argument("--photos", help="extra layout; default: stanford-dogs-extra beside the data")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -143,9 +143,13 @@ def run(args: argparse.Namespace) -> int | None:
         from pathlib import Path
 
         from inference import PetClassifier
-        from train.retention import measure
+        from train.data import DataError, data_dir
+        from train.retention import FOLDER, measure
 
-        found = measure(PetClassifier.load(Path(args.model), variant="fp32"), Path(args.photos))
+        photos = Path(args.photos) if args.photos else data_dir(args.data_dir).parent / FOLDER
+        found = measure(PetClassifier.load(Path(args.model), variant="fp32"), photos)
+        if found is None:
+            raise DataError(f"No retention measured on {photos}: see the warning above.")
         print(json.dumps(found, indent=2))
 
 

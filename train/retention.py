@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from inference import PetClassifier
-from preprocess import InputSpec, model_batch
+from preprocess import InputSpec, PreprocessError, model_batch
 from train.backbones import get_backbone
-from train.data import Sample, load_extra
+from train.data import DataError, Sample, load_extra
 from train.distill import retention
 from train.evaluate import BATCH, photo_logits
 from train.imagenet import dog_rows
@@ -40,7 +40,7 @@ def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...]
     on (`trained_on`: its photos would measure memory, not what was kept). Listed photos whose file is
     missing are counted, not fatal."""
     if not (folder / "MANIFEST.tsv").is_file():
-        log.warning("no retention photos at %s: the card reports retention on Oxford's held-out dogs only", folder)
+        log.warning("no retention photos at %s (no MANIFEST.tsv): no retention measured there", folder)
         return None
     if any(Path(extra).name == folder.name for extra in trained_on):
         log.warning("the model trained on %s: no retention measured on its photos", folder.name)
@@ -51,8 +51,11 @@ def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...]
     if not samples:
         log.warning("no photo of a dog breed ImageNet knows at %s: no retention measured there", folder)
         return None
-    student = photo_logits(classifier, samples)
-    teacher = teacher_logits(classifier.card.model.backbone, classifier.spec, samples)
+    try:
+        student = photo_logits(classifier, samples)
+        teacher = teacher_logits(classifier.card.model.backbone, classifier.spec, samples)
+    except PreprocessError as error:  # one unreadable file: a sentence naming the folder, not a traceback
+        raise DataError(f"A retention photo in {folder} cannot be read: {error}") from None
     labels = np.array([s.label for s in samples])
     per_breed = {
         classifier.labels[row]: retention(

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from inference import ModelCard, PetClassifier, not_sure, softmax
 from train import retention
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
-from train.data import PetData, Sample, load_dataset
+from train.data import DataError, PetData, Sample, load_dataset
 from train.evaluate import evaluate_classifier, photo_logits
 from train.export import export_model, replacing
 from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
@@ -97,7 +97,11 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
     trained_on = mlflow.artifacts.load_dict(f"runs:/{card.mlflow['run_id']}/{RUN_CONFIG}").get("extra_data", [])
-    retained = retention.measure(fp32, data.root.parent / retention.FOLDER, tuple(trained_on))
+    try:  # a figure that chooses nothing must not stop the selection
+        retained = retention.measure(fp32, data.root.parent / retention.FOLDER, tuple(trained_on))
+    except DataError as error:
+        log.warning("no retention on the card: %s", error)
+        retained = None
     card = replace(card, metrics=card.metrics | ({"retention": retained} if retained else {}))
     card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")

@@ -223,3 +223,25 @@ def test_retention_of_a_model_folder_from_the_command_line(tmp_path: Path, capsy
     found = json.loads(capsys.readouterr().out)
     assert found["photos"] == 5 and set(found["per_breed"]) == {"beagle", "pug"}  # a cat is not the teacher's
     assert 0.0 <= found["student"] <= 1.0 and 0.0 <= found["teacher"] <= 1.0
+
+
+def test_retention_refuses_in_one_line_what_it_cannot_measure(tmp_path: Path, capsys) -> None:
+    from tests.conftest import MODEL_DIR
+
+    assert train_main(["retention", "--model", str(MODEL_DIR), "--photos", str(tmp_path / "absent")]) == 1
+    assert "No retention measured on" in capsys.readouterr().err
+    photos = write_extra(tmp_path / "dogs", {"beagle": 2})
+    (photos / "images" / "beagle" / "x_0.jpg").write_bytes(b"not a photo")
+    assert train_main(["retention", "--model", str(MODEL_DIR), "--photos", str(photos)]) == 1
+    assert "A retention photo in" in capsys.readouterr().err
+
+
+def test_the_retention_teacher_is_the_untouched_network_on_the_serving_tensor(dogs: Path) -> None:
+    from preprocess import model_batch
+    from train.model import input_spec
+    from train.retention import teacher_logits
+
+    samples = load_dataset(dogs, 0.25, 0).splits["train"][:4]
+    spec = input_spec(CONFIG)
+    expected = untouched(torch.from_numpy(model_batch([s.path for s in samples], spec)))
+    assert np.allclose(teacher_logits(CONFIG.backbone, spec, samples), expected.numpy(), atol=1e-4)
