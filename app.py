@@ -309,6 +309,8 @@ def teacher_text(card: ModelCard) -> str:
     if not teacher:
         return ""
     kept = "kept beside the fine-tuned layers, the head reading both" if teacher["kept"] else "not kept"
+    if teacher.get("fine_tuned"):
+        kept = "kept whole beside a backbone fine-tuned on Oxford photos, the head reading both"
     distilled = (
         f"its dog rows distilled on dog photos (weight {teacher['distill_weight']:g}, T = "
         f"{teacher['distill_temperature']:g})"
@@ -363,6 +365,8 @@ def variant_note() -> str:
 def card_markdown(card: ModelCard) -> str:
     spec, model, test = card.preprocess, card.model, card.metrics.get("test")
     training = "fine-tuned end to end" if model.end_to_end else f"fine-tuned layers {model.finetune_blocks}"
+    if model.teacher and model.teacher.get("fine_tuned"):
+        training = "two backbones, one fine-tuned end to end and one ImageNet's, both frozen under the head"
     return "\n".join(
         [
             f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "

@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train and checkpoint every fold without MLflow (a GPU box); then run cv --resume to log them",
     )
-    commands.add_parser("select").add_argument("--model-dir", default="model")
+    select = commands.add_parser("select")
+    select.add_argument("--model-dir", default="model")
+    select.add_argument("--version", help="ship this registered version instead of the best-ranked one")
     commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
         "--model-dir", default="model"
     )
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int | None:
     elif args.command == "select":
         from train.select import print_card, select
 
-        print_card(select(args.model_dir, args.data_dir))
+        print_card(select(args.model_dir, args.data_dir, args.version))
     elif args.command == "int8":
         from train.select import requantize
 

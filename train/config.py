@@ -35,6 +35,8 @@ class Config:
     keep_teacher: bool = False  # serve the frozen ImageNet tail beside the fine-tuned one, one head over both
     distill_weight: float = 0.0  # weight of the ImageNet classifier's distillation on dog photos (0 = off)
     distill_temperature: float = 2.0  # softens both distributions in the distillation loss
+    fine_tuned_onnx: str = ""  # an exported model of this backbone: its fine-tuned backbone runs frozen beside
+    fine_tuned_sha256: str = ""  # the pretrained one (train/fine_tuned.py); pinned by this checksum
     folds: int = 5  # python -m train cv: stratified folds over trainval
     extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
     balance: str = "none"  # "none"; "loss": class weights ∝ 1 / training images (each breed alike); "sqrt": ∝ 1 / √
@@ -79,6 +81,9 @@ class Config:
             "device": self.device in ("auto", "cuda", "cpu"),
             "balance": self.balance in ("none", "loss", "sqrt"),
             "keep_teacher": not self.keep_teacher or self.end_to_end or self.finetune_blocks >= 1,
+            "fine_tuned_onnx": not self.fine_tuned_onnx
+            or (self.finetune_blocks == 0 and not self.end_to_end and not self.keep_teacher),
+            "fine_tuned_sha256": bool(self.fine_tuned_sha256) == bool(self.fine_tuned_onnx),
             "distill_weight": 0.0 <= self.distill_weight <= 100.0,
             "distill_temperature": 0.1 <= self.distill_temperature <= 20.0,
             "workers": 0 <= self.workers <= 64,

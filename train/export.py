@@ -233,11 +233,15 @@ def make_card(
 
 def teacher_entry(params: dict[str, str]) -> dict | None:
     """What the model keeps of the ImageNet network it started from: its frozen tail beside the fine-tuned
-    one, and the distillation of its dog rows; None for a model that does neither (or predates both)."""
-    kept, weight = params.get("keep_teacher") == "True", float(params.get("distill_weight", 0.0))
+    one, or the whole network beside a fine-tuned backbone (`fine_tuned`, that model's checksum), and the
+    distillation of its dog rows; None for a model that does none of these (or predates them)."""
+    fine_tuned = params.get("fine_tuned_sha256", "")
+    kept = params.get("keep_teacher") == "True" or bool(fine_tuned)
+    weight = float(params.get("distill_weight", 0.0))
     if not (kept or weight):
         return None
-    return {"kept": kept, "distill_weight": weight, "distill_temperature": float(params["distill_temperature"])}
+    entry = {"kept": kept, "distill_weight": weight, "distill_temperature": float(params["distill_temperature"])}
+    return entry | ({"fine_tuned": fine_tuned} if fine_tuned else {})
 
 
 def selection_metrics(found: dict[str, float]) -> dict:

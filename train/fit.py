@@ -157,7 +157,19 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     def cached(view: int) -> Cached:
         pooled = len(net.tail) == 0
         cache = Path(config.cache_dir)
-        return activations(net.prefix, config.backbone, spec, images, view, data.digest, cache, stats, pooled, teacher)
+        return activations(
+            net.prefix,
+            config.backbone,
+            spec,
+            images,
+            view,
+            data.digest,
+            cache,
+            stats,
+            pooled,
+            teacher,
+            config.fine_tuned_sha256,
+        )
 
     def rows(samples: list) -> torch.Tensor:
         return torch.tensor([row[s.name] for s in samples], dtype=torch.long)

@@ -13,6 +13,7 @@ from torch import nn
 from preprocess import InputSpec
 from train.backbones import get_backbone
 from train.config import Config
+from train.fine_tuned import Beside, beside_classifier, fine_tuned_backbone
 from train.imagenet import init_from_imagenet
 
 
@@ -129,12 +130,17 @@ class Built(NamedTuple):
 
 def build(config: Config, classes: list[str]) -> Built:
     """The pretrained backbone split where training starts, the frozen teacher tail on request, and a new
-    head (rows from ImageNet on request)."""
+    head (rows from ImageNet on request). With `fine_tuned_onnx` the backbone is two, run frozen side by
+    side: the one that file's model fine-tuned, and the untouched pretrained one, the teacher kept whole."""
     backbone, spec = get_backbone(config.backbone), input_spec(config)
     layers, imagenet = backbone.build(spec.crop)
+    if config.fine_tuned_onnx:
+        tuned = fine_tuned_backbone(config.fine_tuned_onnx, config.fine_tuned_sha256, layers, spec.crop)
+        layers, imagenet = [Beside(tuned, nn.Sequential(*layers))], beside_classifier(imagenet)
     prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
     teacher = frozen_copy(tail) if config.keep_teacher else None
-    head = make_head(config, backbone.channels * (2 if teacher else 1), len(classes))
+    stacked = teacher is not None or bool(config.fine_tuned_onnx)
+    head = make_head(config, backbone.channels * (2 if stacked else 1), len(classes))
     if config.imagenet_init:
         init_from_imagenet(head[-1], classes, imagenet)
     return Built(PetNet(prefix, tail, head, teacher), spec, imagenet.requires_grad_(False))

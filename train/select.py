@@ -55,10 +55,14 @@ def rank_key(found: dict[str, float], version: int) -> tuple[int, float, float, 
 
 
 def best_version(client: MlflowClient) -> str:
+    """The best-ranked version, leaving out those built on a fine-tuned backbone: that backbone trained on
+    every trainval photo, so their CV and validation figures are optimistic and such a version ships only
+    when named (`select --version`)."""
     candidates = []
     for mv in client.search_model_versions(f"name='{REGISTERED_MODEL}'"):
-        key = rank_key(client.get_run(mv.run_id).data.metrics, int(mv.version))
-        if key is not None:
+        run = client.get_run(mv.run_id).data
+        key = rank_key(run.metrics, int(mv.version))
+        if key is not None and not run.params.get("fine_tuned_sha256"):
             candidates.append((key, mv))
     if not candidates:
         raise RuntimeError(
@@ -67,20 +71,20 @@ def best_version(client: MlflowClient) -> str:
     return max(candidates, key=lambda pair: pair[0])[1].version
 
 
-def select(out_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
-    """Champion -> alias -> export (parity gate) -> test fp32 -> int8 (its gate) -> calibration -> card,
-    all into a staging folder that replaces `out_dir` only once everything, the last MLflow call included,
-    has succeeded."""
+def select(out_dir: str | Path = "model", data_dir: str | Path | None = None, version: str | None = None) -> ModelCard:
+    """Champion (the best-ranked version, or `version`) -> alias -> export (parity gate) -> test fp32 ->
+    int8 (its gate) -> calibration -> card, all into a staging folder that replaces `out_dir` only once
+    everything, the last MLflow call included, has succeeded."""
     with replacing(Path(out_dir)) as staging:
-        return ship_champion(staging, data_dir)
+        return ship_champion(staging, data_dir, version)
 
 
-def ship_champion(out_dir: Path, data_dir: str | Path | None) -> ModelCard:
+def ship_champion(out_dir: Path, data_dir: str | Path | None, version: str | None = None) -> ModelCard:
     """The "not sure" threshold and the card's test metrics are fp32's, the reference: an int8 model ships
     beside it only if it answers as fp32 does (its gate), and the host that serves picks the faster
     (`PetClassifier.load`). Each variant has its own temperature, fitted on the same held-out photos."""
     gates, client = Gates.load(), MlflowClient()
-    version = best_version(client)
+    version = version or best_version(client)
     client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
     log.info("champion: %s version %s", REGISTERED_MODEL, version)
     card = export_model(gates.parity, None, "champion", out_dir, data_dir)
