@@ -1,4 +1,4 @@
-"""python -m train {fit,sweep,cv,select,int8,export,evaluate,retention,publish,server,stanford-dogs}:
+"""python -m train {fit,sweep,cv,select,int8,retest,export,evaluate,retention,publish,server,stanford-dogs}:
 docs/training.md."""
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     select.add_argument("--model-dir", default="model")
     select.add_argument("--version", help="ship this registered version instead of the best-ranked one")
     commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
+        "--model-dir", default="model"
+    )
+    commands.add_parser("retest", help="test a model folder again on today's photos; update its card").add_argument(
         "--model-dir", default="model"
     )
     export = commands.add_parser("export")
@@ -116,6 +119,11 @@ def run(args: argparse.Namespace) -> int | None:
         from train.select import requantize
 
         print(json.dumps(requantize(args.model_dir, args.data_dir).int8, indent=2))
+    elif args.command == "retest":
+        from train.retest import retest
+        from train.select import print_card
+
+        print_card(retest(args.model_dir, args.data_dir))
     elif args.command == "export":
         from train.export import export
 

@@ -73,3 +73,13 @@ def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...]
         len(labels),
     )
     return overall | {"folder": folder.name, "missing": sum(extra.missing.values()), "per_breed": per_breed}
+
+
+def for_card(classifier: PetClassifier, data_root: Path, trained_on: tuple[str, ...]) -> dict | None:
+    """Retention on the Stanford Dogs folder beside the Oxford data, for a card; None (with a warning) where
+    there is none or a photo cannot be read: a figure that chooses nothing must not stop a selection."""
+    try:
+        return measure(classifier, data_root.parent / FOLDER, trained_on)
+    except DataError as error:
+        log.warning("no retention on the card: %s", error)
+        return None

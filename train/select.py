@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from inference import ModelCard, PetClassifier, not_sure, softmax
 from train import retention
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
-from train.data import DataError, PetData, Sample, load_dataset
+from train.data import PetData, Sample, load_dataset
 from train.evaluate import evaluate_classifier, photo_logits
 from train.export import export_model, replacing
 from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
@@ -101,11 +101,7 @@ def ship_champion(out_dir: Path, data_dir: str | Path | None, version: str | Non
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
     trained_on = mlflow.artifacts.load_dict(f"runs:/{card.mlflow['run_id']}/{RUN_CONFIG}").get("extra_data", [])
-    try:  # a figure that chooses nothing must not stop the selection
-        retained = retention.measure(fp32, data.root.parent / retention.FOLDER, tuple(trained_on))
-    except DataError as error:
-        log.warning("no retention on the card: %s", error)
-        retained = None
+    retained = retention.for_card(fp32, data.root, tuple(trained_on))
     card = replace(card, metrics=card.metrics | ({"retention": retained} if retained else {}))
     card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")
@@ -274,7 +270,7 @@ def summarize_test(test: dict, classifier: PetClassifier, gate: CalibrationGate)
         "ece": ece(probabilities, test["labels"], gate.ece_bins),
         "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"], gate.ece_bins),
         "not_sure_rate": float(flagged.mean()),
-        "not_sure_rate_correct": float(flagged[correct].mean()),
+        "not_sure_rate_correct": float(flagged[correct].mean()) if correct.any() else 0.0,
         "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
         "confusion_matrix": Path(test["confusion_matrix_png"]).name,
         "confusion": test["confusion"].tolist(),  # counts, true × answered: the Model tab's tables

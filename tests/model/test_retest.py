@@ -1,0 +1,48 @@
+"""`python -m train retest` on the shipped model folder and photos made here: every figure the photos
+decide is measured again, on the photos there are now (test metrics of each variant, the confusion matrix,
+retention, the test counts); what selection fitted stays (temperatures, the "not sure" threshold, CV)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inference import ModelCard
+from tests.conftest import MODEL_DIR, write_tiny_dataset
+from tests.data.test_extra import write_extra
+from train.__main__ import main as train_main
+
+pytestmark = pytest.mark.slow
+
+
+def test_retest_measures_the_shipped_folder_again_on_todays_photos(tmp_path: Path) -> None:
+    labels = json.loads((MODEL_DIR / "labels.json").read_text())
+    breeds = [(name, 1 if name[0].isupper() else 2) for name in labels]
+    data = write_tiny_dataset(tmp_path / "oxford-iiit-pet", per_class=3, classes=breeds)  # one test photo each
+    write_extra(tmp_path / "stanford-dogs-extra", {"beagle": 2, "pug": 1})
+    model = shutil.copytree(MODEL_DIR, tmp_path / "model")
+    (model / "confusion_matrix_test.png").unlink()
+    before = ModelCard.load(model / "card.json")
+
+    assert train_main(["--data-dir", str(data), "retest", "--model-dir", str(model)]) == 0
+
+    after = ModelCard.load(model / "card.json")
+    assert after.metrics["test"]["images"] == len(labels) == after.data["images"]["test"]
+    assert after.data["missing"]["test"] == 0 and after.data["images"]["train"] == before.data["images"]["train"]
+    assert (model / "confusion_matrix_test.png").is_file()
+    assert after.metrics["retention"]["photos"] == 3 and set(after.metrics["retention"]["per_breed"]) == {
+        "beagle",
+        "pug",
+    }
+    assert after.int8["test"] != before.int8["test"] and 0.0 <= after.int8["test"]["accuracy"] <= 1.0
+    kept = (after.calibration, after.not_sure, after.metrics["cv"], after.int8.get("calibration"), after.model)
+    assert kept == (
+        before.calibration,
+        before.not_sure,
+        before.metrics["cv"],
+        before.int8.get("calibration"),
+        before.model,
+    )
