@@ -304,32 +304,31 @@ def trust_text(card: ModelCard) -> str:
 
 def teacher_text(card: ModelCard) -> str:
     """What the model keeps of the ImageNet network it started from, and how much of what that network knew
-    about the dog breeds it has classes for the model still knows (retention)."""
-    teacher = card.model.teacher
-    if not teacher:
-        return ""
-    kept = "kept beside the fine-tuned layers, the head reading both" if teacher["kept"] else "not kept"
-    if teacher.get("fine_tuned"):
-        kept = "kept whole beside a backbone fine-tuned on Oxford photos, the head reading both"
-    distilled = (
-        f"its dog rows distilled on dog photos (weight {teacher['distill_weight']:g}, T = "
-        f"{teacher['distill_temperature']:g})"
-        if teacher["distill_weight"]
-        else "not distilled"
-    )
-    parts = [f"The untouched ImageNet network (the teacher): {kept}; {distilled}."]
-    cv, retained = card.metrics.get("cv", {}), card.metrics.get("retention")
+    about the dog breeds it has classes for the model still knows (retention), said of any model measured."""
+    teacher, cv, retained = card.model.teacher, card.metrics.get("cv", {}), card.metrics.get("retention")
+    parts = [f"The untouched ImageNet network (the teacher): {kept_text(teacher)}."] if teacher else []
+    network = "the teacher" if teacher else "the ImageNet network it started from"
     if cv.get("retention_photos"):
         where = f"{cv['retention_photos']:.0f} held-out Oxford dog photos (cross-validation)"
-        parts.append(retention_sentence(where, cv["retention_student"], cv["retention_teacher"]))
+        parts.append(retention_sentence(where, cv["retention_student"], network, cv["retention_teacher"]))
     if retained and retained["photos"]:
         where = f"{retained['photos']:.0f} {retained['folder']} photos (ImageNet's own)"
-        parts.append(retention_sentence(where, retained["student"], retained["teacher"]))
+        parts.append(retention_sentence(where, retained["student"], network, retained["teacher"]))
     return " ".join(parts)
 
 
-def retention_sentence(where: str, model: float, teacher: float) -> str:
-    return f"Top-1 among the dog breeds ImageNet knows, on {where}: this model {model:.1%}, the teacher {teacher:.1%}."
+def kept_text(teacher: dict) -> str:
+    kept = "kept beside the fine-tuned layers, the head reading both" if teacher["kept"] else "not kept"
+    if teacher.get("fine_tuned"):
+        kept = "kept whole beside a backbone fine-tuned on Oxford photos, the head reading both"
+    if not teacher["distill_weight"]:
+        return f"{kept}; not distilled"
+    weight, temperature = teacher["distill_weight"], teacher["distill_temperature"]
+    return f"{kept}; its dog rows distilled on dog photos (weight {weight:g}, T = {temperature:g})"
+
+
+def retention_sentence(where: str, model: float, network: str, teacher: float) -> str:
+    return f"Top-1 among the dog breeds ImageNet knows, on {where}: this model {model:.1%}, {network} {teacher:.1%}."
 
 
 def missing_sentence(card: ModelCard) -> str:

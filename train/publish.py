@@ -131,11 +131,12 @@ def dog_limits(card: ModelCard) -> str:
     """The page's word on dogs: what the model keeps of the ImageNet network it started from, how much of
     that network's knowledge of the dog breeds ImageNet has it still shows, and where it is weakest."""
     teacher, retained = card.model.teacher, card.metrics.get("retention")
-    if not (teacher and teacher["kept"]):
-        return "It learnt the dog breeds from those few photos on top of an ImageNet network. "
     said = (
         "It keeps the ImageNet network it started from beside its fine-tuned layers, so what that network "
         "learnt of the 22 dog breeds ImageNet has (about 1,300 photos each) stays in it"
+        if teacher and teacher["kept"]
+        else "It learnt the dog breeds from those few photos on top of an ImageNet network, which had learnt "
+        "22 of them from about 1,300 photos each"
     )
     if not retained:
         return said + ". "

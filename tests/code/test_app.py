@@ -225,4 +225,9 @@ def test_the_model_tab_says_what_the_model_keeps_of_its_teacher() -> None:
     assert "240 held-out Oxford dog photos (cross-validation): this model 85.0%, the teacher 80.0%" in text
     assert "2682 stanford-dogs-extra photos (ImageNet's own): this model 91.2%, the teacher 93.4%" in text
     untaught = dataclasses.replace(card, model=dataclasses.replace(card.model, teacher=None))
-    assert "teacher" not in app.card_markdown(untaught).lower()
+    text = app.card_markdown(untaught)
+    assert "teacher" not in text.lower()
+    assert "this model 91.2%, the ImageNet network it started from 93.4%" in text  # retention, measured for any model
+    shipped = app.classifier.card.metrics  # its CV measured no retention
+    unmeasured = dataclasses.replace(untaught, metrics={k: v for k, v in shipped.items() if k != "retention"})
+    assert "ImageNet network it started from" not in app.card_markdown(unmeasured)

@@ -287,3 +287,7 @@ def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> No
     assert "keeps the ImageNet network it started from" in page
     assert "on 2682 ImageNet photos of 3 of those breeds (Stanford Dogs)" in page and "93% of the time" in page
     assert "weakest there: Chihuahua 81%, Beagle 97%, Pug 99%." in page
+    measured = replace(untaught, metrics=card.metrics | {"retention": retained})  # a model that kept nothing, measured
+    page = space_readme(measured, labels, None)
+    assert "keeps the ImageNet network" not in page and "learnt 22 of them from about 1,300 photos each" in page
+    assert "it names the right one of the 22 93% of the time, the ImageNet network 95%" in page
