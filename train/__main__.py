@@ -154,10 +154,11 @@ def run(args: argparse.Namespace) -> int | None:
 
         from inference import PetClassifier
         from train.data import DataError, data_dir
-        from train.retention import FOLDER, measure
+        from train.retention import FOLDER, folders_trained_on, measure
 
         photos = Path(args.photos) if args.photos else data_dir(args.data_dir).parent / FOLDER
-        found = measure(PetClassifier.load(Path(args.model), variant="fp32"), photos)
+        classifier = PetClassifier.load(Path(args.model), variant="fp32")
+        found = measure(classifier, photos, folders_trained_on(classifier.card, photos))
         if found is None:
             raise DataError(f"No retention measured on {photos}: see the warning above.")
         print(json.dumps(found, indent=2))

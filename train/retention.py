@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inference import PetClassifier
+from inference import ModelCard, PetClassifier
 from preprocess import InputSpec, PreprocessError, model_batch
 from train.backbones import get_backbone
 from train.data import DataError, Sample, load_extra
@@ -73,6 +73,12 @@ def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...]
         len(labels),
     )
     return overall | {"folder": folder.name, "missing": sum(extra.missing.values()), "per_breed": per_breed}
+
+
+def folders_trained_on(card: ModelCard, folder: Path) -> tuple[str, ...]:
+    """What a model folder's card says of its extra training photos, for `measure`: it counts them but does
+    not name their folder, so any extra photos are taken to be `folder`'s."""
+    return (folder.name,) if card.data["images"].get("extra") else ()
 
 
 def for_card(classifier: PetClassifier, data_root: Path, trained_on: tuple[str, ...]) -> dict | None:

@@ -30,7 +30,7 @@ def retest(model_dir: str | Path = "model", data_dir: str | Path | None = None) 
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
     tested = evaluate_classifier(fp32, data, "test", model_dir / "confusion_matrix_test.png")
     test = summarize_test(tested, fp32, gate) | {"variant": "fp32", "data_digest": data.digest}
-    trained_on = (retention.FOLDER,) if card.data["images"].get("extra") else ()
+    trained_on = retention.folders_trained_on(card, data.root.parent / retention.FOLDER)
     retained = retention.for_card(fp32, data.root, trained_on)
     metrics = {key: value for key, value in card.metrics.items() if key != "retention"} | {"test": test}
     images = card.data["images"] | {"test": len(data.splits["test"])}

@@ -18,11 +18,19 @@ from train.__main__ import main as train_main
 pytestmark = pytest.mark.slow
 
 
+LABELS = json.loads((MODEL_DIR / "labels.json").read_text())
+
+
+def photos_of_every_breed(root: Path) -> Path:
+    """One test photo of each of the model's breeds, and Stanford-layout photos of two dog breeds beside."""
+    breeds = [(name, 1 if name[0].isupper() else 2) for name in LABELS]
+    write_extra(root / "stanford-dogs-extra", {"beagle": 2, "pug": 1})
+    return write_tiny_dataset(root / "oxford-iiit-pet", per_class=3, classes=breeds)
+
+
 def test_retest_measures_the_shipped_folder_again_on_todays_photos(tmp_path: Path) -> None:
-    labels = json.loads((MODEL_DIR / "labels.json").read_text())
-    breeds = [(name, 1 if name[0].isupper() else 2) for name in labels]
-    data = write_tiny_dataset(tmp_path / "oxford-iiit-pet", per_class=3, classes=breeds)  # one test photo each
-    write_extra(tmp_path / "stanford-dogs-extra", {"beagle": 2, "pug": 1})
+    labels = LABELS
+    data = photos_of_every_breed(tmp_path)
     model = shutil.copytree(MODEL_DIR, tmp_path / "model")
     (model / "confusion_matrix_test.png").unlink()
     before = ModelCard.load(model / "card.json")
@@ -46,3 +54,16 @@ def test_retest_measures_the_shipped_folder_again_on_todays_photos(tmp_path: Pat
         before.int8.get("calibration"),
         before.model,
     )
+
+
+def test_a_model_that_trained_on_extra_photos_gets_no_retention(tmp_path: Path) -> None:
+    """Its card counts extra photos without naming their folder: the Stanford photos may be among them."""
+    data = photos_of_every_breed(tmp_path)
+    model = shutil.copytree(MODEL_DIR, tmp_path / "model")
+    card = json.loads((model / "card.json").read_text())
+    card["data"]["images"]["extra"] = 2682
+    (model / "card.json").write_text(json.dumps(card))
+
+    assert train_main(["--data-dir", str(data), "retest", "--model-dir", str(model)]) == 0
+    assert "retention" not in ModelCard.load(model / "card.json").metrics
+    assert train_main(["--data-dir", str(data), "retention", "--model", str(model)]) == 1
