@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     select = commands.add_parser("select")
     select.add_argument("--model-dir", default="model")
     select.add_argument("--version", help="ship this registered version instead of the best-ranked one")
+    select.add_argument("--alias", default="champion", help="the alias it gets (another one tries it out)")
     commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
         "--model-dir", default="model"
     )
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int | None:
     elif args.command == "select":
         from train.select import print_card, select
 
-        print_card(select(args.model_dir, args.data_dir, args.version))
+        print_card(select(args.model_dir, args.data_dir, args.version, args.alias))
     elif args.command == "int8":
         from train.select import requantize
 

@@ -10,7 +10,6 @@ by its SHA-256: the model built on it is only reproducible from those exact weig
 from __future__ import annotations
 
 import copy
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from onnx import numpy_helper
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from inference import sha256_file
 from train.config import ConfigError
 
 LOGIT_TOLERANCE = 1e-3  # fp32 torch against ONNX Runtime on the same input; the export's parity gate is alike
@@ -41,16 +41,12 @@ class Beside(nn.Module):
         return torch.cat([self.fine_tuned(image), self.pretrained(image)], 1)
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def checked_model(path: str, sha256: str) -> onnx.ModelProto:
     """The pinned file, or a one-line ConfigError saying what is wrong with it."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"fine_tuned_onnx {path} not found; the config's comment says where that model comes from.")
-    found = sha256_of(file)
+    found = sha256_file(file)
     if found != sha256:
         raise ConfigError(f"fine_tuned_onnx {path} has SHA-256 {found[:16]}…, not the pinned {sha256[:16]}….")
     return onnx.load(str(file))
@@ -87,14 +83,24 @@ def conv_tensors(model: onnx.ModelProto) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def head_tensors(model: onnx.ModelProto) -> tuple[torch.Tensor, torch.Tensor]:
-    """The linear head (the graph's one Gemm) that turns pooled features into logits."""
+    """The linear head (the graph's one Gemm, as this project exports it) that turns pooled features into
+    logits: its weight as classes × features, and its bias."""
     values = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     gemms = [node for node in model.graph.node if node.op_type == "Gemm"]
-    if len(gemms) != 1:
-        raise FineTunedError(f"expected one linear head (Gemm), found {len(gemms)}")
+    if len(gemms) != 1 or len(gemms[0].input) != 3 or not all(name in values for name in gemms[0].input[1:]):
+        raise FineTunedError("expected one linear head (a Gemm with a constant weight and bias)")
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in gemms[0].attribute}
+    if attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0 or attributes.get("transA", 0):
+        raise FineTunedError("the linear head scales or transposes its input; this is not a head this project exports")
     weight, bias = (torch.from_numpy(values[name].copy()) for name in gemms[0].input[1:3])
-    transposed = any(a.name == "transB" and a.i == 1 for a in gemms[0].attribute)
-    return (weight if transposed else weight.T), bias
+    return (weight if attributes.get("transB", 0) else weight.T), bias
+
+
+def check_input(model: onnx.ModelProto, crop: int) -> None:
+    """The file's image input must be the crop the config asks for: its backbone saw images of that size."""
+    dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if dims[1:] != [3, crop, crop]:
+        raise FineTunedError(f"its input is {dims[1:]}, not the config's 3×{crop}×{crop} images")
 
 
 @torch.no_grad()
@@ -112,11 +118,13 @@ def load_convs(network: nn.Sequential, tensors: list[tuple[np.ndarray, np.ndarra
 @torch.no_grad()
 def check_logits(network: nn.Sequential, model: onnx.ModelProto, crop: int) -> None:
     """The rebuilt backbone under the file's own head must give the file's logits."""
+    from train.export import INPUT, LOGITS  # train.export builds models through this module
+
     image = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
     weight, bias = head_tensors(model)
     mine = network(image).mean((2, 3)) @ weight.T + bias
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    theirs = session.run(None, {session.get_inputs()[0].name: image.numpy()})[0]
+    theirs = session.run([LOGITS], {INPUT: image.numpy()})[0]
     delta = float(np.abs(mine.numpy() - theirs).max())
     if not delta <= LOGIT_TOLERANCE:
         raise FineTunedError(f"the rebuilt backbone's logits differ from the ONNX model's by {delta:.2g}")
@@ -128,6 +136,7 @@ def fine_tuned_backbone(path: str, sha256: str, pretrained: list[nn.Module], cro
     model = checked_model(path, sha256)
     network = fused(pretrained)
     try:
+        check_input(model, crop)
         load_convs(network, conv_tensors(model))
         check_logits(network, model, crop)
     except FineTunedError as error:

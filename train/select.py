@@ -58,36 +58,54 @@ def best_version(client: MlflowClient) -> str:
     """The best-ranked version, leaving out those built on a fine-tuned backbone: that backbone trained on
     every trainval photo, so their CV and validation figures are optimistic and such a version ships only
     when named (`select --version`)."""
-    candidates = []
+    candidates, skipped = [], []
     for mv in client.search_model_versions(f"name='{REGISTERED_MODEL}'"):
         run = client.get_run(mv.run_id).data
         key = rank_key(run.metrics, int(mv.version))
-        if key is not None and not run.params.get("fine_tuned_sha256"):
+        if run.params.get("fine_tuned_sha256"):
+            skipped.append(mv.version)
+        elif key is not None:
             candidates.append((key, mv))
     if not candidates:
+        unranked = f" (versions {', '.join(skipped)} stand on a fine-tuned backbone: name one with --version)"
         raise RuntimeError(
-            f"No registered version of {REGISTERED_MODEL} with a CV or validation accuracy: run fit first."
+            f"No registered version of {REGISTERED_MODEL} with a CV or validation accuracy to rank"
+            f"{unranked if skipped else ''}: run fit first."
         )
     return max(candidates, key=lambda pair: pair[0])[1].version
 
 
-def select(out_dir: str | Path = "model", data_dir: str | Path | None = None, version: str | None = None) -> ModelCard:
-    """Champion (the best-ranked version, or `version`) -> alias -> export (parity gate) -> test fp32 ->
-    int8 (its gate) -> calibration -> card, all into a staging folder that replaces `out_dir` only once
-    everything, the last MLflow call included, has succeeded."""
+def select(
+    out_dir: str | Path = "model",
+    data_dir: str | Path | None = None,
+    version: str | None = None,
+    alias: str = "champion",
+) -> ModelCard:
+    """The best-ranked version (or `version`) -> `alias` -> export (parity gate) -> test fp32 -> int8 (its
+    gate) -> calibration -> card, all into a staging folder that replaces `out_dir` only once everything,
+    the last MLflow call included, has succeeded. Another alias than "champion" tries a version out
+    without moving what the registry says ships."""
     with replacing(Path(out_dir)) as staging:
-        return ship_champion(staging, data_dir, version)
+        return ship_champion(staging, data_dir, version, alias)
 
 
-def ship_champion(out_dir: Path, data_dir: str | Path | None, version: str | None = None) -> ModelCard:
+def ship_champion(
+    out_dir: Path, data_dir: str | Path | None, version: str | None = None, alias: str = "champion"
+) -> ModelCard:
     """The "not sure" threshold and the card's test metrics are fp32's, the reference: an int8 model ships
     beside it only if it answers as fp32 does (its gate), and the host that serves picks the faster
     (`PetClassifier.load`). Each variant has its own temperature, fitted on the same held-out photos."""
     gates, client = Gates.load(), MlflowClient()
     version = version or best_version(client)
-    client.set_registered_model_alias(REGISTERED_MODEL, "champion", version)
-    log.info("champion: %s version %s", REGISTERED_MODEL, version)
-    card = export_model(gates.parity, None, "champion", out_dir, data_dir)
+    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
+    log.info("%s: %s version %s", alias, REGISTERED_MODEL, version)
+    card = export_model(gates.parity, None, alias, out_dir, data_dir)
+    if card.model.teacher and card.model.teacher.get("fine_tuned"):
+        log.warning(
+            "version %s stands on a fine-tuned backbone that saw every trainval photo: its CV, temperature and "
+            "'not sure' threshold are optimistic; only the test photos judge it",
+            version,
+        )
     labels = json.loads((out_dir / "labels.json").read_text())
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
     fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")

@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from inference import ModelCard
 from tests.conftest import write_tiny_dataset
@@ -22,6 +23,7 @@ from train.features import _cache_key
 from train.fine_tuned import FineTunedError, fine_tuned_backbone
 from train.imagenet import IMAGENET_CLASSES
 from train.model import PetNet, build, build_net
+from train.tracking import REGISTERED_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +74,28 @@ def test_a_changed_missing_or_foreign_file_is_refused_in_one_line(exported, tmp_
     assert "\n" not in str(refused.value)
 
 
+def test_a_backbone_loaded_out_of_order_or_at_another_size_is_refused(exported, monkeypatch) -> None:
+    """The logits check is the safety net for a graph whose convolutions do not run in the module order the
+    loader assumes: two convolutions of one shape swapped load without complaint, and must be caught."""
+    import train.fine_tuned
+
+    path, sha, _ = exported
+    with pytest.raises(FineTunedError, match="not the config's"):
+        fine_tuned_backbone(str(path), sha, get_backbone("efficientnet_lite0").build(SIZE * 2)[0], SIZE * 2)
+    in_order = train.fine_tuned.conv_tensors
+
+    def swapped(model):
+        tensors = in_order(model)
+        shapes = [weight.shape for weight, _ in tensors]
+        first, second = next((i, j) for j in reversed(range(len(shapes))) for i in range(j) if shapes[i] == shapes[j])
+        tensors[first], tensors[second] = tensors[second], tensors[first]
+        return tensors
+
+    monkeypatch.setattr(train.fine_tuned, "conv_tensors", swapped)
+    with pytest.raises(FineTunedError, match="logits differ"):
+        fine_tuned_backbone(str(path), sha, pretrained()[0], SIZE)
+
+
 def test_a_two_backbone_model_starts_as_the_imagenet_classifier(exported) -> None:
     path, sha, net = exported
     config = Config(backbone="efficientnet_lite0", image_size=SIZE, imagenet_init=True)
@@ -96,7 +120,9 @@ def test_the_feature_cache_tells_fine_tuned_backbones_apart(exported) -> None:
     assert len(keys) == 3
 
 
-def test_a_two_backbone_recipe_runs_through_cv_and_ships_only_when_named(exported, tmp_path, monkeypatch) -> None:
+def test_a_two_backbone_recipe_runs_through_cv_and_ships_only_when_named(
+    exported, tmp_path, monkeypatch, capsys
+) -> None:
     path, sha, _ = exported
     dogs = write_tiny_dataset(tmp_path / "oxford-iiit-pet", classes=DOGS)
     monkeypatch.chdir(tmp_path)
@@ -112,7 +138,11 @@ def test_a_two_backbone_recipe_runs_through_cv_and_ships_only_when_named(exporte
     assert train_main([*data_dir, "cv", "--config", str(recipe)]) == 0
     model_dir = ["--model-dir", str(tmp_path / "model")]
     assert train_main([*data_dir, "select", *model_dir]) == 1  # its only version is never chosen by itself
-    assert train_main([*data_dir, "select", *model_dir, "--version", "1"]) == 0
+    assert "versions 1 stand on a fine-tuned backbone: name one with --version" in capsys.readouterr().err
+    assert train_main([*data_dir, "select", *model_dir, "--version", "1", "--alias", "candidate"]) == 0
+    assert MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, "candidate").version == "1"
+    with pytest.raises(mlflow.exceptions.MlflowException):  # trying a version out moves no champion
+        MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, "champion")
     card = ModelCard.load(tmp_path / "model" / "card.json")
     assert card.model.parity["max_abs_logit_delta"] <= 1e-3  # both backbones are in the graph, and agree
     assert card.model.teacher == {"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0, "fine_tuned": sha}
