@@ -9,39 +9,61 @@ Dogs folder beside the data (left off the card of a model that trained on extra 
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 from inference import ModelCard, PetClassifier
 from train import retention
 from train.data import load_dataset
 from train.evaluate import evaluate_classifier
+from train.export import replacing
 from train.gates import Gates
-from train.select import INT8_FILE, int8_test, summarize_test
+from train.select import int8_test, summarize_test
 
 log = logging.getLogger(__name__)
 
 
 def retest(model_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
-    """Test `model_dir`'s variants and retention on today's photos; rewrite its card's figures of them."""
-    model_dir, gate = Path(model_dir), Gates.load().calibration
-    fp32 = PetClassifier.load(model_dir, variant="fp32")
+    """Test `model_dir`'s variants and retention on today's photos and rewrite its card's figures of them,
+    in a copy of the folder that replaces it only once all of it has succeeded."""
+    with replacing(Path(model_dir)) as staging:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        return retest_in(staging, data_dir)
+
+
+def retest_in(folder: Path, data_dir: str | Path | None) -> ModelCard:
+    gate, fp32 = Gates.load().calibration, PetClassifier.load(folder, variant="fp32")
     card = fp32.card
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
-    tested = evaluate_classifier(fp32, data, "test", model_dir / "confusion_matrix_test.png")
-    test = summarize_test(tested, fp32, gate) | {"variant": "fp32", "data_digest": data.digest}
-    trained_on = retention.folders_trained_on(card, data.root.parent / retention.FOLDER)
-    retained = retention.for_card(fp32, data.root, trained_on)
-    metrics = {key: value for key, value in card.metrics.items() if key != "retention"} | {"test": test}
+    tested_on = {"data_digest": data.digest, "retested": date.today().isoformat()}
+    tested = evaluate_classifier(fp32, data, "test", folder / "confusion_matrix_test.png")
+    test = summarize_test(tested, fp32, gate) | {"variant": "fp32"} | tested_on
     images = card.data["images"] | {"test": len(data.splits["test"])}
-    data_entry = card.data | {
-        "images": images,
-        "missing": card.data["missing"] | {"test": data.missing_totals()["test"]},
-    }
-    card = replace(card, data=data_entry, metrics=metrics | ({"retention": retained} if retained else {}))
+    missing = card.data["missing"] | {"test": data.missing_totals()["test"]}
+    retained = retention_again(fp32, data.root)
+    metrics = {key: value for key, value in card.metrics.items() if key != "retention"} | {"test": test}
+    metrics |= {"retention": retained} if retained else {}
+    card = replace(card, data=card.data | {"images": images, "missing": missing}, metrics=metrics)
     if "int8" in card.variants():
-        int8 = PetClassifier(card, model_dir / INT8_FILE, fp32.labels, variant="int8")
-        card = replace(card, int8=card.int8 | {"test": int8_test(int8, fp32.temperature, data, model_dir, gate)})
-    card.save(model_dir / "card.json")
+        int8 = PetClassifier(card, folder / card.int8["file"], fp32.labels, variant="int8")
+        card = replace(
+            card, int8=card.int8 | {"test": int8_test(int8, fp32.temperature, data, folder, gate) | tested_on}
+        )
+    elif card.int8:  # rejected at selection, its file deleted: its old test figures go too
+        card = replace(card, int8={key: value for key, value in card.int8.items() if key != "test"})
+    card.save(folder / "card.json")
     log.info("test accuracy %.4f on %d photos", test["accuracy"], test["images"])
     return card
+
+
+def retention_again(fp32: PetClassifier, data_root: Path) -> dict | None:
+    """Retention on the Stanford folder beside the data; where it cannot be measured here (no folder), the
+    card keeps the figure it had, unless the model may have trained on those photos."""
+    trained_on = retention.folders_trained_on(fp32.card, data_root.parent / retention.FOLDER)
+    found = retention.for_card(fp32, data_root, trained_on)
+    if found is None and not trained_on and fp32.card.metrics.get("retention"):
+        log.warning("retention not measured again: the card keeps the figure it had")
+        return fp32.card.metrics["retention"]
+    return found

@@ -67,3 +67,19 @@ def test_a_model_that_trained_on_extra_photos_gets_no_retention(tmp_path: Path) 
     assert train_main(["--data-dir", str(data), "retest", "--model-dir", str(model)]) == 0
     assert "retention" not in ModelCard.load(model / "card.json").metrics
     assert train_main(["--data-dir", str(data), "retention", "--model", str(model)]) == 1
+
+
+def test_a_rejected_int8_loses_its_old_test_figures_and_retention_stays_where_not_measured(tmp_path: Path) -> None:
+    breeds = [(name, 1 if name[0].isupper() else 2) for name in LABELS]
+    data = write_tiny_dataset(tmp_path / "oxford-iiit-pet", per_class=3, classes=breeds)  # no Stanford folder
+    model = shutil.copytree(MODEL_DIR, tmp_path / "model")
+    card = json.loads((model / "card.json").read_text())
+    card["int8"] = {key: value for key, value in card["int8"].items() if key != "sha256"} | {"accepted": False}
+    (model / "model.int8.onnx").unlink()
+    (model / "card.json").write_text(json.dumps(card))
+
+    assert train_main(["--data-dir", str(data), "retest", "--model-dir", str(model)]) == 0
+    after = ModelCard.load(model / "card.json")
+    assert after.variants() == ["fp32"] and "test" not in after.int8
+    assert after.metrics["retention"] == card["metrics"]["retention"]  # not measured here: kept as it was
+    assert after.metrics["test"]["images"] == len(LABELS) and not list(tmp_path.glob(".model.*"))
