@@ -69,7 +69,7 @@ def _cache_key(
     digest: str,
     samples: list[Sample],
     teacher: bool,
-    fine_tuned: str,
+    fine_tuned: str = "",
 ) -> str:
     """Everything the cached activations depend on: the network and its weights package (and the checksum
     of a fine-tuned backbone beside it), the pixels (the preprocessing code and the input spec), the view,

@@ -63,7 +63,7 @@ def best_version(client: MlflowClient) -> str:
         run = client.get_run(mv.run_id).data
         key = rank_key(run.metrics, int(mv.version))
         if run.params.get("fine_tuned_sha256"):
-            skipped.append(mv.version)
+            skipped.append(str(mv.version))
         elif key is not None:
             candidates.append((key, mv))
     if not candidates:

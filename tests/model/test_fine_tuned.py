@@ -140,7 +140,7 @@ def test_a_two_backbone_recipe_runs_through_cv_and_ships_only_when_named(
     assert train_main([*data_dir, "select", *model_dir]) == 1  # its only version is never chosen by itself
     assert "versions 1 stand on a fine-tuned backbone: name one with --version" in capsys.readouterr().err
     assert train_main([*data_dir, "select", *model_dir, "--version", "1", "--alias", "candidate"]) == 0
-    assert MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, "candidate").version == "1"
+    assert str(MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, "candidate").version) == "1"
     with pytest.raises(mlflow.exceptions.MlflowException):  # trying a version out moves no champion
         MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, "champion")
     card = ModelCard.load(tmp_path / "model" / "card.json")
