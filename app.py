@@ -265,7 +265,7 @@ def selection_row(card: ModelCard) -> str:
     """The table row of what the model was selected on: k-fold cross-validation or a validation split."""
     if "cv" in card.metrics:
         cv = card.metrics["cv"]
-        optimistic = " (optimistic: its fine-tuned backbone saw these photos)" if stands_on_fine_tuned(card) else ""
+        optimistic = " (optimistic: its fine-tuned backbone saw these photos)" if card.on_fine_tuned_backbone() else ""
         return (
             f"| {cv['folds']}-fold cross-validation (trainval){optimistic} | {card.data['images']['train']} | "
             f"{cv['accuracy']:.1%} ± {cv['accuracy_std']:.1%} | {percent(cv.get('mean_per_class_accuracy'))} | "
@@ -276,11 +276,6 @@ def selection_row(card: ModelCard) -> str:
         f"| validation | {card.data['images']['val']} | {val['accuracy']:.1%} | "
         f"{percent(val.get('mean_per_class_accuracy'))} | {val['top5_accuracy']:.1%} |"
     )
-
-
-def stands_on_fine_tuned(card: ModelCard) -> bool:
-    """Whether the model runs a backbone fine-tuned on every trainval photo: its CV holds nothing out."""
-    return bool(card.model.teacher and card.model.teacher.get("fine_tuned"))
 
 
 def percent(value: float | None) -> str:
@@ -314,7 +309,7 @@ def teacher_text(card: ModelCard) -> str:
     teacher, cv, retained = card.model.teacher, card.metrics.get("cv", {}), card.metrics.get("retention")
     parts = [f"The untouched ImageNet network (the teacher): {kept_text(teacher)}."] if teacher else []
     network = "the teacher" if teacher else "the ImageNet network it started from"
-    if cv.get("retention_photos") and not stands_on_fine_tuned(card):
+    if cv.get("retention_photos") and not card.on_fine_tuned_backbone():
         where = f"{cv['retention_photos']:.0f} held-out Oxford dog photos (cross-validation)"
         parts.append(retention_sentence(where, cv["retention_student"], network, cv["retention_teacher"]))
     if retained and retained["photos"]:
@@ -370,7 +365,7 @@ def variant_note() -> str:
 def card_markdown(card: ModelCard) -> str:
     spec, model, test = card.preprocess, card.model, card.metrics.get("test")
     training = "fine-tuned end to end" if model.end_to_end else f"fine-tuned layers {model.finetune_blocks}"
-    if stands_on_fine_tuned(card):
+    if card.on_fine_tuned_backbone():
         training = "two backbones, one fine-tuned on Oxford photos and one ImageNet's, both frozen under the head"
     return "\n".join(
         [

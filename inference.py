@@ -122,6 +122,11 @@ class ModelCard:
             kind: sum(n for label, n in photos.items() if kinds[label] == kind) for kind in sorted(set(self.species))
         }
 
+    def on_fine_tuned_backbone(self) -> bool:
+        """Whether the model runs a backbone fine-tuned on every trainval photo beside ImageNet's (train's
+        `fine_tuned_onnx`): its cross-validation holds nothing out of that half, so it is optimistic."""
+        return bool(self.model.teacher and self.model.teacher.get("fine_tuned"))
+
     def variants(self) -> list[str]:
         """The model files that ship: fp32, and int8 where its fidelity gate accepted it."""
         return ["fp32"] + (["int8"] if self.int8 and self.int8.get("accepted") and "sha256" in self.int8 else [])

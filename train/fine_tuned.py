@@ -70,9 +70,13 @@ def fused(layers: list[nn.Module]) -> nn.Sequential:
     return network
 
 
-def conv_tensors(model: onnx.ModelProto) -> list[tuple[np.ndarray, np.ndarray]]:
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The graph's initializers by name, read once for the convolutions and the head."""
+    return {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+
+def conv_tensors(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(weight, bias) of each Conv node, in graph order."""
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     found = []
     for node in model.graph.node:
         if node.op_type == "Conv":
@@ -82,10 +86,9 @@ def conv_tensors(model: onnx.ModelProto) -> list[tuple[np.ndarray, np.ndarray]]:
     return found
 
 
-def head_tensors(model: onnx.ModelProto) -> tuple[torch.Tensor, torch.Tensor]:
+def head_tensors(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear head (the graph's one Gemm, as this project exports it) that turns pooled features into
     logits: its weight as classes × features, and its bias."""
-    values = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
     gemms = [node for node in model.graph.node if node.op_type == "Gemm"]
     if len(gemms) != 1 or len(gemms[0].input) != 3 or not all(name in values for name in gemms[0].input[1:]):
         raise FineTunedError("expected one linear head (a Gemm with a constant weight and bias)")
@@ -116,12 +119,12 @@ def load_convs(network: nn.Sequential, tensors: list[tuple[np.ndarray, np.ndarra
 
 
 @torch.no_grad()
-def check_logits(network: nn.Sequential, model: onnx.ModelProto, crop: int) -> None:
+def check_logits(network: nn.Sequential, model: onnx.ModelProto, values: dict[str, np.ndarray], crop: int) -> None:
     """The rebuilt backbone under the file's own head must give the file's logits."""
     from train.export import INPUT, LOGITS  # train.export builds models through this module
 
     image = torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
-    weight, bias = head_tensors(model)
+    weight, bias = head_tensors(model, values)
     mine = network(image).mean((2, 3)) @ weight.T + bias
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     theirs = session.run([LOGITS], {INPUT: image.numpy()})[0]
@@ -137,8 +140,9 @@ def fine_tuned_backbone(path: str, sha256: str, pretrained: list[nn.Module], cro
     network = fused(pretrained)
     try:
         check_input(model, crop)
-        load_convs(network, conv_tensors(model))
-        check_logits(network, model, crop)
+        values = constants(model)
+        load_convs(network, conv_tensors(model, values))
+        check_logits(network, model, values, crop)
     except FineTunedError as error:
         raise FineTunedError(f"fine_tuned_onnx {path}: {error}.") from None
     return network

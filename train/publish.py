@@ -131,7 +131,7 @@ def dog_limits(card: ModelCard) -> str:
     """The page's word on dogs: what the model keeps of the ImageNet network it started from, how much of
     that network's knowledge of the dog breeds ImageNet has it still shows, and where it is weakest."""
     teacher, retained = card.model.teacher, card.metrics.get("retention")
-    beside = "a fine-tuned copy of itself" if teacher and teacher.get("fine_tuned") else "its fine-tuned layers"
+    beside = "a fine-tuned copy of itself" if card.on_fine_tuned_backbone() else "its fine-tuned layers"
     said = (
         f"It keeps the ImageNet network it started from beside {beside}, so what that network "
         "learnt of the 22 dog breeds ImageNet has (about 1,300 photos each) stays in it"

@@ -100,7 +100,7 @@ def ship_champion(
     client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
     log.info("%s: %s version %s", alias, REGISTERED_MODEL, version)
     card = export_model(gates.parity, None, alias, out_dir, data_dir)
-    if card.model.teacher and card.model.teacher.get("fine_tuned"):
+    if card.on_fine_tuned_backbone():
         log.warning(
             "version %s stands on a fine-tuned backbone that saw every trainval photo: its CV, temperature and "
             "'not sure' threshold are optimistic; only the test photos judge it",

@@ -84,8 +84,8 @@ def test_a_backbone_loaded_out_of_order_or_at_another_size_is_refused(exported, 
         fine_tuned_backbone(str(path), sha, get_backbone("efficientnet_lite0").build(SIZE * 2)[0], SIZE * 2)
     in_order = train.fine_tuned.conv_tensors
 
-    def swapped(model):
-        tensors = in_order(model)
+    def swapped(model, values):
+        tensors = in_order(model, values)
         shapes = [weight.shape for weight, _ in tensors]
         first, second = next((i, j) for j in reversed(range(len(shapes))) for i in range(j) if shapes[i] == shapes[j])
         tensors[first], tensors[second] = tensors[second], tensors[first]
