@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from inference import PetClassifier
-from preprocess import model_batch
+from preprocess import PreprocessError, model_batch
 from train import metrics
 from train.data import DataError, PetData, Sample, load_dataset
 
@@ -30,7 +30,10 @@ def evaluate_classifier(classifier: PetClassifier, data: PetData, split: str, pl
             f"The dataset's {len(data.classes)} classes differ from the model's {len(classifier.labels)}: "
             "evaluate a model trained on this dataset."
         )
-    logits = photo_logits(classifier, data.splits[split])
+    try:
+        logits = photo_logits(classifier, data.splits[split])
+    except PreprocessError as error:  # one unreadable photo: a sentence, not a traceback
+        raise DataError(f"A {split} photo cannot be read: {error}") from None
     labels = np.array([s.label for s in data.splits[split]])
     summary = metrics.summarize(logits, labels, data.classes, data.species)
     if plot:

@@ -100,6 +100,12 @@ def publish_failure(test: dict | None, served: dict | None, gate: PublishGate) -
     (the test photos are mostly cats, so top-1 alone would let the dog breeds slide)."""
     if not test or "accuracy" not in test:
         return "card.json has no test accuracy: run `python -m train select` first."
+    digests = {entry["data_digest"] for entry in (test, served or {}) if "data_digest" in entry}
+    if len(digests) > 1:  # both cards say which photos they were tested on, and they differ
+        return (
+            "The card and the Space's card were tested on different photos (data digests differ): test the served "
+            "model again on these photos (`python -m train retest`) before comparing."
+        )
     if test["accuracy"] < gate.min_test_accuracy:
         return f"Test accuracy {test['accuracy']:.4f} is below the threshold {gate.min_test_accuracy:.4f}."
     for key, name in (("accuracy", "Test accuracy"), ("mean_per_class_accuracy", "Mean per-class test accuracy")):

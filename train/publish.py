@@ -62,6 +62,11 @@ def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> Mo
             PetClassifier.load(model_dir, variant=variant)  # refuses what serving would refuse
     except ModelError as error:
         raise GateError(f"{error} Re-run `python -m train select`.") from None
+    if card.on_fine_tuned_backbone():
+        raise GateError(
+            "The model stands on a backbone fine-tuned on every trainval photo: its temperature and 'not sure' "
+            'threshold were fitted on photos that backbone saw (docs/training.md, "Two backbones").'
+        )
     served = served_card["metrics"]["test"] if served_card else None
     failure = publish_failure(card.metrics.get("test"), served, gate)
     if failure:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
-from inference import ModelCard, PetClassifier
+from inference import ModelCard, ModelError, PetClassifier
 from train import retention
 from train.data import load_dataset
 from train.evaluate import evaluate_classifier
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 def retest(model_dir: str | Path = "model", data_dir: str | Path | None = None) -> ModelCard:
     """Test `model_dir`'s variants and retention on today's photos and rewrite its card's figures of them,
     in a copy of the folder that replaces it only once all of it has succeeded."""
+    if not (Path(model_dir) / "card.json").is_file():
+        raise ModelError(f"{model_dir} holds no card.json: retest a model folder that `select` wrote.")
     with replacing(Path(model_dir)) as staging:
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
         return retest_in(staging, data_dir)
@@ -59,11 +61,12 @@ def retest_in(folder: Path, data_dir: str | Path | None) -> ModelCard:
 
 
 def retention_again(fp32: PetClassifier, data_root: Path) -> dict | None:
-    """Retention on the Stanford folder beside the data; where it cannot be measured here (no folder), the
-    card keeps the figure it had, unless the model may have trained on those photos."""
+    """Retention on the Stanford folder beside the data; where there is no such folder here, the card keeps
+    the figure it had, unless the model may have trained on those photos."""
     trained_on = retention.folders_trained_on(fp32.card, data_root.parent / retention.FOLDER)
     found = retention.for_card(fp32, data_root, trained_on)
-    if found is None and not trained_on and fp32.card.metrics.get("retention"):
+    absent = not (data_root.parent / retention.FOLDER / "MANIFEST.tsv").is_file()
+    if found is None and absent and not trained_on and fp32.card.metrics.get("retention"):
         log.warning("retention not measured again: the card keeps the figure it had")
         return fp32.card.metrics["retention"]
     return found

@@ -100,6 +100,16 @@ def test_gate_refuses_a_labels_count_mismatch(space_copy: Path) -> None:
         validate(space_copy / "model", config(), None)
 
 
+def test_gate_refuses_a_model_on_a_fine_tuned_backbone(space_copy: Path) -> None:
+    """Its temperature and threshold were fitted on photos its fine-tuned half trained on."""
+    card_path = space_copy / "model" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["model"]["teacher"] = {"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0, "fine_tuned": "ab"}
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(GateError, match="fine-tuned on every trainval photo"):
+        validate(space_copy / "model", config(), None)
+
+
 def test_gate_compares_with_what_the_space_serves(space_copy: Path) -> None:
     set_test_accuracy(space_copy, 0.90)
     served = {"metrics": {"test": {"accuracy": 0.95}}}
@@ -179,6 +189,10 @@ def test_publish_gate_function() -> None:
     # a model as good on top-1 but worse over breeds is refused; a served card without the mean is no bar
     assert "Mean per-class test accuracy 0.8500" in publish_failure(metrics(0.92, 0.85), metrics(0.92, 0.88), gate)
     assert publish_failure(metrics(0.92, 0.85), metrics(0.92), gate) is None
+    # figures measured on other photos are not compared; a served card that predates digests still is
+    on = lambda digest: metrics(0.92) | {"data_digest": digest}  # noqa: E731
+    assert "tested on different photos" in publish_failure(on("a"), on("b"), gate)
+    assert publish_failure(on("a"), on("a"), gate) is None and publish_failure(on("a"), metrics(0.92), gate) is None
 
 
 def set_front_matter(readme: Path, old: str, new: str) -> None:

@@ -121,13 +121,10 @@ def test_the_feature_cache_tells_fine_tuned_backbones_apart(exported) -> None:
 
 
 def test_a_two_backbone_recipe_runs_through_cv_and_ships_only_when_named(
-    exported, tmp_path, monkeypatch, capsys
+    exported, tmp_path, mlflow_store, capsys
 ) -> None:
     path, sha, _ = exported
     dogs = write_tiny_dataset(tmp_path / "oxford-iiit-pet", classes=DOGS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     recipe = tmp_path / "beside.toml"
     recipe.write_text(
         f'backbone = "efficientnet_lite0"\nimage_size = {SIZE}\nimagenet_init = true\nviews = 1\nepochs = 2\n'
@@ -146,4 +143,3 @@ def test_a_two_backbone_recipe_runs_through_cv_and_ships_only_when_named(
     card = ModelCard.load(tmp_path / "model" / "card.json")
     assert card.model.parity["max_abs_logit_delta"] <= 1e-3  # both backbones are in the graph, and agree
     assert card.model.teacher == {"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0, "fine_tuned": sha}
-    mlflow.set_tracking_uri(None)

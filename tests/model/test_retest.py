@@ -33,6 +33,9 @@ def test_retest_measures_the_shipped_folder_again_on_todays_photos(tmp_path: Pat
     data = photos_of_every_breed(tmp_path)
     model = shutil.copytree(MODEL_DIR, tmp_path / "model")
     (model / "confusion_matrix_test.png").unlink()
+    planted = json.loads((model / "card.json").read_text())
+    planted["int8"]["test"]["accuracy"] = -1.0  # a figure retest must replace, whatever the photos
+    (model / "card.json").write_text(json.dumps(planted))
     before = ModelCard.load(model / "card.json")
 
     assert train_main(["--data-dir", str(data), "retest", "--model-dir", str(model)]) == 0
@@ -83,3 +86,9 @@ def test_a_rejected_int8_loses_its_old_test_figures_and_retention_stays_where_no
     assert after.variants() == ["fp32"] and "test" not in after.int8
     assert after.metrics["retention"] == card["metrics"]["retention"]  # not measured here: kept as it was
     assert after.metrics["test"]["images"] == len(LABELS) and not list(tmp_path.glob(".model.*"))
+
+
+def test_retest_of_a_folder_without_a_card_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    data = photos_of_every_breed(tmp_path)
+    assert train_main(["--data-dir", str(data), "retest", "--model-dir", str(tmp_path / "absent")]) == 1
+    assert "holds no card.json" in capsys.readouterr().err and not (tmp_path / "absent").exists()
