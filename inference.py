@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, NamedTuple, get_args, get_type_hints
 
 import numpy as np
 
@@ -70,6 +70,28 @@ class ModelInfo:
     teacher: dict | None = None  # the ImageNet teacher: kept in the model beside the fine-tuned tail, distilled
 
 
+@dataclass(frozen=True)
+class ExpertInfo:
+    """card.json's `expert`: the dog expert, the untouched ImageNet network with a head over its features for
+    the dog breeds, which answers every photo the breed model routes to dogs (`train.expert` writes it).
+    Its input is the breed model's own tensor (the card's `preprocess`), so one decode feeds both."""
+
+    file: str  # expert.onnx: the backbone and the head, logits and CAM outputs named as the breed model's
+    sha256: str
+    bytes: int
+    backbone: str
+    labels: list  # its classes, dataset stems in its output order: the card's breeds of `species`
+    species: str  # "dog"
+    route_threshold: float  # the breed model's calibrated probability of `species` above which it answers
+    parity: dict  # ONNX Runtime against torch at export
+    mlflow: dict  # run_id, registered_model, version
+    metrics: dict  # "cv" (its own folds), "retention" (Stanford photos, against ImageNet's classifier)
+    recipe: dict  # distillation weight and temperature, class balance, views
+    calibration: dict | None = None  # fp32's temperature, fitted on its out-of-fold logits
+    not_sure: dict | None = None  # fp32's threshold for the photos it answers
+    int8: dict | None = None  # as the card's own `int8`: file, sha256, accepted, calibration, not_sure
+
+
 FEW_TEST_PHOTOS = 10  # a breed's test accuracy on fewer photos is too few to judge (Model tab, Space page)
 
 
@@ -93,6 +115,7 @@ class ModelCard:
     calibration: dict | None = None  # fp32's temperature and its fit
     not_sure: dict | None = None  # threshold, what it was fitted on, non-pet check
     int8: dict | None = None  # file, sha256 when shipped, accepted, gate statistics, its own calibration
+    expert: ExpertInfo | None = None  # the dog expert beside the breed model, where one ships
 
     @property
     def temperature(self) -> float:
@@ -109,6 +132,12 @@ class ModelCard:
     @property
     def threshold(self) -> float:
         return float(self.not_sure["threshold"]) if self.not_sure else 0.0
+
+    def threshold_of(self, variant: str) -> float:
+        """The "not sure" threshold fitted to `variant`'s own probabilities where one was, else fp32's."""
+        if variant == "int8" and self.int8 and "not_sure" in self.int8:
+            return float(self.int8["not_sure"]["threshold"])
+        return self.threshold
 
     def test_photos(self, labels: Sequence[str]) -> dict[str, int]:
         """Test photos per class, from the test confusion counts, whose rows follow `labels` (labels.json):
@@ -139,6 +168,21 @@ class ModelCard:
             return self.int8["file"], self.int8["sha256"]
         raise ModelError(f"No model variant {variant!r} in card.json: use fp32 or an exported int8 model.")
 
+    def expert_variant(self, variant: str) -> tuple[str, str, float, float]:
+        """The expert's (file name, sha256, temperature, threshold) for `variant`: int8's own file and fits
+        where its gate accepted one, else fp32's (a pair serves one variant, `PetClassifier.load`)."""
+        entry = self.expert
+        if entry is None:
+            raise ModelError("card.json has no dog expert.")
+        fitted = {"temperature": 1.0} | (entry.calibration or {})
+        threshold = entry.not_sure["threshold"] if entry.not_sure else 0.0
+        int8 = entry.int8 or {}
+        if variant == "int8" and int8.get("accepted") and "sha256" in int8:
+            fitted |= int8.get("calibration", {})
+            threshold = int8.get("not_sure", {}).get("threshold", threshold)
+            return int8["file"], int8["sha256"], float(fitted["temperature"]), float(threshold)
+        return entry.file, entry.sha256, float(fitted["temperature"]), float(threshold)
+
     @classmethod
     def from_dict(cls, data: Any) -> ModelCard:
         card = _typed(cls, data, "")
@@ -157,6 +201,8 @@ class ModelCard:
         data = asdict(self)
         if data["model"]["teacher"] is None:  # a model without a teacher: the card as before the field existed
             del data["model"]["teacher"]
+        if data["expert"] is None:  # a breed model alone: the card as before the expert existed
+            del data["expert"]
         return data
 
     def save(self, path: Path) -> None:
@@ -197,6 +243,17 @@ def _value(hint: Any, value: Any, name: str) -> Any:
     if not ok:
         raise CardError(f"card.json: '{name}' must be {kind.__name__}, got {value!r:.40}.")
     return value
+
+
+def how_answered(card: ModelCard) -> str:
+    """One sentence on how a photo is answered, as the Model tab and the Space page both say it."""
+    if card.expert is None:
+        return "One network answers every photo: it names the breed, and with it the species."
+    return (
+        "Each photo goes to the breed model first, which says whether it shows a cat or a dog and names the cat "
+        f"breeds; a photo it gives more than {card.expert.route_threshold:.0%} to dogs goes on to the dog expert, "
+        "the untouched ImageNet network with a head for the 25 dog breeds, which names the dog's breed."
+    )
 
 
 def readable_name(label: str) -> str:
@@ -263,13 +320,68 @@ def serving_threads() -> int:
     return usable_cores()
 
 
+class Answer(NamedTuple):
+    """What the served model says of a batch of photos."""
+
+    probabilities: np.ndarray  # over the 37 breeds, calibrated: the breed model's, the expert's for its rows
+    routed: np.ndarray  # per photo: whether the dog expert answered it
+    logits: np.ndarray  # the breed model's raw logits (what its temperature is fitted on)
+
+
+class DogExpert:
+    """The dog expert's ONNX Runtime session (card.json's `expert`): logits over its breeds for the photos the
+    breed model routes to it, and the columns of labels.json they belong to."""
+
+    def __init__(self, card: ModelCard, model_dir: Path, labels: list[str], options: ort.SessionOptions, variant: str):
+        entry = card.expert
+        name, sha256, self.temperature, self.threshold = card.expert_variant(variant)
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise ModelError(
+                f"{path} is missing: card.json names a dog expert. Restore model/ from git, or ship one with "
+                "python -m train expert."
+            )
+        if sha256_file(path) != sha256:
+            raise ModelError(f"{name} does not match the sha256 of the dog expert in card.json.")
+        unknown = [label for label in entry.labels if label not in labels]
+        if unknown:
+            raise ModelError(f"The dog expert's breeds {unknown[:3]} are not in labels.json.")
+        self.columns = np.array([labels.index(label) for label in entry.labels])
+        self.route_threshold = entry.route_threshold
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name, self.output_name, self.cam_output = (
+            card.model.input_name,
+            card.model.output_name,
+            card.model.cam_output,
+        )
+        self.runs = 0
+        if self.session.get_outputs()[0].shape[-1] != len(entry.labels):
+            raise ModelError(f"{name} does not have one output per breed of its card entry ({len(entry.labels)}).")
+
+    def run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
+        self.runs += 1  # tests check that a photo routed to cats never runs the expert
+        return self.session.run(outputs, {self.input_name: batch})
+
+
+def combine(breeds: np.ndarray, experts: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """p(species) × p(breed | species): each row's mass on the `columns` breeds (the breed model's, calibrated)
+    shared out as the expert's calibrated probabilities over them; the other breeds keep theirs. Each row
+    still sums to 1."""
+    combined = breeds.copy()
+    combined[:, columns] = breeds[:, columns].sum(1, keepdims=True) * experts
+    return combined
+
+
 class PetClassifier:
-    """An ONNX Runtime session with its card and labels; predicts breeds for images."""
+    """The breed model's ONNX Runtime session with its card and labels, and the dog expert beside it where the
+    card names one; predicts breeds for images. Each photo runs the breed model once; the expert runs once
+    more for a photo the breed model says is a dog (`routes`), and answers its breed."""
 
     def __init__(
         self, card: ModelCard, model_file: Path, labels: list[str], threads: int | None = None, variant: str = "fp32"
     ) -> None:
-        """Built in memory from a card and a model file (which must be the card's `variant`)."""
+        """Built in memory from a card and a model file (which must be the card's `variant`); the expert's file,
+        of the same variant, from the same folder."""
         name, sha256 = card.variant_file(variant)
         if sha256_file(model_file) != sha256:
             raise ModelError(f"{Path(model_file).name} does not match the sha256 of {name} in card.json.")
@@ -278,7 +390,9 @@ class PetClassifier:
         self.card, self.labels, self.variant, self.model_file = card, labels, variant, Path(model_file)
         self.spec, self.species = card.preprocess, card.species
         self.names = [readable_name(label) for label in labels]
-        self.session = ort.InferenceSession(str(model_file), self._options(threads), providers=["CPUExecutionProvider"])
+        options = self._options(threads)
+        self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        self.expert = DogExpert(card, self.model_file.parent, labels, options, variant) if card.expert else None
         self.threads = self.session.get_session_options().intra_op_num_threads
         self.runs = 0
         self.timings: dict[str, float] = {}  # variant -> ms a photo, where `load` timed the variants that ship
@@ -288,19 +402,25 @@ class PetClassifier:
 
     @property
     def temperature(self) -> float:
-        """The temperature of the variant this classifier serves."""
+        """The temperature of the breed model's variant this classifier serves."""
         return self.card.temperature_of(self.variant)
 
     @property
     def threshold(self) -> float:
-        return self.card.threshold
+        """The breed model's "not sure" threshold (a photo the expert answers has the expert's)."""
+        return self.card.threshold_of(self.variant)
 
     def with_card(self, card: ModelCard) -> PetClassifier:
-        """The same session under a later card of the same model (`select` adds calibration to it)."""
+        """The same session under a later card of the same model (`select` adds calibration to it); the
+        expert's session is made again where the card's expert entry changed."""
         if card.variant_file(self.variant) != self.card.variant_file(self.variant):
             raise ModelError("The new card describes another model file.")
         clone = copy.copy(self)
         clone.card = card
+        if card.expert != self.card.expert:
+            clone.expert = DogExpert(
+                card, self.model_file.parent, self.labels, self._options(self.threads), self.variant
+            )
         return clone
 
     @classmethod
@@ -335,8 +455,9 @@ class PetClassifier:
         chosen = candidates[choose_variant(timings)]
         chosen.timings = timings
         log.info(
-            "serving the %s model at %d intra-op threads: %s a photo on this host",
+            "serving the %s model%s at %d intra-op threads: %s a photo on this host",
             chosen.variant,
+            " and dog expert" if chosen.expert else "",
             chosen.threads,
             ", ".join(f"{name} {ms:.1f} ms" for name, ms in timings.items()),
         )
@@ -353,44 +474,81 @@ class PetClassifier:
         return options
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Raw logits for an N×3×H×W batch that `preprocess.model_input` made."""
+        """The breed model's raw logits for an N×3×H×W batch that `preprocess.model_input` made."""
         return self._run([self.card.model.output_name], batch)[0]
 
     def _run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
-        self.runs += 1  # model runs so far: bench/latency.py checks one Identify click costs one
+        self.runs += 1  # breed-model runs so far: bench/latency.py checks one Identify click costs one
         return self.session.run(outputs, {self.card.model.input_name: batch})
 
+    def run_every_model(self, batch: np.ndarray) -> None:
+        """Each model once on `batch`, as a dog photo costs: what `time_variants` times per variant."""
+        self.session.run(None, {self.card.model.input_name: batch})
+        if self.expert:
+            self.expert.session.run(None, {self.expert.input_name: batch})
+
+    def routes(self, breeds: np.ndarray) -> np.ndarray:
+        """Per row of calibrated breed-model probabilities: whether the expert answers it (its species'
+        probability above the card's routing threshold). All False without an expert."""
+        if self.expert is None:
+            return np.zeros(len(breeds), dtype=bool)
+        return breeds[:, self.expert.columns].sum(1) > self.expert.route_threshold
+
+    def answer(self, batch: np.ndarray) -> Answer:
+        """The served answer for a prepared batch: the one path every endpoint, the CLI and `train evaluate`
+        go through."""
+        logits = self.logits(batch)
+        probabilities = softmax(logits, self.temperature)
+        routed = self.routes(probabilities)
+        if routed.any():
+            (expert_logits,) = self.expert.run([self.expert.output_name], batch[routed])
+            experts = softmax(expert_logits, self.expert.temperature)
+            probabilities[routed] = combine(probabilities[routed], experts, self.expert.columns)
+        return Answer(probabilities, routed, logits)
+
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
-        return softmax(self.logits(model_batch(images, self.spec)), self.temperature)
+        return self.answer(model_batch(images, self.spec)).probabilities
 
     def predict(self, image: ImageSource, top_k: int = 5) -> Prediction:
         return self.predict_batch([image], top_k)[0]
 
     def predict_batch(self, images: Sequence[ImageSource], top_k: int = 5) -> list[Prediction]:
-        """All images in one session call; each gets its top-k breeds, most likely first."""
+        """All images in one session call per model; each gets its top-k breeds, most likely first."""
         if not images:
             return []
-        return [self._prediction(row, top_k) for row in self.probabilities(images)]
+        probabilities, routed, _ = self.answer(model_batch(images, self.spec))
+        return [self._prediction(row, top_k, by_expert) for row, by_expert in zip(probabilities, routed, strict=True)]
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int) -> Prediction:
+    def thresholds(self, routed: np.ndarray) -> np.ndarray:
+        """The "not sure" threshold of each answer: the expert's where it answered, else the breed model's."""
+        return np.where(routed, self.expert.threshold if self.expert else 0.0, self.threshold)
+
+    def _prediction(self, probabilities: np.ndarray, top_k: int, by_expert: bool) -> Prediction:
         top_k = max(1, min(int(top_k), len(self.labels)))
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [(self.names[i], float(probabilities[i])) for i in order]
-        flag = bool(not_sure(probabilities[order[0]], self.threshold))
-        return Prediction(top, self.species[order[0]], flag, self.threshold)
+        threshold = float(self.thresholds(np.array([by_expert]))[0])
+        return Prediction(top, self.species[order[0]], bool(not_sure(probabilities[order[0]], threshold)), threshold)
 
     def explain(self, image: ImageSource, top_k: int = 5) -> tuple[Prediction, np.ndarray]:
         """The prediction and, for its top-1 breed, a class activation map in [0, 1] at the photo's display
-        size (`preprocess.display_size`: rows × columns); zero outside the centre crop the model sees."""
+        size (`preprocess.display_size`: rows × columns), from the model that named that breed; zero
+        outside the centre crop the models see."""
         photo = load_for_model(image, self.spec)
-        outputs = [self.card.model.output_name, self.card.model.cam_output]
-        logits, maps = self._run(outputs, model_input(photo, self.spec))
-        probabilities = softmax(logits, self.temperature)[0]
-        prediction = self._prediction(probabilities, top_k)
-        heat = maps[0, int(probabilities.argmax())]
+        x = model_input(photo, self.spec)
+        logits, maps = self._run([self.card.model.output_name, self.card.model.cam_output], x)
+        probabilities = softmax(logits, self.temperature)
+        routed = bool(self.routes(probabilities)[0])
+        if routed:
+            expert_logits, expert_maps = self.expert.run([self.expert.output_name, self.expert.cam_output], x)
+            probabilities = combine(probabilities, softmax(expert_logits, self.expert.temperature), self.expert.columns)
+        top = int(probabilities.argmax())
+        heat = maps[0, top]
+        if routed and top in self.expert.columns:  # the expert named the breed: its map
+            heat = expert_maps[0, self.expert.columns.tolist().index(top)]
         heat = np.maximum(heat - heat.mean(), 0)  # positions that raise the logit above its average
         heat = heat / heat.max() if heat.max() > 0 else heat
-        return prediction, _heat_canvas(heat, photo.size, self.spec)
+        return self._prediction(probabilities[0], top_k, routed), _heat_canvas(heat, photo.size, self.spec)
 
 
 def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec) -> np.ndarray:
@@ -413,23 +571,23 @@ CHOOSER_BUDGET_S = 0.75
 
 
 def time_variants(candidates: dict[str, PetClassifier], budget_s: float = CHOOSER_BUDGET_S) -> dict[str, float]:
-    """Each variant's model time for one photo at the thread count it serves with: the median of runs
+    """Each variant's model time for one photo at the thread count it serves with, the breed model and the
+    dog expert together where one ships (a pair serves one variant, decided for the pair): the median of runs
     taken in turn (fp32, int8, fp32, ...), after a warm-up, so a burst of load elsewhere hits both alike;
     at least CHOOSER_MIN_RUNS each, more while `budget_s` (warm-up included) lasts."""
     deadline = time.perf_counter() + budget_s
     crop = next(iter(candidates.values())).spec.crop
     image = np.zeros((1, 3, crop, crop), np.float32)
-    feeds = {name: {c.card.model.input_name: image} for name, c in candidates.items()}
     for _ in range(CHOOSER_WARMUP):
-        for name, candidate in candidates.items():
-            candidate.session.run(None, feeds[name])
+        for candidate in candidates.values():
+            candidate.run_every_model(image)
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for taken in range(CHOOSER_RUNS):
         if taken >= CHOOSER_MIN_RUNS and time.perf_counter() > deadline:
             break
         for name, candidate in candidates.items():
             started = time.perf_counter()
-            candidate.session.run(None, feeds[name])
+            candidate.run_every_model(image)
             samples[name].append((time.perf_counter() - started) * 1000)
     return {name: statistics.median(times) for name, times in samples.items()}
 

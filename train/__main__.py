@@ -1,4 +1,4 @@
-"""python -m train {fit,sweep,cv,select,int8,retest,export,evaluate,retention,publish,server,stanford-dogs}:
+"""python -m train {fit,sweep,cv,select,expert,int8,retest,export,evaluate,retention,publish,server,stanford-dogs}:
 docs/training.md."""
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     select.add_argument("--model-dir", default="model")
     select.add_argument("--version", help="ship this registered version instead of the best-ranked one")
     select.add_argument("--alias", default="champion", help="the alias it gets (another one tries it out)")
+    expert = commands.add_parser("expert", help="ship the best cross-validated dog expert beside the breed model")
+    expert.add_argument("--model-dir", default="model")
+    expert.add_argument("--version", help="ship this registered pet-dog-expert version instead of the best-ranked one")
     commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
         "--model-dir", default="model"
     )
@@ -116,6 +119,11 @@ def run(args: argparse.Namespace) -> int | None:
         from train.select import print_card, select
 
         print_card(select(args.model_dir, args.data_dir, args.version, args.alias))
+    elif args.command == "expert":
+        from train.expert import ship_expert
+        from train.select import print_card
+
+        print_card(ship_expert(args.model_dir, args.data_dir, args.version))
     elif args.command == "int8":
         from train.select import requantize
 

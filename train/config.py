@@ -37,6 +37,7 @@ class Config:
     distill_temperature: float = 2.0  # softens both distributions in the distillation loss
     fine_tuned_onnx: str = ""  # an exported model of this backbone: its fine-tuned backbone runs frozen beside
     fine_tuned_sha256: str = ""  # the pretrained one (train/fine_tuned.py); pinned by this checksum
+    species: str = ""  # "": all 37 breeds; "dog": the dog expert's 25 (train/configs/dog_expert.toml)
     folds: int = 5  # python -m train cv: stratified folds over trainval
     extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
     balance: str = "none"  # "none"; "loss": class weights ∝ 1 / training images (each breed alike); "sqrt": ∝ 1 / √
@@ -79,6 +80,7 @@ class Config:
             "folds": 2 <= self.folds <= 20,
             "imagenet_init": not self.imagenet_init or self.head == "linear",
             "device": self.device in ("auto", "cuda", "cpu"),
+            "species": self.species in ("", "dog"),
             "balance": self.balance in ("none", "loss", "sqrt"),
             "keep_teacher": not self.keep_teacher or self.end_to_end or self.finetune_blocks >= 1,
             "fine_tuned_onnx": not self.fine_tuned_onnx
@@ -96,6 +98,10 @@ class Config:
 
     def as_params(self) -> dict[str, Any]:
         return asdict(self)
+
+    def dataset_key(self) -> tuple[float, int, tuple[str, ...], str]:
+        """What `train.data.load_dataset` takes after the folder: runs with equal keys share one dataset."""
+        return self.val_fraction, self.seed, self.extra_data, self.species
 
     def training_params(self) -> dict[str, Any]:
         """The keys that change what a run learns: where it runs, logs or caches does not."""

@@ -99,7 +99,7 @@ def cross_validate(
             "cv on the cached path needs patience = 0 (a fixed number of epochs): early stopping would let the "
             "held-out fold choose the epoch, and the final run has nothing held out to stop on."
         )
-    data = load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
+    data = load_dataset(data_dir, *config.dataset_key())
     folds = plan(config, data)
     tracking.start(config.experiment)
     with mlflow.start_run(run_name=f"cv:{Path(config_path or 'config').stem}") as parent:
@@ -111,15 +111,18 @@ def cross_validate(
         if failed:
             raise RuntimeError(f"No CV estimate without every fold; failed: {', '.join(failed)}.")
         held_out = [tracking.load_logits(r.run_id, tracking.HOLDOUT_LOGITS)[1] for r in results]
-        names, logits, labels = out_of_fold(folds[:-1], held_out)
-        logits, correction = fit_correction(config, folds[:-1], names, logits, labels, fold_data(data, folds[-1]))
+        names, raw, labels = out_of_fold(folds[:-1], held_out)
+        logits, correction = fit_correction(config, folds[:-1], names, raw, labels, fold_data(data, folds[-1]))
         summary = metrics.summarize(logits, labels, data.classes, data.species)
         found = cv_metrics([r.val_accuracy for r in results], summary, logits, labels)
         found |= correction_metrics(correction)
         found |= oof_retention(config, folds[:-1], [r.run_id for r in results], data, logits)
         mlflow.log_metrics(found)
-        with tempfile.TemporaryDirectory() as folder:
-            oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
+        with tempfile.TemporaryDirectory() as folder:  # what `select` calibrates on: corrected as served
+            served = (
+                prior.corrected(raw, np.asarray(correction["log_prior"]), correction["strength"]) if correction else raw
+            )
+            oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, served, labels)
             per_class = metrics.write_per_class_csv(summary, data.classes, Path(folder) / "per_class.csv")
             for path in (oof, per_class):  # per breed: how many held-out photos, and the share answered right
                 mlflow.log_artifact(str(path), Path(tracking.OOF_LOGITS).parent.as_posix())
@@ -221,7 +224,7 @@ def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints."""
     from train.finetune import fine_tune_run
 
-    data = load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
+    data = load_dataset(data_dir, *config.dataset_key())
     for fold in plan(config, data):
         train = fold_data(data, fold).training()  # what `cv --resume` trains on: the same checkpoint key
         outcome = fine_tune_run(

@@ -103,12 +103,20 @@ def _class_table(entries: list[tuple[str, int, str]]) -> tuple[list[str], list[s
     return [table[i][0] for i in range(len(table))], [table[i][1] for i in range(len(table))]
 
 
-def _digest(root: Path, present: list[str]) -> str:
-    digest = hashlib.sha256()
+def _digest(root: Path, present: list[str], species: str = "") -> str:
+    digest = hashlib.sha256(species.encode())  # empty for all 37 breeds: the digest as before the option
     for split in ("trainval", "test"):
         digest.update((root / "annotations" / f"{split}.txt").read_bytes())
     digest.update("\n".join(sorted(present)).encode())
     return digest.hexdigest()
+
+
+def _only(species: str, kinds: list[str], *splits: list[tuple[str, int, str]]) -> list[list[tuple[str, int, str]]]:
+    """Each split's entries of `species`, their class ids renumbered among that species' breeds."""
+    if species not in kinds:
+        raise DataError(f"No {species!r} breed in this dataset: its species are {', '.join(sorted(set(kinds)))}.")
+    number = {old: new for new, old in enumerate(i for i, kind in enumerate(kinds) if kind == species)}
+    return [[(name, number[label], kind) for name, label, kind in split if label in number] for split in splits]
 
 
 def _stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -162,14 +170,23 @@ def load_extra(root: str | Path, classes: list[str]) -> ExtraImages:
 
 
 def load_dataset(
-    root: str | Path | None = None, val_fraction: float = 0.15, seed: int = 0, extra: tuple[str, ...] = ()
+    root: str | Path | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    extra: tuple[str, ...] = (),
+    species: str = "",
 ) -> PetData:
     """Oxford-IIIT Pet's splits (a seeded, stratified validation split of trainval) and, for training only,
-    the images of each `extra` folder; the digest covers both."""
+    the images of each `extra` folder; the digest covers both. With `species` ("cat" or "dog"), only that
+    species' breeds, numbered in dataset order (the dog expert's 25 classes)."""
     root = data_dir(root).resolve()  # absolute sample paths: a Ray worker does not start in this folder
     ensure_dataset(root)
     trainval, test = _read_split(root, "trainval"), _read_split(root, "test")
-    classes, species = _class_table(trainval + test)
+    classes, kinds = _class_table(trainval + test)
+    if species:
+        trainval, test = _only(species, kinds, trainval, test)
+        classes = [name for name, kind in zip(classes, kinds, strict=True) if kind == species]
+        kinds = [species] * len(classes)
     images = root / "images"
     present = {path.stem for path in images.glob("*.jpg")} if images.is_dir() else set()
     splits, missing = {}, {}
@@ -181,8 +198,8 @@ def load_dataset(
     empty = [classes[i] for i in range(len(classes)) if not any(s.label == i for s in train)]
     if empty:
         raise DataError(f"No training image for class(es) {', '.join(empty)}: their files are all missing.")
-    data = PetData(root, classes, species, {"train": train, "val": val, "test": splits["test"]}, missing)
-    data.digest = _digest(root, [s.name for samples in data.splits.values() for s in samples])
+    data = PetData(root, classes, kinds, {"train": train, "val": val, "test": splits["test"]}, missing)
+    data.digest = _digest(root, [s.name for samples in data.splits.values() for s in samples], species)
     for split, total in data.missing_totals().items():
         if total:
             log.warning("%s: %d listed images are missing and were skipped", split, total)

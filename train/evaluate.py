@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from inference import PetClassifier
+from inference import Answer, PetClassifier
 from preprocess import PreprocessError, model_batch
 from train import metrics
 from train.data import DataError, PetData, Sample, load_dataset
@@ -14,32 +15,48 @@ from train.data import DataError, PetData, Sample, load_dataset
 BATCH = 32
 
 
-def photo_logits(classifier: PetClassifier, samples: list[Sample]) -> np.ndarray:
-    """The classifier's logits for `samples`' photos, prepared as serving prepares them, in batches."""
+def prepared(classifier: PetClassifier, samples: list[Sample]) -> Iterator[np.ndarray]:
+    """`samples`' photos prepared as serving prepares them, BATCH at a time."""
     paths = [s.path for s in samples]
-    return np.concatenate(
-        [classifier.logits(model_batch(paths[i : i + BATCH], classifier.spec)) for i in range(0, len(paths), BATCH)]
-    )
+    return (model_batch(paths[i : i + BATCH], classifier.spec) for i in range(0, len(paths), BATCH))
+
+
+def photo_logits(classifier: PetClassifier, samples: list[Sample]) -> np.ndarray:
+    """The breed model's raw logits for `samples`' photos."""
+    return np.concatenate([classifier.logits(x) for x in prepared(classifier, samples)])
+
+
+def photo_answers(classifier: PetClassifier, samples: list[Sample]) -> Answer:
+    """The served answer for `samples`' photos (`PetClassifier.answer`: the breed model, and the dog expert
+    for the photos it routes there)."""
+    answers = [classifier.answer(x) for x in prepared(classifier, samples)]
+    return Answer(*(np.concatenate(parts) for parts in zip(*answers, strict=True)))
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """Logits whose softmax is exactly the served answer: what argmax, top-5 and restricted top-1 read."""
+    return np.log(np.maximum(probabilities, np.finfo(np.float32).tiny))
 
 
 def evaluate_classifier(classifier: PetClassifier, data: PetData, split: str, plot: Path | None = None) -> dict:
-    """Top-1, top-5, per-species and per-class accuracy on a split, with the logits and labels; the
-    confusion matrix is drawn to `plot` when given."""
+    """Top-1, top-5, per-species and per-class accuracy of the served answer on a split, with its
+    probabilities, which photos the dog expert answered, the breed model's own raw logits (what its
+    temperature is fitted on) and the labels; the confusion matrix is drawn to `plot` when given."""
     if data.classes != classifier.labels:
         raise DataError(
             f"The dataset's {len(data.classes)} classes differ from the model's {len(classifier.labels)}: "
             "evaluate a model trained on this dataset."
         )
     try:
-        logits = photo_logits(classifier, data.splits[split])
+        probabilities, routed, logits = photo_answers(classifier, data.splits[split])
     except PreprocessError as error:  # one unreadable photo: a sentence, not a traceback
         raise DataError(f"A {split} photo cannot be read: {error}") from None
     labels = np.array([s.label for s in data.splits[split]])
-    summary = metrics.summarize(logits, labels, data.classes, data.species)
+    summary = metrics.summarize(log_probabilities(probabilities), labels, data.classes, data.species)
     if plot:
         metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(labels)} images)", plot)
         summary["confusion_matrix_png"] = str(plot)
-    return summary | {"logits": logits, "labels": labels}
+    return summary | {"logits": logits, "probabilities": probabilities, "routed": routed, "labels": labels}
 
 
 def evaluate(

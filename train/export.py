@@ -42,22 +42,24 @@ class ExportError(RuntimeError):
     """The ONNX model does not reproduce the torch model, or the version cannot be found."""
 
 
-def model_version(version: str | None = None, alias: str | None = None) -> ModelVersion:
+def model_version(
+    version: str | None = None, alias: str | None = None, registered: str = REGISTERED_MODEL
+) -> ModelVersion:
     client = MlflowClient()
     try:
         if alias:
-            return client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+            return client.get_model_version_by_alias(registered, alias)
         if version:
-            return client.get_model_version(REGISTERED_MODEL, version)
+            return client.get_model_version(registered, version)
     except mlflow.exceptions.MlflowException as error:
-        raise ExportError(f"No {REGISTERED_MODEL} version {alias or version}: {error.message}") from None
+        raise ExportError(f"No {registered} version {alias or version}: {error.message}") from None
     raise ExportError("Say which model to export: --version N or --alias champion.")
 
 
 def registered_net(chosen: ModelVersion) -> PetNet:
     """The version's network: built by `build_net` from its run's config and classes, then its weights
     loaded into it as data (tensors only, every key matched). Nothing registered can make this run code."""
-    uri, name = f"models:/{REGISTERED_MODEL}/{chosen.version}", f"{REGISTERED_MODEL} version {chosen.version}"
+    uri, name = f"models:/{chosen.name}/{chosen.version}", f"{chosen.name} version {chosen.version}"
     if WEIGHTS not in {Path(entry.path).name for entry in mlflow.artifacts.list_artifacts(artifact_uri=uri)}:
         raise ExportError(
             f"{name} is a pickled torch model (no {WEIGHTS}: registered before versions held weights only) "
@@ -89,7 +91,9 @@ def rebuilt_net(run_id: str, name: str) -> PetNet:
 
 def parity_samples(run_params: dict, data_dir: str | Path | None, count: int) -> list[Sample]:
     """Validation images of the run's own split, topped up with training images to `count`."""
-    data = load_dataset(data_dir, float(run_params["val_fraction"]), int(run_params["seed"]))
+    data = load_dataset(
+        data_dir, float(run_params["val_fraction"]), int(run_params["seed"]), (), run_params.get("species", "")
+    )
     return (data.splits["val"] + data.splits["train"])[:count]
 
 

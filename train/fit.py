@@ -217,7 +217,7 @@ def fit(
     and the final CV run leaves empty), log everything and register the model. The run is a child of the
     active run, or of `parent_run_id` (a Ray trial, in a process where the parent is not active)."""
     seed_everything(config.seed)
-    data = data or load_dataset(data_dir, config.val_fraction, config.seed, config.extra_data)
+    data = data or load_dataset(data_dir, *config.dataset_key())
     spec = input_spec(config)
     tracking.start(config.experiment)
     nested = mlflow.active_run() is not None
@@ -233,7 +233,7 @@ def fit(
             mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         mlflow.log_metrics({"train_images_per_s": outcome.images_per_second} | (extra_metrics or {}))
         val_accuracy, val_loss = log_holdout(outcome, data)
-        version = tracking.log_model(outcome.model) if register else None
+        version = tracking.log_model(outcome.model, tracking.registered_name(config.species)) if register else None
         log.info("run %s: val accuracy %.4f, registered version %s", run.info.run_id, val_accuracy, version)
         return RunResult(run.info.run_id, version, val_accuracy, val_loss, stats, outcome.images_per_second)
 

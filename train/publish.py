@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from string import Template
 
-from inference import FEW_TEST_PHOTOS, ModelCard, ModelError, PetClassifier, readable_name
+from inference import FEW_TEST_PHOTOS, ModelCard, ModelError, PetClassifier, how_answered, readable_name
 from train.config import ConfigError, read_toml
 from train.gates import Gates, PublishGate, publish_failure
 from train.provenance import git_commit
@@ -129,6 +129,7 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
         ece=f"{test['ece']:.1%}",
         extra_data=STANFORD_DOGS.format(extra=extra) if extra else "",
         dog_limits=dog_limits(card),
+        how_answered=how_answered(card),
     )
 
 
@@ -137,13 +138,21 @@ def dog_limits(card: ModelCard) -> str:
     that network's knowledge of the dog breeds ImageNet has it still shows, and where it is weakest."""
     teacher, retained = card.model.teacher, card.metrics.get("retention")
     beside = "a fine-tuned copy of itself" if card.on_fine_tuned_backbone() else "its fine-tuned layers"
-    said = (
-        f"It keeps the ImageNet network it started from beside {beside}, so what that network "
-        "learnt of the 22 dog breeds ImageNet has (about 1,300 photos each) stays in it"
-        if teacher and teacher["kept"]
-        else "It learnt the dog breeds from those few photos on top of an ImageNet network, which had learnt "
-        "22 of them from about 1,300 photos each"
-    )
+    if card.expert:
+        said = (
+            "Dogs are named by the dog expert, whose ImageNet network was never retrained, so what it learnt of "
+            "the 22 dog breeds ImageNet has (about 1,300 photos each) stays in the answer"
+        )
+    elif teacher and teacher["kept"]:
+        said = (
+            f"It keeps the ImageNet network it started from beside {beside}, so what that network "
+            "learnt of the 22 dog breeds ImageNet has (about 1,300 photos each) stays in it"
+        )
+    else:
+        said = (
+            "It learnt the dog breeds from those few photos on top of an ImageNet network, which had learnt "
+            "22 of them from about 1,300 photos each"
+        )
     if not retained:
         return said + ". "
     weakest = sorted(retained["per_breed"].items(), key=lambda item: item[1]["student"])[:3]

@@ -1,4 +1,4 @@
-"""Retention on a folder of labelled dog photos (an extra folder's layout): the served model against the
+"""Retention on a folder of labelled dog photos (an extra folder's layout): the served answer against the
 ImageNet network it started from, among the dog breeds ImageNet knows. Stanford Dogs are ImageNet photos,
 the teacher's home ground: the figure says what the model kept, and is never used to choose a model."""
 
@@ -16,7 +16,7 @@ from preprocess import InputSpec, PreprocessError, model_batch
 from train.backbones import get_backbone
 from train.data import DataError, Sample, load_extra
 from train.distill import retention
-from train.evaluate import BATCH, photo_logits
+from train.evaluate import BATCH, log_probabilities, photo_answers
 from train.imagenet import dog_rows
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...]
         log.warning("no photo of a dog breed ImageNet knows at %s: no retention measured there", folder)
         return None
     try:
-        student = photo_logits(classifier, samples)
+        student = log_probabilities(photo_answers(classifier, samples).probabilities)  # the served answer
         teacher = teacher_logits(classifier.card.model.backbone, classifier.spec, samples)
     except PreprocessError as error:  # one unreadable file: a sentence naming the folder, not a traceback
         raise DataError(f"A retention photo in {folder} cannot be read: {error}") from None

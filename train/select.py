@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
-from inference import ModelCard, PetClassifier, not_sure, softmax
+from inference import ExpertInfo, ModelCard, PetClassifier, not_sure, softmax
 from train import retention
 from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
 from train.data import PetData, Sample, load_dataset
@@ -54,12 +55,12 @@ def rank_key(found: dict[str, float], version: int) -> tuple[int, float, float, 
     return None
 
 
-def best_version(client: MlflowClient) -> str:
-    """The best-ranked version, leaving out those built on a fine-tuned backbone: that backbone trained on
-    every trainval photo, so their CV and validation figures are optimistic and such a version ships only
-    when named (`select --version`)."""
+def best_version(client: MlflowClient, registered: str = REGISTERED_MODEL) -> str:
+    """The best-ranked version of `registered`, leaving out those built on a fine-tuned backbone: that
+    backbone trained on every trainval photo, so their CV and validation figures are optimistic and such a
+    version ships only when named (`select --version`)."""
     candidates, skipped = [], []
-    for mv in client.search_model_versions(f"name='{REGISTERED_MODEL}'"):
+    for mv in client.search_model_versions(f"name='{registered}'"):
         run = client.get_run(mv.run_id).data
         key = rank_key(run.metrics, int(mv.version))
         if run.params.get("fine_tuned_sha256"):
@@ -69,7 +70,7 @@ def best_version(client: MlflowClient) -> str:
     if not candidates:
         unranked = f" (versions {', '.join(skipped)} stand on a fine-tuned backbone: name one with --version)"
         raise RuntimeError(
-            f"No registered version of {REGISTERED_MODEL} with a CV or validation accuracy to rank"
+            f"No registered version of {registered} with a CV or validation accuracy to rank"
             f"{unranked if skipped else ''}: run fit first."
         )
     return max(candidates, key=lambda pair: pair[0])[1].version
@@ -86,20 +87,25 @@ def select(
     the last MLflow call included, has succeeded. Another alias than "champion" tries a version out
     without moving what the registry says ships."""
     with replacing(Path(out_dir)) as staging:
-        return ship_champion(staging, data_dir, version, alias)
+        return ship_champion(staging, data_dir, version, alias, Path(out_dir))
 
 
 def ship_champion(
-    out_dir: Path, data_dir: str | Path | None, version: str | None = None, alias: str = "champion"
+    out_dir: Path,
+    data_dir: str | Path | None,
+    version: str | None = None,
+    alias: str = "champion",
+    previous: Path | None = None,
 ) -> ModelCard:
-    """The "not sure" threshold and the card's test metrics are fp32's, the reference: an int8 model ships
-    beside it only if it answers as fp32 does (its gate), and the host that serves picks the faster
-    (`PetClassifier.load`). Each variant has its own temperature, fitted on the same held-out photos."""
+    """The card's test metrics are fp32's, the reference: an int8 model ships beside it only if it answers as
+    fp32 does (its gate), and the host that serves picks the faster (`PetClassifier.load`). Each variant has
+    its own temperature and "not sure" threshold, fitted on the same held-out photos. The dog expert of
+    `previous` (the folder being replaced) ships on beside the new model, and the figures are the pair's.
+    The alias moves last, once every gate has passed."""
     gates, client = Gates.load(), MlflowClient()
     version = version or best_version(client)
-    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
-    log.info("%s: %s version %s", alias, REGISTERED_MODEL, version)
-    card = export_model(gates.parity, None, alias, out_dir, data_dir)
+    card = export_model(gates.parity, version, None, out_dir, data_dir)
+    card = replace(card, mlflow=card.mlflow | {"alias": alias}, expert=kept_expert(previous, out_dir))
     if card.on_fine_tuned_backbone():
         log.warning(
             "version %s stands on a fine-tuned backbone that saw every trainval photo: its CV, temperature and "
@@ -115,7 +121,9 @@ def ship_champion(
     fp32 = fp32.with_card(card)
     test = evaluate_classifier(fp32, data, "test", out_dir / "confusion_matrix_test.png")
     card = replace(
-        card, metrics=card.metrics | {"test": summarize_test(test, fp32, gates.calibration) | {"variant": "fp32"}}
+        card,
+        metrics=card.metrics
+        | {"test": summarize_test(test, fp32, gates.calibration) | {"variant": "fp32", "data_digest": data.digest}},
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
     trained_on = mlflow.artifacts.load_dict(f"runs:/{card.mlflow['run_id']}/{RUN_CONFIG}").get("extra_data", [])
@@ -124,8 +132,26 @@ def ship_champion(
     card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")
     log_test_results(client, card, test)
+    client.set_registered_model_alias(REGISTERED_MODEL, alias, version)  # last: only a version that passed moves
+    log.info("%s: %s version %s", alias, REGISTERED_MODEL, version)
     log.info("test accuracy %.4f (top-5 %.4f); ships %s", test["accuracy"], test["top5_accuracy"], card.variants())
     return card
+
+
+def kept_expert(previous: Path | None, out_dir: Path) -> ExpertInfo | None:
+    """The dog expert of the folder being replaced, its files copied beside the new breed model: it stands on
+    its own (frozen ImageNet features, its own calibration), so it answers the dogs the new model routes to
+    it, and every test figure the card gets is the new pair's. None where that folder had none."""
+    if previous is None or not (previous / "card.json").is_file():
+        return None
+    expert = ModelCard.load(previous / "card.json").expert
+    if expert is None:
+        return None
+    for name in {expert.file, *([expert.int8["file"]] if expert.int8 and "sha256" in expert.int8 else [])}:
+        shutil.copy2(previous / name, out_dir / name)
+    return replace(
+        expert, metrics={key: value for key, value in expert.metrics.items() if key != "test_breed_model_alone"}
+    )
 
 
 def with_int8(
@@ -143,8 +169,10 @@ def with_int8(
     int8 = PetClassifier(replace(card, int8=entry), out_dir / INT8_FILE, fp32.labels, variant="int8")
     reference, quantized = photo_logits(fp32, trainval), photo_logits(int8, trainval)
     if held_out is not None:
-        calibration = int8_calibration(held_out, trainval, reference, quantized, fp32.temperature, gates.calibration)
-        entry["calibration"] = calibration
+        calibration, threshold = int8_calibration(
+            held_out, trainval, reference, quantized, fp32.temperature, gates.calibration
+        )
+        entry |= {"calibration": calibration, "not_sure": threshold}
         int8 = int8.with_card(replace(card, int8=entry))
     agreement, delta = fidelity(softmax(reference, fp32.temperature), softmax(quantized, int8.temperature))
     accepted = int8_accepted(agreement, delta, gates.int8)
@@ -180,8 +208,12 @@ def int8_test(
     tested = evaluate_classifier(int8, data, "test", out_dir / INT8_CONFUSION)
     test = summarize_test(tested, int8, gate)
     at_fp32 = ece(softmax(tested["logits"], fp32_temperature), tested["labels"], gate.ece_bins)
-    kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "ece")
-    return {key: test[key] for key in kept} | {"ece_at_fp32_temperature": at_fp32}
+    kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "per_species", "ece", "not_sure_rate")
+    kept += ("not_sure_rate_correct", "not_sure_rate_wrong", "routing")
+    return {key: test[key] for key in kept if key in test} | {
+        "ece_at_fp32_temperature": at_fp32,
+        "data_digest": data.digest,
+    }
 
 
 def int8_calibration(
@@ -191,10 +223,11 @@ def int8_calibration(
     quantized: np.ndarray,
     fp32_temperature: float,
     gate: CalibrationGate,
-) -> dict:
-    """int8's temperature and its fit, on fp32's calibration logits moved photo by photo by what quantization
-    changes (`reference` and `quantized`: the two models' logits on `photos`), and the ECE fp32's
-    temperature would leave on them (whether fp32's holds)."""
+) -> tuple[dict, dict]:
+    """int8's temperature and its fit, and its own "not sure" threshold, on fp32's calibration logits moved
+    photo by photo by what quantization changes (`reference` and `quantized`: the two models' logits on
+    `photos`), with the ECE fp32's temperature would leave on them (whether fp32's holds). Returns the
+    variant's `calibration` and `not_sure` entries."""
     row = {s.name: i for i, s in enumerate(photos)}
     missing = [name for name in held_out.names if name not in row]
     if missing:
@@ -203,12 +236,10 @@ def int8_calibration(
             f"({', '.join(missing[:3])}): select with the data the champion was trained on."
         )
     at = np.array([row[name] for name in held_out.names])
-    logits = variant_logits(held_out.logits, reference[at], quantized[at])
-    at_fp32 = ece(softmax(logits, fp32_temperature), held_out.labels, gate.ece_bins)
-    return calibration_report(logits, held_out.labels, gate.ece_bins) | {
-        "fitted_on": held_out.fitted_on,
-        "ece_at_fp32_temperature": at_fp32,
-    }
+    moved = replace(held_out, logits=variant_logits(held_out.logits, reference[at], quantized[at]))
+    calibration, threshold = calibrate(moved, gate)
+    at_fp32 = ece(softmax(moved.logits, fp32_temperature), held_out.labels, gate.ece_bins)
+    return calibration | {"ece_at_fp32_temperature": at_fp32}, threshold
 
 
 def fidelity(reference: np.ndarray, quantized: np.ndarray) -> tuple[float, float]:
@@ -279,10 +310,10 @@ def calibrate(held_out: CalibrationSet, gate: CalibrationGate) -> tuple[dict, di
 
 
 def summarize_test(test: dict, classifier: PetClassifier, gate: CalibrationGate) -> dict:
-    """A variant's test metrics at its own temperature and the card's "not sure" threshold."""
-    probabilities = softmax(test["logits"], classifier.temperature)
+    """A variant's test metrics of the served answer, at its own temperatures and "not sure" thresholds."""
+    probabilities = test["probabilities"]
     correct = probabilities.argmax(1) == test["labels"]
-    flagged = not_sure(probabilities.max(1), classifier.threshold)
+    flagged = not_sure(probabilities.max(1), classifier.thresholds(test["routed"]))
     kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "images", "per_species", "per_class")
     return {key: test[key] for key in kept} | {
         "ece": ece(probabilities, test["labels"], gate.ece_bins),

@@ -49,7 +49,9 @@ def log_dataset(data: PetData) -> None:
 HOLDOUT_LOGITS = "evaluation/holdout_logits.npz"  # each run's held-out logits: what `cv` gathers its folds from
 HOLDOUT_TEACHER = "evaluation/holdout_teacher_logits.npz"  # the teacher's ImageNet logits of them: retention
 PRIOR_CORRECTION = "cv/prior_correction.json"  # a CV final run's τ and log prior: folded into its head at export
-OOF_LOGITS = "cv/oof.npz"  # a cross-validation parent's out-of-fold logits: what `select` calibrates on
+OOF_LOGITS = (
+    "cv/oof.npz"  # a CV parent's out-of-fold logits, corrected as the exported head serves: `select` calibrates on them
+)
 
 
 def save_logits(path: Path, names: list[str], logits: np.ndarray, labels: np.ndarray) -> Path:
@@ -70,13 +72,19 @@ def log_files(files: dict[str, callable]) -> None:
             mlflow.log_artifact(str(write(Path(folder) / name)), "evaluation")
 
 
-REGISTERED_MODEL = "pet-breed-classifier"  # the one name runs register under and select/export look up
+REGISTERED_MODEL = "pet-breed-classifier"  # what the 37-breed runs register under and select/export look up
+EXPERT_MODEL = "pet-dog-expert"  # what the dog expert's runs (species = "dog") register under
 RUN_CONFIG = "config/resolved.json"  # the run's whole Config as JSON: what `export` rebuilds the network from
 WEIGHTS = "state_dict.pt"  # a registered version's one file: the network's tensors, nothing else
 
 
-def log_model(model: torch.nn.Module) -> str:
-    """Register the network's weights, tensors only, as a version of REGISTERED_MODEL. Data, not code:
+def registered_name(species: str) -> str:
+    """The registered model a run of `species` ("" for all breeds, "dog" for the expert) belongs to."""
+    return EXPERT_MODEL if species == "dog" else REGISTERED_MODEL
+
+
+def log_model(model: torch.nn.Module, name: str = REGISTERED_MODEL) -> str:
+    """Register the network's weights, tensors only, as a version of `name`. Data, not code:
     `export` rebuilds the network with the project's own `build_net` from the run's config and classes and
     loads these into it, so nothing in a shared registry can make a loader run code (a pickled module could).
     """
@@ -86,4 +94,4 @@ def log_model(model: torch.nn.Module) -> str:
         mlflow.MlflowClient().log_model_artifacts(logged.model_id, folder)
     mlflow.log_outputs([mlflow.entities.LoggedModelOutput(logged.model_id, step=0)])
     mlflow.finalize_logged_model(logged.model_id, "READY")
-    return str(mlflow.register_model(f"models:/{logged.model_id}", REGISTERED_MODEL).version)
+    return str(mlflow.register_model(f"models:/{logged.model_id}", name).version)

@@ -73,9 +73,8 @@ def run_trial(trial: Trial, config_path: str | None, parent_run_id: str) -> Tria
 def sweep(path: str, overrides: list[str], data_dir: str | None, engine: Engine) -> list[TrialResult]:
     """`python -m train sweep`: one trial per grid point under a parent run `sweep:<path>`."""
     configs = load_sweep(path, overrides)
-    keys = {(c.val_fraction, c.seed, c.extra_data) for c in configs}
-    splits = {key: load_dataset(data_dir, *key) for key in keys}
-    trials = [Trial(name, c, splits[c.val_fraction, c.seed, c.extra_data]) for name, c in grid_names(configs)]
+    splits = {key: load_dataset(data_dir, *key) for key in {c.dataset_key() for c in configs}}
+    trials = [Trial(name, c, splits[c.dataset_key()]) for name, c in grid_names(configs)]
     tracking.start(configs[0].experiment)
     with mlflow.start_run(run_name=f"sweep:{path}"):
         mlflow.log_param("sweep.size", len(configs))

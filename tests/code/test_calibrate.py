@@ -90,8 +90,10 @@ def test_int8_is_calibrated_on_the_same_photos_matched_by_name() -> None:
     quantized = reference + 0.5 * logits  # quantization shifts each photo's logits
     order = rng.permutation(600)
     held_out = CalibrationSet([photos[i].name for i in order], logits[order], labels[order], "out-of-fold")
-    report = int8_calibration(held_out, photos, reference, quantized, 1.0, GATE)
+    report, threshold = int8_calibration(held_out, photos, reference, quantized, 1.0, GATE)
     assert report["temperature"] == pytest.approx(fit_temperature(1.5 * logits, labels), rel=1e-6)
+    moved = softmax(1.5 * logits, report["temperature"])  # its own threshold, on its own probabilities
+    assert threshold["threshold"] == pytest.approx(not_sure_threshold(moved, labels, GATE.max_flagged_correct))
     assert report["temperature"] == pytest.approx(1.5, rel=0.1) and report["fitted_on"] == "out-of-fold"
     assert report["ece_after"] < report["ece_at_fp32_temperature"]  # fp32's temperature does not hold
     with pytest.raises(SelectionError, match="1 of the out-of-fold calibration photos are not in trainval now"):
