@@ -265,9 +265,8 @@ def selection_row(card: ModelCard) -> str:
     """The table row of what the model was selected on: k-fold cross-validation or a validation split."""
     if "cv" in card.metrics:
         cv = card.metrics["cv"]
-        optimistic = " (optimistic: its fine-tuned backbone saw these photos)" if card.on_fine_tuned_backbone() else ""
         return (
-            f"| {cv['folds']}-fold cross-validation (trainval){optimistic} | {card.data['images']['train']} | "
+            f"| {cv['folds']}-fold cross-validation (trainval) | {card.data['images']['train']} | "
             f"{cv['accuracy']:.1%} ± {cv['accuracy_std']:.1%} | {percent(cv.get('mean_per_class_accuracy'))} | "
             f"{cv['top5_accuracy']:.1%} |"
         )
@@ -304,12 +303,12 @@ def trust_text(card: ModelCard) -> str:
 
 
 def teacher_text(card: ModelCard) -> str:
-    """What the model keeps of the ImageNet network it started from, and how much of what that network knew
+    """How the model learnt from the ImageNet network it started from, and how much of what that network knew
     about the dog breeds it has classes for the model still knows (retention), said of any model measured."""
     teacher, cv, retained = card.model.teacher, card.metrics.get("cv", {}), card.metrics.get("retention")
-    parts = [f"The untouched ImageNet network (the teacher): {kept_text(teacher)}."] if teacher else []
+    parts = [f"The untouched ImageNet network (the teacher): {distilled_text(teacher)}."] if teacher else []
     network = "the teacher" if teacher else "the ImageNet network it started from"
-    if cv.get("retention_photos") and not card.on_fine_tuned_backbone():
+    if cv.get("retention_photos"):
         where = f"{cv['retention_photos']:.0f} held-out Oxford dog photos (cross-validation)"
         parts.append(retention_sentence(where, cv["retention_student"], network, cv["retention_teacher"]))
     if retained and retained["photos"]:
@@ -318,14 +317,11 @@ def teacher_text(card: ModelCard) -> str:
     return " ".join(parts)
 
 
-def kept_text(teacher: dict) -> str:
-    kept = "kept beside the fine-tuned layers, the head reading both" if teacher["kept"] else "not kept"
-    if teacher.get("fine_tuned"):
-        kept = "kept whole beside a backbone fine-tuned on Oxford photos, the head reading both"
+def distilled_text(teacher: dict) -> str:
     if not teacher["distill_weight"]:
-        return f"{kept}; not distilled"
+        return "not distilled"
     weight, temperature = teacher["distill_weight"], teacher["distill_temperature"]
-    return f"{kept}; its dog rows distilled on dog photos (weight {weight:g}, T = {temperature:g})"
+    return f"its dog rows distilled on dog photos (weight {weight:g}, T = {temperature:g})"
 
 
 def retention_sentence(where: str, model: float, network: str, teacher: float) -> str:
@@ -365,8 +361,6 @@ def variant_note() -> str:
 def card_markdown(card: ModelCard) -> str:
     spec, model, test = card.preprocess, card.model, card.metrics.get("test")
     training = "fine-tuned end to end" if model.end_to_end else f"fine-tuned layers {model.finetune_blocks}"
-    if card.on_fine_tuned_backbone():
-        training = "two backbones, one fine-tuned on Oxford photos and one ImageNet's, both frozen under the head"
     return "\n".join(
         [
             f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "

@@ -67,7 +67,7 @@ class ModelInfo:
     cam_method: str
     opset: int
     parity: dict  # ONNX Runtime against torch at export: images, max |Δlogit|
-    teacher: dict | None = None  # the ImageNet teacher: kept in the model beside the fine-tuned tail, distilled
+    teacher: dict | None = None  # the ImageNet teacher's distillation: weight and temperature
 
 
 @dataclass(frozen=True)
@@ -150,11 +150,6 @@ class ModelCard:
         return {
             kind: sum(n for label, n in photos.items() if kinds[label] == kind) for kind in sorted(set(self.species))
         }
-
-    def on_fine_tuned_backbone(self) -> bool:
-        """Whether the model runs a backbone fine-tuned on every trainval photo beside ImageNet's (train's
-        `fine_tuned_onnx`): its cross-validation holds nothing out of that half, so it is optimistic."""
-        return bool(self.model.teacher and self.model.teacher.get("fine_tuned"))
 
     def variants(self) -> list[str]:
         """The model files that ship: fp32, and int8 where its fidelity gate accepted it."""

@@ -32,11 +32,8 @@ class Config:
     warmup_epochs: int = 1  # end to end: linear warmup, then cosine decay to zero
     ema_decay: float = 0.0  # end to end: weight EMA per step (0 = off); the average is what is kept
     imagenet_init: bool = False  # start the head rows of breeds that are ImageNet classes from its classifier
-    keep_teacher: bool = False  # serve the frozen ImageNet tail beside the fine-tuned one, one head over both
     distill_weight: float = 0.0  # weight of the ImageNet classifier's distillation on dog photos (0 = off)
     distill_temperature: float = 2.0  # softens both distributions in the distillation loss
-    fine_tuned_onnx: str = ""  # an exported model of this backbone: its fine-tuned backbone runs frozen beside
-    fine_tuned_sha256: str = ""  # the pretrained one (train/fine_tuned.py); pinned by this checksum
     species: str = ""  # "": all 37 breeds; "dog": the dog expert's 25 (train/configs/dog_expert.toml)
     folds: int = 5  # python -m train cv: stratified folds over trainval
     extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
@@ -82,10 +79,6 @@ class Config:
             "device": self.device in ("auto", "cuda", "cpu"),
             "species": self.species in ("", "dog"),
             "balance": self.balance in ("none", "loss", "sqrt"),
-            "keep_teacher": not self.keep_teacher or self.end_to_end or self.finetune_blocks >= 1,
-            "fine_tuned_onnx": not self.fine_tuned_onnx
-            or (self.finetune_blocks == 0 and not self.end_to_end and not self.keep_teacher),
-            "fine_tuned_sha256": bool(self.fine_tuned_sha256) == bool(self.fine_tuned_onnx),
             "distill_weight": 0.0 <= self.distill_weight <= 100.0,
             "distill_temperature": 0.1 <= self.distill_temperature <= 20.0,
             "workers": 0 <= self.workers <= 64,
@@ -130,6 +123,20 @@ def make_config(values: dict[str, Any]) -> Config:
         return Config(**{key: _coerce(key, value) for key, value in values.items()})
     except TypeError as error:
         raise ConfigError(str(error)) from None
+
+
+# Keys of the recipes retired after commit 0242e1d (docs/training.md: the kept teacher, two backbones), at the
+# values every other run logged: a run's logged config still holds them.
+RETIRED = {"keep_teacher": False, "fine_tuned_onnx": "", "fine_tuned_sha256": ""}
+
+
+def logged_config(values: dict[str, Any]) -> Config:
+    """A run's config as it logged it (`RUN_CONFIG`), without the retired keys; a run that used a retired
+    recipe cannot be rebuilt by this code."""
+    used = sorted(key for key, off in RETIRED.items() if values.get(key, off) != off)
+    if used:
+        raise ConfigError(f"it used {', '.join(used)}, retired after commit 0242e1d (docs/training.md).")
+    return make_config({key: value for key, value in values.items() if key not in RETIRED})
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -24,7 +24,7 @@ from mlflow.entities.model_registry import ModelVersion
 from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
 from train import prior
-from train.config import ConfigError, make_config
+from train.config import ConfigError, logged_config
 from train.data import Sample, load_dataset
 from train.gates import Gates, ParityGate, parity_failure
 from train.model import Explained, PetNet, build_net
@@ -83,7 +83,7 @@ def rebuilt_net(run_id: str, name: str) -> PetNet:
     """A fresh network as the run built it, from its config and classes logged as JSON: the weights loaded
     next replace every tensor in it."""
     try:
-        config = make_config(mlflow.artifacts.load_dict(f"runs:/{run_id}/{RUN_CONFIG}"))
+        config = logged_config(mlflow.artifacts.load_dict(f"runs:/{run_id}/{RUN_CONFIG}"))
     except ConfigError as error:
         raise ExportError(f"{name}'s run config does not fit this code: {error}") from None
     return build_net(config, mlflow.artifacts.load_dict(f"runs:/{run_id}/labels/classes.json")["classes"])[0]
@@ -236,16 +236,12 @@ def make_card(
 
 
 def teacher_entry(params: dict[str, str]) -> dict | None:
-    """What the model keeps of the ImageNet network it started from: its frozen tail beside the fine-tuned
-    one, or the whole network beside a fine-tuned backbone (`fine_tuned`, that model's checksum), and the
-    distillation of its dog rows; None for a model that does none of these (or predates them)."""
-    fine_tuned = params.get("fine_tuned_sha256", "")
-    kept = params.get("keep_teacher") == "True" or bool(fine_tuned)
+    """The distillation of the ImageNet network's dog rows the model trained with; None for a model that
+    had none (or predates it)."""
     weight = float(params.get("distill_weight", 0.0))
-    if not (kept or weight):
+    if not weight:
         return None
-    entry = {"kept": kept, "distill_weight": weight, "distill_temperature": float(params["distill_temperature"])}
-    return entry | ({"fine_tuned": fine_tuned} if fine_tuned else {})
+    return {"distill_weight": weight, "distill_temperature": float(params["distill_temperature"])}
 
 
 def selection_metrics(found: dict[str, float]) -> dict:

@@ -69,15 +69,12 @@ def _cache_key(
     digest: str,
     samples: list[Sample],
     teacher: bool,
-    fine_tuned: str = "",
 ) -> str:
-    """Everything the cached activations depend on: the network and its weights package (and the checksum
-    of a fine-tuned backbone beside it), the pixels (the preprocessing code and the input spec), the view,
-    the images, and whether the teacher's are beside them."""
+    """Everything the cached activations depend on: the network and its weights package, the pixels (the
+    preprocessing code and the input spec), the view, the images, and whether the teacher's are beside them."""
     names = hashlib.sha256("\n".join(s.name for s in samples).encode()).hexdigest()
     identity = {"backbone": backbone, "spec": spec.to_dict(), "cut": cut, "view": view, "data": digest, "names": names}
     identity |= {"teacher": True} if teacher else {}
-    identity |= {"fine_tuned": fine_tuned} if fine_tuned else {}
     views_code = hashlib.sha256(inspect.getsource(view_input).encode()).hexdigest()[:16]
     identity |= {"weights": weights_version(backbone), "preprocess": PREPROCESS_CODE, "views_code": views_code}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -123,7 +120,6 @@ def activations(
     stats: CacheStats,
     pool: bool,
     teacher: nn.Module | None = None,
-    fine_tuned: str = "",
 ) -> Cached:
     """The prefix's output for every sample (and the teacher's pooled features of it, given a teacher),
     from the cache when this exact input was seen before.
@@ -131,7 +127,7 @@ def activations(
     With `pool` (the prefix is the whole backbone) maps are averaged to 1×1 before storing: the head's
     average pool is then the identity, and a frozen run's cache is a few MB. Larger maps are stored
     as float16 to halve memory and disk."""
-    key = _cache_key(backbone, spec, len(prefix), view, digest, samples, teacher is not None, fine_tuned)
+    key = _cache_key(backbone, spec, len(prefix), view, digest, samples, teacher is not None)
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
         stats.hits += 1

@@ -168,8 +168,8 @@ def finetune(
 ) -> Outcome:
     """Train `model` end to end on `train`; evaluate on `holdout` (may be empty) after every epoch.
     Without `keep` (CV folds) the final checkpoint holds only the history and held-out logits. With a
-    `distiller`, the pretrained tail as it was before training (the model's kept teacher, or a frozen copy)
-    gives the teacher's view of each augmented batch."""
+    `distiller`, the pretrained tail as it was before training (a frozen copy) gives the teacher's view of
+    each augmented batch."""
     checkpoint = checkpoint_path(config, classes, train, holdout)
     key = checkpoint.stem
     state = load_checkpoint(checkpoint, key, resume)
@@ -181,7 +181,7 @@ def finetune(
         return Outcome(model.eval() if keep else None, state["history"], state["holdout_logits"], 0.0)
 
     # The pretrained tail, copied before a resumed run loads its checkpoint's trained weights into the model.
-    teacher = (model.teacher or frozen_copy(model.tail)) if distiller else None
+    teacher = frozen_copy(model.tail) if distiller else None
     device = pick_device(config.device)
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # faster convs on GPUs
     model.to(device, memory_format=layout)

@@ -42,7 +42,7 @@ class RunResult:
 class Inputs:
     """What the trainable part reads per sample: the cached activations at the cut, and beside them the
     teacher's pooled features (a frozen backbone's are the pooled activations themselves), which the model
-    keeps beside its own, distils, and measures retention against."""
+    distils and measures retention against."""
 
     x: torch.Tensor
     teacher: torch.Tensor | None = None
@@ -54,20 +54,11 @@ class Inputs:
         return Inputs(self.x[index], None if self.teacher is None else self.teacher[index])
 
 
-def forward(tail: nn.Module, head: nn.Module, inputs: Inputs, keep_teacher: bool) -> torch.Tensor:
-    """The head's logits from cached inputs: the tail's map, beside the teacher's pooled features when the
-    model keeps the teacher (pooling is linear, so the head's pool of the stacked maps is this)."""
-    maps = tail(inputs.x)
-    if keep_teacher:
-        maps = torch.cat([maps.mean((2, 3), keepdim=True), inputs.teacher], 1)
-    return head(maps)
-
-
-def evaluate_logits(tail: nn.Module, head: nn.Module, inputs: Inputs, keep_teacher: bool, batch: int = 256):
+def evaluate_logits(tail: nn.Module, head: nn.Module, inputs: Inputs, batch: int = 256):
     tail.eval(), head.eval()
     with torch.no_grad():  # at least one batch, so nothing held out gives an empty (0, classes) result
         chunks = range(0, max(len(inputs), 1), batch)
-        return torch.cat([forward(tail, head, inputs[i : i + batch], keep_teacher) for i in chunks])
+        return torch.cat([head(tail(inputs.x[i : i + batch])) for i in chunks])
 
 
 def train_loop(
@@ -101,7 +92,7 @@ def train_loop(
         for start in range(0, len(y), config.batch_size):
             index = order[start : start + config.batch_size]
             batch = views[chosen[index], index]
-            logits = forward(tail, head, batch, config.keep_teacher)
+            logits = head(tail(batch.x))
             loss = F.cross_entropy(logits, y[index], weights, label_smoothing=config.label_smoothing)
             if distiller:
                 loss = loss + distiller.loss(logits, batch.teacher, y[index])
@@ -113,7 +104,7 @@ def train_loop(
             total_correct += (logits.argmax(1) == y[index]).sum().item()
         row = {"epoch": epoch, "train_loss": total_loss / len(y), "train_accuracy": total_correct / len(y)}
         if len(val_y):
-            val_logits = evaluate_logits(tail, head, val, config.keep_teacher)
+            val_logits = evaluate_logits(tail, head, val)
             row["val_loss"] = F.cross_entropy(val_logits, val_y).item()
             row["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
         history.append(row)
@@ -137,7 +128,8 @@ def train_loop(
 
 def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = False) -> tuple[Outcome, CacheStats]:
     """The fast path: the frozen prefix runs once per view into the feature cache (beside its activations,
-    the pooled features of the teacher, the pretrained tail, to keep, distil and measure retention against),
+    the pooled features of the teacher, a frozen copy of the pretrained tail, to distil and measure retention
+    against),
     then the tail and head train on cached activations. The cache holds every training and held-out image
     in one set, the same for each CV fold, the final run and a sweep's runs, so one extraction serves them
     all. A finished run leaves a checkpoint, so `--resume` after a kill redoes only the runs that had not finished."""
@@ -152,7 +144,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     row = {s.name: i for i, s in enumerate(images)}
     if len(row) != len(images):
         raise RuntimeError("Two training or held-out images share a name; the feature cache needs them unique.")
-    teacher = net.teacher or (frozen_copy(net.tail) if len(net.tail) else None)
+    teacher = frozen_copy(net.tail) if len(net.tail) else None
 
     def cached(view: int) -> Cached:
         pooled = len(net.tail) == 0
@@ -168,7 +160,6 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
             stats,
             pooled,
             teacher,
-            config.fine_tuned_sha256,
         )
 
     def rows(samples: list) -> torch.Tensor:
@@ -193,7 +184,7 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     distiller = make_distiller(config, imagenet, data.classes, data.species)
     history = train_loop(config, net.tail, net.head, Inputs(x, taught), y, val, val_y, len(data.classes), distiller)
     throughput = len(y) * len(history) / (time.perf_counter() - started)
-    holdout = evaluate_logits(net.tail, net.head, val, config.keep_teacher).numpy()
+    holdout = evaluate_logits(net.tail, net.head, val).numpy()
     with torch.no_grad():
         teacher_logits = imagenet(val.teacher.flatten(1)).numpy()
     state = {"key": checkpoint.stem, "epoch": len(history), "model": net.state_dict(), "history": history}

@@ -1,5 +1,4 @@
-"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head;
-optionally the untouched ImageNet tail (the teacher) beside the trainable one, the head reading both."""
+"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ from torch import nn
 from preprocess import InputSpec
 from train.backbones import get_backbone
 from train.config import Config
-from train.fine_tuned import Beside, beside_classifier, fine_tuned_backbone
 from train.imagenet import init_from_imagenet
 
 
@@ -67,21 +65,15 @@ def train_mode(*modules: nn.Module) -> None:
 
 
 class PetNet(nn.Module):
-    """What is registered in MLflow and exported to ONNX: normalized image in, logits out.
+    """What is registered in MLflow and exported to ONNX: normalized image in, logits out."""
 
-    With a `teacher` (a frozen copy of the pretrained tail) the head reads the trainable tail's feature map
-    and the teacher's, stacked: the fine-tuned features learn the cats, and what ImageNet taught the
-    backbone about dogs stays in the model whatever the few Oxford dog photos do to the tail."""
-
-    def __init__(self, prefix: nn.Sequential, tail: nn.Sequential, head: nn.Module, teacher: Frozen | None = None):
+    def __init__(self, prefix: nn.Sequential, tail: nn.Sequential, head: nn.Module):
         super().__init__()
-        self.prefix, self.tail, self.head, self.teacher = prefix, tail, head, teacher
+        self.prefix, self.tail, self.head = prefix, tail, head
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
-        """The feature map the head pools: the tail's, and the teacher's beside it when there is one."""
-        cut = self.prefix(image)
-        maps = self.tail(cut)
-        return maps if self.teacher is None else torch.cat([maps, self.teacher(cut)], 1)
+        """The feature map the head pools."""
+        return self.tail(self.prefix(image))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(image))
@@ -129,21 +121,14 @@ class Built(NamedTuple):
 
 
 def build(config: Config, classes: list[str]) -> Built:
-    """The pretrained backbone split where training starts, the frozen teacher tail on request, and a new
-    head (rows from ImageNet on request). With `fine_tuned_onnx` the backbone is two, run frozen side by
-    side: the one that file's model fine-tuned, and the untouched pretrained one, the teacher kept whole."""
+    """The pretrained backbone split where training starts, and a new head (rows from ImageNet on request)."""
     backbone, spec = get_backbone(config.backbone), input_spec(config)
     layers, imagenet = backbone.build(spec.crop)
-    if config.fine_tuned_onnx:
-        tuned = fine_tuned_backbone(config.fine_tuned_onnx, config.fine_tuned_sha256, layers, spec.crop)
-        layers, imagenet = [Beside(tuned, nn.Sequential(*layers))], beside_classifier(imagenet)
     prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
-    teacher = frozen_copy(tail) if config.keep_teacher else None
-    stacked = teacher is not None or bool(config.fine_tuned_onnx)
-    head = make_head(config, backbone.channels * (2 if stacked else 1), len(classes))
+    head = make_head(config, backbone.channels, len(classes))
     if config.imagenet_init:
         init_from_imagenet(head[-1], classes, imagenet)
-    return Built(PetNet(prefix, tail, head, teacher), spec, imagenet.requires_grad_(False))
+    return Built(PetNet(prefix, tail, head), spec, imagenet.requires_grad_(False))
 
 
 def build_net(config: Config, classes: list[str]) -> tuple[PetNet, InputSpec]:

@@ -62,11 +62,6 @@ def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> Mo
             PetClassifier.load(model_dir, variant=variant)  # refuses what serving would refuse
     except ModelError as error:
         raise GateError(f"{error} Re-run `python -m train select`.") from None
-    if card.on_fine_tuned_backbone():
-        raise GateError(
-            "The model stands on a backbone fine-tuned on every trainval photo: its temperature and 'not sure' "
-            'threshold were fitted on photos that backbone saw (docs/training.md, "Two backbones").'
-        )
     served = served_card["metrics"]["test"] if served_card else None
     failure = publish_failure(card.metrics.get("test"), served, gate)
     if failure:
@@ -134,19 +129,13 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
 
 
 def dog_limits(card: ModelCard) -> str:
-    """The page's word on dogs: what the model keeps of the ImageNet network it started from, how much of
-    that network's knowledge of the dog breeds ImageNet has it still shows, and where it is weakest."""
-    teacher, retained = card.model.teacher, card.metrics.get("retention")
-    beside = "a fine-tuned copy of itself" if card.on_fine_tuned_backbone() else "its fine-tuned layers"
+    """The page's word on dogs: what the answer keeps of the ImageNet network the model started from, how much
+    of that network's knowledge of the dog breeds ImageNet has it still shows, and where it is weakest."""
+    retained = card.metrics.get("retention")
     if card.expert:
         said = (
             "Dogs are named by the dog expert, whose ImageNet network was never retrained, so what it learnt of "
             "the 22 dog breeds ImageNet has (about 1,300 photos each) stays in the answer"
-        )
-    elif teacher and teacher["kept"]:
-        said = (
-            f"It keeps the ImageNet network it started from beside {beside}, so what that network "
-            "learnt of the 22 dog breeds ImageNet has (about 1,300 photos each) stays in it"
         )
     else:
         said = (

@@ -56,22 +56,15 @@ def rank_key(found: dict[str, float], version: int) -> tuple[int, float, float, 
 
 
 def best_version(client: MlflowClient, registered: str = REGISTERED_MODEL) -> str:
-    """The best-ranked version of `registered`, leaving out those built on a fine-tuned backbone: that
-    backbone trained on every trainval photo, so their CV and validation figures are optimistic and such a
-    version ships only when named (`select --version`)."""
-    candidates, skipped = [], []
+    """The best-ranked version of `registered`."""
+    candidates = []
     for mv in client.search_model_versions(f"name='{registered}'"):
-        run = client.get_run(mv.run_id).data
-        key = rank_key(run.metrics, int(mv.version))
-        if run.params.get("fine_tuned_sha256"):
-            skipped.append(str(mv.version))
-        elif key is not None:
+        key = rank_key(client.get_run(mv.run_id).data.metrics, int(mv.version))
+        if key is not None:
             candidates.append((key, mv))
     if not candidates:
-        unranked = f" (versions {', '.join(skipped)} stand on a fine-tuned backbone: name one with --version)"
         raise RuntimeError(
-            f"No registered version of {registered} with a CV or validation accuracy to rank"
-            f"{unranked if skipped else ''}: run fit first."
+            f"No registered version of {registered} with a CV or validation accuracy to rank: run fit first."
         )
     return max(candidates, key=lambda pair: pair[0])[1].version
 
@@ -106,12 +99,6 @@ def ship_champion(
     version = version or best_version(client)
     card = export_model(gates.parity, version, None, out_dir, data_dir)
     card = replace(card, mlflow=card.mlflow | {"alias": alias}, expert=kept_expert(previous, out_dir))
-    if card.on_fine_tuned_backbone():
-        log.warning(
-            "version %s stands on a fine-tuned backbone that saw every trainval photo: its CV, temperature and "
-            "'not sure' threshold are optimistic; only the test photos judge it",
-            version,
-        )
     labels = json.loads((out_dir / "labels.json").read_text())
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
     fp32 = PetClassifier(card, out_dir / "model.onnx", labels, variant="fp32")

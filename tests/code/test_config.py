@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import REPO
-from train.config import Config, ConfigError, load_config, load_sweep, parse_override
+from train.config import Config, ConfigError, load_config, load_sweep, logged_config, parse_override
 
 
 def write(tmp_path, text: str):
@@ -101,9 +101,17 @@ def test_every_shipped_recipe_loads(recipe: str) -> None:
     assert configs and all(c.epochs >= 1 for c in configs)
 
 
-def test_a_kept_teacher_needs_a_trainable_tail() -> None:
-    with pytest.raises(ConfigError, match="keep_teacher"):
-        Config(keep_teacher=True, finetune_blocks=0)
-    assert Config(keep_teacher=True, finetune_blocks=6).keep_teacher
+def test_a_run_config_logged_before_the_retired_recipes_went_still_rebuilds(tmp_path) -> None:
+    """Registered versions logged keep_teacher and fine_tuned_*: export rebuilds those that did not use them."""
+    retired = {"keep_teacher": False, "fine_tuned_onnx": "", "fine_tuned_sha256": ""}
+    logged = Config(finetune_blocks=6).as_params() | retired
+    assert logged_config(logged) == Config(finetune_blocks=6)
+    with pytest.raises(ConfigError, match="it used fine_tuned_onnx, fine_tuned_sha256, retired after commit 0242e1d"):
+        logged_config(logged | {"fine_tuned_onnx": "x.onnx", "fine_tuned_sha256": "ab"})
+    with pytest.raises(ConfigError, match="Unknown config key 'keep_teacher'"):  # no recipe sets them any more
+        load_config(write(tmp_path, "keep_teacher = false"))
+
+
+def test_balance_is_checked() -> None:
     with pytest.raises(ConfigError, match="balance"):
         Config(balance="cubic")

@@ -1,6 +1,7 @@
-"""The kept ImageNet teacher on real Lite0 weights: the model starts as the ImageNet classifier, the
-teacher never trains, its cached features are the untouched network's, and the recipe runs through
-cross-validation (with retention) and select to an ONNX model that passes the parity gate."""
+"""The ImageNet teacher on real Lite0 weights: the model starts as the ImageNet classifier, the teacher (a
+frozen copy of the pretrained tail) never trains, its cached features are the untouched network's, and a
+distilling recipe runs through cross-validation (with retention) and select to an ONNX model that passes the
+parity gate."""
 
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from train.config import Config
 from train.data import load_dataset
 from train.features import CacheStats, activations, view_input
 from train.imagenet import IMAGENET_CLASSES
-from train.model import build, seed_everything
+from train.model import build, frozen_copy, seed_everything
 
 pytestmark = pytest.mark.slow
 
 DOGS = [("Stripes", 1), ("beagle", 2), ("pug", 2)]  # two dog breeds ImageNet knows, and a made-up cat
-CONFIG = Config(backbone="efficientnet_lite0", image_size=96, finetune_blocks=2, keep_teacher=True, imagenet_init=True)
+CONFIG = Config(backbone="efficientnet_lite0", image_size=96, finetune_blocks=2, imagenet_init=True)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def untouched(image: torch.Tensor) -> torch.Tensor:
         return classifier(torch.nn.Sequential(*layers).eval()(image).mean((2, 3)))
 
 
-def test_a_model_that_keeps_the_teacher_starts_as_the_imagenet_classifier() -> None:
+def test_a_model_with_imagenet_rows_starts_as_the_imagenet_classifier() -> None:
     net = build(CONFIG, [name for name, _ in DOGS]).net.eval()
     image = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
@@ -54,21 +55,21 @@ def test_a_model_that_keeps_the_teacher_starts_as_the_imagenet_classifier() -> N
 
 def test_the_teacher_never_trains() -> None:
     net = build(CONFIG, [name for name, _ in DOGS]).net
-    net.train()
-    assert not net.teacher.training and not any(layer.training for layer in net.teacher.modules())
-    assert not any(p.requires_grad for p in net.teacher.parameters())
+    teacher = frozen_copy(net.tail)
+    net.train(), teacher.train()
+    assert not teacher.training and not any(layer.training for layer in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
     assert any(p.requires_grad for p in net.tail.parameters())
-    assert set(net.state_dict()) >= {f"teacher.{key}" for key in net.teacher.state_dict()}  # it ships
 
 
 def test_cached_teacher_features_give_the_untouched_networks_logits(dogs: Path, tmp_path: Path) -> None:
     data = load_dataset(dogs, 0.25, 0)
     samples = data.splits["train"][:5]
     net, spec, imagenet = build(CONFIG, data.classes)
-    stats = CacheStats()
+    stats, teacher = CacheStats(), frozen_copy(net.tail)
     for _ in range(2):  # computed, then read back from disk
         cached = activations(
-            net.prefix, CONFIG.backbone, spec, samples, 2, data.digest, tmp_path, stats, False, net.teacher
+            net.prefix, CONFIG.backbone, spec, samples, 2, data.digest, tmp_path, stats, False, teacher
         )
     assert stats.hits == 1 and stats.computed_images == len(samples)
     views = np.concatenate([view_input(load_for_model(s.path, spec), spec, 2, s.name) for s in samples])
@@ -84,7 +85,7 @@ def test_the_recipe_runs_through_cv_with_retention_and_ships_with_parity(dogs: P
     recipe = tmp_path / "teacher.toml"
     recipe.write_text(
         'backbone = "efficientnet_lite0"\nimage_size = 96\nimagenet_init = true\nfinetune_blocks = 2\n'
-        'keep_teacher = true\nviews = 1\nepochs = 1\npatience = 0\nfolds = 2\nbalance = "sqrt"\n'
+        'views = 1\nepochs = 1\npatience = 0\nfolds = 2\nbalance = "sqrt"\n'
         "distill_weight = 1.0\n"
     )
     assert train_main(["--data-dir", str(dogs), "cv", "--config", str(recipe)]) == 0
@@ -97,32 +98,28 @@ def test_the_recipe_runs_through_cv_with_retention_and_ships_with_parity(dogs: P
     write_extra(dogs.parent / "stanford-dogs-extra", {"beagle": 3, "pug": 2, "Stripes": 2})  # retention photos
     assert train_main(["--data-dir", str(dogs), "select", "--model-dir", str(tmp_path / "model")]) == 0
     card = ModelCard.load(tmp_path / "model" / "card.json")
-    assert card.model.parity["max_abs_logit_delta"] <= 1e-3  # the teacher's tail is in the graph, and agrees
-    assert card.model.teacher == {"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0}
+    assert card.model.parity["max_abs_logit_delta"] <= 1e-3
+    assert card.model.teacher == {"distill_weight": 1.0, "distill_temperature": 2.0}
     assert card.metrics["cv"]["retention_photos"] == trainval_dogs
     retained = card.metrics["retention"]
     assert retained["photos"] == 5 and set(retained["per_breed"]) == {"beagle", "pug"}  # the cat is not asked
     mlflow.set_tracking_uri(None)
 
 
-def test_end_to_end_fine_tuning_keeps_and_distils_the_teacher(dogs: Path, tmp_path: Path) -> None:
-    from train.export import to_onnx
+def test_end_to_end_fine_tuning_distils_the_teacher(dogs: Path, tmp_path: Path) -> None:
     from train.finetune import fine_tune_run
-    from train.model import input_spec
 
     data = load_dataset(dogs, 0.25, 0)
     tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=1)
-    tiny |= dict(backbone="efficientnet_lite0", keep_teacher=True, imagenet_init=True)
+    tiny |= dict(backbone="efficientnet_lite0", imagenet_init=True)
 
     def run(weight: float):
         config = Config(**tiny, distill_weight=weight, checkpoint_dir=str(tmp_path / str(weight)))
         train, held_out = data.splits["train"], data.splits["val"]
-        return config, fine_tune_run(config, data.classes, data.species, train, held_out, resume=False, keep=True)
+        return fine_tune_run(config, data.classes, data.species, train, held_out, resume=False, keep=True)
 
-    plain, (config, taught) = run(0.0)[1], run(5.0)
+    plain, taught = run(0.0), run(5.0)
     assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]  # the teacher's term is in the loss
-    to_onnx(taught.model, input_spec(config), tmp_path / "model.onnx")  # the kept teacher exports with the rest
-    assert taught.model.teacher is not None and not taught.model.teacher.training
 
 
 def test_a_killed_distilling_run_resumes_with_the_pretrained_teacher(dogs: Path, tmp_path: Path, monkeypatch) -> None:
@@ -194,9 +191,8 @@ def test_retention_is_not_measured_on_photos_it_cannot_speak_for(tmp_path: Path)
 
 
 def test_the_cached_path_computes_what_the_served_network_does(dogs: Path, tmp_path: Path) -> None:
-    """Training reads [tail, teacher] from the cache (the tail's map pooled beside the teacher's pooled
-    features); serving runs the network, which stacks the two maps and pools them. With the tail no
-    longer the teacher and the head's halves different, a swapped order or a skipped part would show."""
+    """Training runs the tail and head on the prefix's cached activations; serving runs the whole network.
+    With the tail moved from where it was pretrained, a skipped or doubled part would show."""
     from preprocess import model_batch
     from train.fit import Inputs, evaluate_logits
 
@@ -206,10 +202,8 @@ def test_the_cached_path_computes_what_the_served_network_does(dogs: Path, tmp_p
     with torch.no_grad():
         net.tail[-1][0].weight.mul_(1.5)  # the head convolution: the fine-tuned tail has moved
         net.head[-1].weight.normal_(0.0, 0.05)
-    cached = activations(
-        net.prefix, CONFIG.backbone, spec, samples, 0, data.digest, tmp_path, CacheStats(), False, net.teacher
-    )
-    trained = evaluate_logits(net.tail, net.head, Inputs(cached.x, cached.teacher), keep_teacher=True)
+    cached = activations(net.prefix, CONFIG.backbone, spec, samples, 0, data.digest, tmp_path, CacheStats(), False)
+    trained = evaluate_logits(net.tail, net.head, Inputs(cached.x))
     with torch.no_grad():
         served = net.eval()(torch.from_numpy(model_batch([s.path for s in samples], spec)))
     torch.testing.assert_close(trained, served, rtol=1e-3, atol=1e-2)  # the cache holds float16 activations
