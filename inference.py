@@ -83,6 +83,7 @@ class ExpertInfo:
     labels: list  # its classes, dataset stems in its output order: the card's breeds of `species`
     species: str  # "dog"
     route_threshold: float  # the breed model's calibrated probability of `species` above which it answers
+    imagenet_output: str  # the untouched network's own 1000-way ImageNet logits: its view of what is there
     parity: dict  # ONNX Runtime against torch at export
     mlflow: dict  # run_id, registered_model, version
     metrics: dict  # "cv" (its own folds), "retention" (Stanford photos, against ImageNet's classifier)
@@ -228,12 +229,12 @@ def _value(hint: Any, value: Any, name: str) -> Any:
             return InputSpec.from_dict(value)
         except (KeyError, TypeError, ValueError) as error:
             raise CardError(f"card.json: bad '{name}': {error}") from None
-    if is_dataclass(hint):
-        return _typed(hint, value, name)
     options = get_args(hint) or (hint,)  # X | None -> (X, NoneType)
     if value is None and type(None) in options:
         return None
     kind = next(option for option in options if option is not type(None))
+    if is_dataclass(kind):
+        return _typed(kind, value, name)
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else type(value) is kind
     if not ok:
         raise CardError(f"card.json: '{name}' must be {kind.__name__}, got {value!r:.40}.")

@@ -21,13 +21,16 @@ import mlflow
 import numpy as np
 import onnxruntime as ort
 from mlflow import MlflowClient
+from torch import nn
 
 from inference import ExpertInfo, ModelCard, PetClassifier, sha256_file, softmax
 from preprocess import InputSpec, model_batch
 from train import retention
+from train.backbones import get_backbone
 from train.data import PetData, Sample, load_dataset
 from train.evaluate import BATCH, evaluate_classifier
 from train.export import (
+    IMAGENET,
     check_parity,
     model_version,
     parity_samples,
@@ -89,10 +92,10 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
             f"{EXPERT_MODEL} version {version} reads {spec.to_dict()}, the breed model {card.preprocess.to_dict()}: "
             "one tensor must feed both (train it with the breed model's image_size and crop_ratio)."
         )
-    net = registered_net(chosen)
-    to_onnx(net, spec, folder / EXPERT_FILE)
+    net, imagenet = registered_net(chosen), untouched_classifier(run.data.params, spec)
+    to_onnx(net, spec, folder / EXPERT_FILE, imagenet)
     samples = parity_samples(run.data.params, data_dir, gates.parity.images)
-    delta = check_parity(net, folder / EXPERT_FILE, spec, samples, gates.parity)
+    delta = check_parity(net, folder / EXPERT_FILE, spec, samples, gates.parity, imagenet)
     held_out = CalibrationSet(
         *load_logits(calibration_parent(run.data.tags, run.data.params), OOF_LOGITS), "out-of-fold"
     )
@@ -106,6 +109,7 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
         labels=classes,
         species="dog",
         route_threshold=ROUTE_THRESHOLD,
+        imagenet_output=IMAGENET,
         parity={"images": len(samples), "max_abs_logit_delta": delta},
         mlflow={"run_id": chosen.run_id, "registered_model": EXPERT_MODEL, "version": int(version)},
         metrics=expert_metrics(run),
@@ -118,6 +122,16 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
     dogs = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"], (), "dog")
     entry = replace(entry, int8=expert_int8(folder, card, entry, dogs, held_out, gates))
     return tested(folder, replace(card, expert=entry), data_dir, gates)
+
+
+def untouched_classifier(params: dict[str, str], spec: InputSpec) -> nn.Linear:
+    """ImageNet's own classifier of the expert's backbone, which must be the untouched one (frozen whole):
+    exported beside the head, it gives ImageNet's 1000-way view of each photo the expert sees."""
+    if params["finetune_blocks"] != "0" or params.get("end_to_end") == "True":
+        raise ExpertError(
+            "The expert's backbone must be ImageNet's untouched one: finetune_blocks = 0, not end to end."
+        )
+    return get_backbone(params["backbone"]).build(spec.crop).classifier.eval()
 
 
 def expert_metrics(run: mlflow.entities.Run) -> dict:

@@ -20,6 +20,7 @@ import onnxruntime as ort
 import torch
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from torch import nn
 
 from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
@@ -35,7 +36,7 @@ from train.tracking import PRIOR_CORRECTION, REGISTERED_MODEL, RUN_CONFIG, WEIGH
 log = logging.getLogger(__name__)
 
 OPSET = 18
-INPUT, LOGITS, CAM = "image", "logits", "cam"
+INPUT, LOGITS, CAM, IMAGENET = "image", "logits", "cam", "imagenet"
 
 
 class ExportError(RuntimeError):
@@ -97,15 +98,16 @@ def parity_samples(run_params: dict, data_dir: str | Path | None, count: int) ->
     return (data.splits["val"] + data.splits["train"])[:count]
 
 
-def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
+def to_onnx(model: PetNet, spec: InputSpec, path: Path, imagenet: nn.Linear | None = None) -> None:
+    """The model's graph (`Explained`: logits, CAM, and ImageNet's logits given its classifier)."""
     example = torch.zeros(2, 3, spec.crop, spec.crop)
     batch = torch.export.Dim("batch", min=1, max=1024)
     torch.onnx.export(
-        Explained(model).eval(),
+        Explained(model, imagenet).eval(),
         (example,),
         str(path),
         input_names=[INPUT],
-        output_names=[LOGITS, CAM],
+        output_names=[LOGITS, CAM] + ([IMAGENET] if imagenet is not None else []),
         opset_version=OPSET,
         dynamo=True,
         dynamic_shapes=({0: batch},),
@@ -113,12 +115,20 @@ def to_onnx(model: PetNet, spec: InputSpec, path: Path) -> None:
     )
 
 
-def check_parity(model: PetNet, path: Path, spec: InputSpec, samples: list[Sample], gate: ParityGate) -> float:
-    """Both outputs, logits and the class activation maps, as torch and ONNX Runtime compute them."""
+def check_parity(
+    model: PetNet,
+    path: Path,
+    spec: InputSpec,
+    samples: list[Sample],
+    gate: ParityGate,
+    imagenet: nn.Linear | None = None,
+) -> float:
+    """Every output (logits, the class activation maps, ImageNet's logits where exported) as torch and ONNX
+    Runtime compute them."""
     batch = model_batch([s.path for s in samples], spec)
     with torch.no_grad():
-        expected = [output.numpy() for output in Explained(model).eval()(torch.from_numpy(batch))]
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([LOGITS, CAM], {INPUT: batch})
+        expected = [output.numpy() for output in Explained(model, imagenet).eval()(torch.from_numpy(batch))]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {INPUT: batch})
     finite = all(np.isfinite(output).all() for output in (*expected, *got))
     delta = max(float(np.abs(want - have).max()) for want, have in zip(expected, got, strict=True))
     failure = parity_failure(delta, bool((expected[0].argmax(1) == got[0].argmax(1)).all()), gate, finite)

@@ -84,14 +84,18 @@ class Explained(nn.Module):
 
     For a linear head the map of class k is W_k · F + b_k at each position, whose spatial mean is exactly
     logit k (Zhou et al., 2016). An MLP head has no such decomposition: every class then gets the
-    class-agnostic mean activation of the feature map, and the card says so."""
+    class-agnostic mean activation of the feature map, and the card says so.
 
-    def __init__(self, model: PetNet) -> None:
+    Given `imagenet` (the backbone's own classifier, for a model whose backbone is the untouched one: the
+    dog expert), a third output: ImageNet's 1000-way logits of the same pooled features, its view of what
+    is in the photo at all."""
+
+    def __init__(self, model: PetNet, imagenet: nn.Linear | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.imagenet = model, imagenet
         self.linear = isinstance(model.head[-1], nn.Linear)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features = self.model.features(image)
         logits = self.model.head(features)
         if self.linear:
@@ -99,7 +103,9 @@ class Explained(nn.Module):
             maps = torch.einsum("nchw,kc->nkhw", features, layer.weight) + layer.bias[None, :, None, None]
         else:
             maps = features.mean(1, keepdim=True).expand(-1, logits.shape[1], -1, -1)
-        return logits, maps
+        if self.imagenet is None:
+            return logits, maps
+        return logits, maps, self.imagenet(features.mean((2, 3)))
 
 
 def input_spec(config: Config) -> InputSpec:

@@ -16,7 +16,8 @@ from preprocess import InputSpec, PreprocessError, model_batch
 from train.backbones import get_backbone
 from train.data import DataError, Sample, load_extra
 from train.distill import retention
-from train.evaluate import BATCH, log_probabilities, photo_answers
+from train.evaluate import log_probabilities, photo_answers
+from train.features import EXTRACT_BATCH
 from train.imagenet import dog_rows
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,12 @@ FOLDER = "stanford-dogs-extra"  # beside the Oxford data folder, as in ../shared
 def teacher_logits(backbone: str, spec: InputSpec, samples: list[Sample]) -> np.ndarray:
     """The untouched pretrained network's ImageNet logits, on the tensor serving makes of each photo."""
     layers, classifier = get_backbone(backbone).build(spec.crop)
-    network = nn.Sequential(*layers).eval()
-    paths = [s.path for s in samples]
-    batches = (torch.from_numpy(model_batch(paths[i : i + BATCH], spec)) for i in range(0, len(paths), BATCH))
-    return np.concatenate([classifier(network(x).mean((2, 3))).numpy() for x in batches])  # one batch at a time
+    network = nn.Sequential(*layers).eval().to(memory_format=torch.channels_last)  # as the feature cache runs it
+    paths, step = [s.path for s in samples], EXTRACT_BATCH
+    batches = (torch.from_numpy(model_batch(paths[i : i + step], spec)) for i in range(0, len(paths), step))
+    return np.concatenate(
+        [classifier(network(x.contiguous(memory_format=torch.channels_last)).mean((2, 3))).numpy() for x in batches]
+    )
 
 
 def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...] = ()) -> dict | None:
