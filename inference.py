@@ -117,6 +117,7 @@ class ModelCard:
     not_sure: dict | None = None  # threshold, what it was fitted on, non-pet check
     int8: dict | None = None  # file, sha256 when shipped, accepted, gate statistics, its own calibration
     expert: ExpertInfo | None = None  # the dog expert beside the breed model, where one ships
+    no_pet: dict | None = None  # "no cat or dog": threshold on ImageNet's pet mass, where asked, its measurements
 
     @property
     def temperature(self) -> float:
@@ -197,8 +198,9 @@ class ModelCard:
         data = asdict(self)
         if data["model"]["teacher"] is None:  # a model without a teacher: the card as before the field existed
             del data["model"]["teacher"]
-        if data["expert"] is None:  # a breed model alone: the card as before the expert existed
-            del data["expert"]
+        for entry in ("expert", "no_pet"):  # absent where nothing ships them: the card as before they existed
+            if data[entry] is None:
+                del data[entry]
         return data
 
     def save(self, path: Path) -> None:
@@ -252,6 +254,20 @@ def how_answered(card: ModelCard) -> str:
     )
 
 
+def no_pet_sentence(card: ModelCard) -> str:
+    """One sentence on the "no cat or dog" answer and how well it works, as the Model tab and the Space page
+    both say it; empty where the card has none."""
+    entry = card.no_pet
+    if entry is None:
+        return ""
+    cv, test = entry["cv"], entry["test"]
+    return (
+        f"A photo with no cat or dog is answered **No cat or dog**: {cv['catch']:.0%} of {cv['photos']} such "
+        f"photos (other animals {cv['catch_animals']:.0%}, cross-validated), while {test['false_alarms']:.1%} "
+        f"of the {test['photos']} test pet photos are wrongly told so."
+    )
+
+
 def readable_name(label: str) -> str:
     """Dataset stem to display name: "great_pyrenees" -> "Great Pyrenees", "Maine_Coon" -> "Maine Coon"."""
     return " ".join(word[:1].upper() + word[1:] for word in label.split("_"))
@@ -284,15 +300,22 @@ class Prediction:
     species: str  # of the most likely breed
     not_sure: bool  # see `not_sure`
     threshold: float  # the card's "not sure" threshold behind the flag
+    no_pet: bool = False  # "no cat or dog": the ImageNet network sees neither (card's `no_pet`)
+    seen: tuple[str, float] | None = None  # the ImageNet network's top-1 class and probability, where asked
 
     def as_details(self) -> dict:
-        """The JSON of /predict_details."""
-        return {
+        """The JSON of /predict_details: `no_cat_or_dog` and, where the ImageNet network was asked, what it
+        saw (the reason for a "no cat or dog" answer)."""
+        details = {
             "top": [{"breed": name, "probability": p} for name, p in self.top],
             "species": self.species,
             "not_sure": self.not_sure,
             "threshold": self.threshold,
+            "no_cat_or_dog": self.no_pet,
         }
+        if self.seen:
+            details["imagenet"] = {"class": self.seen[0], "probability": self.seen[1]}
+        return details
 
 
 def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -322,6 +345,10 @@ class Answer(NamedTuple):
     probabilities: np.ndarray  # over the 37 breeds, calibrated: the breed model's, the expert's for its rows
     routed: np.ndarray  # per photo: whether the dog expert answered it
     logits: np.ndarray  # the breed model's raw logits (what its temperature is fitted on)
+    no_pet: np.ndarray  # per photo: "no cat or dog" (never where the card has no `no_pet` entry)
+    seen: np.ndarray  # per photo: ImageNet's top-1 class index, -1 where its network was not asked
+    seen_probability: np.ndarray  # its probability
+    heat: np.ndarray | None = None  # per photo, with `maps`: the top-1 breed's map, from the model that named it
 
 
 class DogExpert:
@@ -343,7 +370,7 @@ class DogExpert:
         if unknown:
             raise ModelError(f"The dog expert's breeds {unknown[:3]} are not in labels.json.")
         self.columns = np.array([labels.index(label) for label in entry.labels])
-        self.route_threshold = entry.route_threshold
+        self.route_threshold, self.imagenet_output = entry.route_threshold, entry.imagenet_output
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name, self.output_name, self.cam_output = (
             card.model.input_name,
@@ -357,6 +384,30 @@ class DogExpert:
     def run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
         self.runs += 1  # tests check that a photo routed to cats never runs the expert
         return self.session.run(outputs, {self.input_name: batch})
+
+
+IMAGENET_NAMES = "imagenet_classes.json"  # ImageNet's 1000 class names, beside a card with a `no_pet` entry
+
+
+def imagenet_names(card: ModelCard, model_dir: Path) -> list[str]:
+    """The names of the ImageNet classes, for saying what the network saw; empty where the card has no
+    "no cat or dog" entry. A card that has one and a folder without the names is refused at start."""
+    if card.no_pet is None:
+        return []
+    path = Path(model_dir) / IMAGENET_NAMES
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: card.json has a 'no cat or dog' entry. Restore model/ from git.")
+    names = json.loads(path.read_text())
+    if len(names) != 1000:
+        raise ModelError(f"{path} lists {len(names)} ImageNet classes, not 1000.")
+    return names
+
+
+def pet_mass(imagenet_logits: np.ndarray, pets: list) -> np.ndarray:
+    """ImageNet's probability that a photo shows a dog or a domestic cat: its softmax mass on the class
+    ranges `pets` ([first, last] each, inclusive: the card's `no_pet["imagenet_pets"]`)."""
+    probabilities = softmax(imagenet_logits)
+    return sum(probabilities[:, first : last + 1].sum(1) for first, last in pets)
 
 
 def combine(breeds: np.ndarray, experts: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -389,6 +440,7 @@ class PetClassifier:
         options = self._options(threads)
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.expert = DogExpert(card, self.model_file.parent, labels, options, variant) if card.expert else None
+        self.imagenet_names = imagenet_names(card, self.model_file.parent)
         self.threads = self.session.get_session_options().intra_op_num_threads
         self.runs = 0
         self.timings: dict[str, float] = {}  # variant -> ms a photo, where `load` timed the variants that ship
@@ -417,6 +469,7 @@ class PetClassifier:
             clone.expert = DogExpert(
                 card, self.model_file.parent, self.labels, self._options(self.threads), self.variant
             )
+        clone.imagenet_names = imagenet_names(card, self.model_file.parent)
         return clone
 
     @classmethod
@@ -490,17 +543,52 @@ class PetClassifier:
             return np.zeros(len(breeds), dtype=bool)
         return breeds[:, self.expert.columns].sum(1) > self.expert.route_threshold
 
-    def answer(self, batch: np.ndarray) -> Answer:
+    def asks(self, breeds: np.ndarray, routed: np.ndarray) -> np.ndarray:
+        """The photos the expert's network runs on: those routed to it, and where the card has a "no cat or
+        dog" entry, those the breed model is not sure of (a confident cat answer never runs it)."""
+        if self.card.no_pet is None:
+            return routed
+        return routed | (breeds.max(1) < self.threshold)
+
+    def answer(self, batch: np.ndarray, maps: bool = False) -> Answer:
         """The served answer for a prepared batch: the one path every endpoint, the CLI and `train evaluate`
-        go through."""
-        logits = self.logits(batch)
+        go through. With `maps`, each photo's map of its top-1 breed, from the model that named it."""
+        names = [self.card.model.output_name] + ([self.card.model.cam_output] if maps else [])
+        logits, *breed_maps = self._run(names, batch)
         probabilities = softmax(logits, self.temperature)
         routed = self.routes(probabilities)
-        if routed.any():
-            (expert_logits,) = self.expert.run([self.expert.output_name], batch[routed])
-            experts = softmax(expert_logits, self.expert.temperature)
-            probabilities[routed] = combine(probabilities[routed], experts, self.expert.columns)
-        return Answer(probabilities, routed, logits)
+        asked = self.asks(probabilities, routed)
+        count = len(batch)
+        no_pet, seen, seen_probability = np.zeros(count, bool), np.full(count, -1), np.zeros(count, np.float32)
+        expert_maps = None
+        if asked.any():
+            expert = self.expert
+            wanted = [expert.output_name] + ([expert.cam_output] if maps else [])
+            wanted += [expert.imagenet_output] if self.card.no_pet else []
+            found = dict(zip(wanted, expert.run(wanted, batch[asked]), strict=True))
+            mine = routed[asked]
+            experts = softmax(found[expert.output_name][mine], expert.temperature)
+            probabilities[routed] = combine(probabilities[routed], experts, expert.columns)
+            expert_maps = found.get(expert.cam_output)
+            if self.card.no_pet:
+                imagenet = found[expert.imagenet_output]
+                no_pet[asked] = pet_mass(imagenet, self.card.no_pet["imagenet_pets"]) < self.card.no_pet["threshold"]
+                seen[asked], seen_probability[asked] = softmax(imagenet).argmax(1), softmax(imagenet).max(1)
+        heat = self._heat(probabilities, breed_maps[0], asked, routed, expert_maps) if maps else None
+        return Answer(probabilities, routed, logits, no_pet, seen, seen_probability, heat)
+
+    def _heat(
+        self, probabilities: np.ndarray, breed_maps: np.ndarray, asked: np.ndarray, routed: np.ndarray, expert_maps
+    ) -> np.ndarray:
+        """Each photo's map of its top-1 breed: the expert's where it named that breed, else the breed model's."""
+        heat = []
+        for row, top in enumerate(probabilities.argmax(1)):
+            if routed[row] and top in self.expert.columns:
+                at = int(np.flatnonzero(np.flatnonzero(asked) == row)[0])
+                heat.append(expert_maps[at, self.expert.columns.tolist().index(top)])
+            else:
+                heat.append(breed_maps[row, top])
+        return np.stack(heat)
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         return self.answer(model_batch(images, self.spec)).probabilities
@@ -512,39 +600,34 @@ class PetClassifier:
         """All images in one session call per model; each gets its top-k breeds, most likely first."""
         if not images:
             return []
-        probabilities, routed, _ = self.answer(model_batch(images, self.spec))
-        return [self._prediction(row, top_k, by_expert) for row, by_expert in zip(probabilities, routed, strict=True)]
+        answer = self.answer(model_batch(images, self.spec))
+        return [self._prediction(answer, row, top_k) for row in range(len(images))]
 
     def thresholds(self, routed: np.ndarray) -> np.ndarray:
         """The "not sure" threshold of each answer: the expert's where it answered, else the breed model's."""
         return np.where(routed, self.expert.threshold if self.expert else 0.0, self.threshold)
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int, by_expert: bool) -> Prediction:
+    def _prediction(self, answer: Answer, row: int, top_k: int) -> Prediction:
+        probabilities = answer.probabilities[row]
         top_k = max(1, min(int(top_k), len(self.labels)))
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [(self.names[i], float(probabilities[i])) for i in order]
-        threshold = float(self.thresholds(np.array([by_expert]))[0])
-        return Prediction(top, self.species[order[0]], bool(not_sure(probabilities[order[0]], threshold)), threshold)
+        threshold = float(self.thresholds(answer.routed[row : row + 1])[0])
+        flag = bool(not_sure(probabilities[order[0]], threshold))
+        seen = None
+        if answer.seen[row] >= 0 and self.imagenet_names:
+            seen = (self.imagenet_names[answer.seen[row]], float(answer.seen_probability[row]))
+        return Prediction(top, self.species[order[0]], flag, threshold, bool(answer.no_pet[row]), seen)
 
     def explain(self, image: ImageSource, top_k: int = 5) -> tuple[Prediction, np.ndarray]:
         """The prediction and, for its top-1 breed, a class activation map in [0, 1] at the photo's display
         size (`preprocess.display_size`: rows × columns), from the model that named that breed; zero
         outside the centre crop the models see."""
         photo = load_for_model(image, self.spec)
-        x = model_input(photo, self.spec)
-        logits, maps = self._run([self.card.model.output_name, self.card.model.cam_output], x)
-        probabilities = softmax(logits, self.temperature)
-        routed = bool(self.routes(probabilities)[0])
-        if routed:
-            expert_logits, expert_maps = self.expert.run([self.expert.output_name, self.expert.cam_output], x)
-            probabilities = combine(probabilities, softmax(expert_logits, self.expert.temperature), self.expert.columns)
-        top = int(probabilities.argmax())
-        heat = maps[0, top]
-        if routed and top in self.expert.columns:  # the expert named the breed: its map
-            heat = expert_maps[0, self.expert.columns.tolist().index(top)]
-        heat = np.maximum(heat - heat.mean(), 0)  # positions that raise the logit above its average
+        answer = self.answer(model_input(photo, self.spec), maps=True)
+        heat = np.maximum(answer.heat[0] - answer.heat[0].mean(), 0)  # positions that raise the logit above its mean
         heat = heat / heat.max() if heat.max() > 0 else heat
-        return self._prediction(probabilities[0], top_k, routed), _heat_canvas(heat, photo.size, self.spec)
+        return self._prediction(answer, 0, top_k), _heat_canvas(heat, photo.size, self.spec)
 
 
 def _heat_canvas(heat: np.ndarray, photo_size: tuple[int, int], spec: InputSpec) -> np.ndarray:
@@ -650,6 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"file": str(path)} | prediction.as_details()))
         else:
             flag = f", not sure: below {prediction.threshold:.0%}" if prediction.not_sure else ""
+            flag = f", no cat or dog: more like {prediction.seen[0]}" if prediction.no_pet else flag
             print(f"{path} ({prediction.species}{flag})")
             for name, probability in prediction.top:
                 print(f"  {probability:7.2%}  {name}")

@@ -1,5 +1,5 @@
-"""python -m train {fit,sweep,cv,select,expert,int8,retest,export,evaluate,retention,publish,server,stanford-dogs}:
-docs/training.md."""
+"""python -m train {fit,sweep,cv,select,expert,no-pet,int8,retest,export,evaluate,retention,publish,server,
+stanford-dogs}: docs/training.md."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     expert = commands.add_parser("expert", help="ship the best cross-validated dog expert beside the breed model")
     expert.add_argument("--model-dir", default="model")
     expert.add_argument("--version", help="ship this registered pet-dog-expert version instead of the best-ranked one")
+    no_pet = commands.add_parser("no-pet", help="fit and measure the 'no cat or dog' answer on photos without one")
+    no_pet.add_argument("--model-dir", default="model")
+    no_pet.add_argument("--photos", help="not-pets layout; default: not-pets beside the data")
     commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
         "--model-dir", default="model"
     )
@@ -124,6 +127,14 @@ def run(args: argparse.Namespace) -> int | None:
         from train.select import print_card
 
         print_card(ship_expert(args.model_dir, args.data_dir, args.version))
+    elif args.command == "no-pet":
+        from pathlib import Path
+
+        from train.no_pet import fit_no_pet
+
+        print(
+            json.dumps(fit_no_pet(args.model_dir, args.data_dir, Path(args.photos) if args.photos else None), indent=2)
+        )
     elif args.command == "int8":
         from train.select import requantize
 
@@ -154,10 +165,12 @@ def run(args: argparse.Namespace) -> int | None:
         written = build(fetch(Path(args.archive)), Path(args.out), args.sha256)
         print(json.dumps(written, indent=2))
     elif args.command == "evaluate":
+        import numpy as np
+
         from train.evaluate import evaluate
 
         summary = evaluate(args.model, args.split, args.data_dir)
-        print(json.dumps({k: v for k, v in summary.items() if k not in ("confusion", "logits", "labels")}, indent=2))
+        print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, np.ndarray)}, indent=2))
     elif args.command == "retention":
         from pathlib import Path
 

@@ -30,7 +30,7 @@ def photo_answers(classifier: PetClassifier, samples: list[Sample]) -> Answer:
     """The served answer for `samples`' photos (`PetClassifier.answer`: the breed model, and the dog expert
     for the photos it routes there)."""
     answers = [classifier.answer(x) for x in prepared(classifier, samples)]
-    return Answer(*(np.concatenate(parts) for parts in zip(*answers, strict=True)))
+    return Answer(*(np.concatenate(parts) for parts in zip(*(answer[:-1] for answer in answers), strict=True)))
 
 
 def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -48,15 +48,16 @@ def evaluate_classifier(classifier: PetClassifier, data: PetData, split: str, pl
             "evaluate a model trained on this dataset."
         )
     try:
-        probabilities, routed, logits = photo_answers(classifier, data.splits[split])
+        answer = photo_answers(classifier, data.splits[split])
     except PreprocessError as error:  # one unreadable photo: a sentence, not a traceback
         raise DataError(f"A {split} photo cannot be read: {error}") from None
     labels = np.array([s.label for s in data.splits[split]])
-    summary = metrics.summarize(log_probabilities(probabilities), labels, data.classes, data.species)
+    summary = metrics.summarize(log_probabilities(answer.probabilities), labels, data.classes, data.species)
     if plot:
         metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(labels)} images)", plot)
         summary["confusion_matrix_png"] = str(plot)
-    return summary | {"logits": logits, "probabilities": probabilities, "routed": routed, "labels": labels}
+    served = {"logits": answer.logits, "probabilities": answer.probabilities, "routed": answer.routed}
+    return summary | served | {"no_pet": answer.no_pet, "labels": labels}
 
 
 def evaluate(

@@ -13,7 +13,15 @@ import tempfile
 from pathlib import Path
 from string import Template
 
-from inference import FEW_TEST_PHOTOS, ModelCard, ModelError, PetClassifier, how_answered, readable_name
+from inference import (
+    FEW_TEST_PHOTOS,
+    ModelCard,
+    ModelError,
+    PetClassifier,
+    how_answered,
+    no_pet_sentence,
+    readable_name,
+)
 from train.config import ConfigError, read_toml
 from train.gates import Gates, PublishGate, publish_failure
 from train.provenance import git_commit
@@ -125,6 +133,7 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
         extra_data=STANFORD_DOGS.format(extra=extra) if extra else "",
         dog_limits=dog_limits(card),
         how_answered=how_answered(card),
+        no_pet=no_pet_sentence(card),
     )
 
 

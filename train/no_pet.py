@@ -1,0 +1,201 @@
+"""`python -m train no-pet`: the "no cat or dog here" answer, fitted and measured on real photos.
+
+The signal is the untouched ImageNet network's own view of a photo (the dog expert's `imagenet` output):
+its probability mass on ImageNet's dog and domestic-cat classes. A photo is answered "no cat or dog" where
+that mass is below a threshold, and only where the answer can change: a photo the breed model sends to the
+dog expert, or one it is not sure of (its calibrated top-1 below its "not sure" threshold); a confident cat
+answer stands, and costs no second network. Whether asking it everywhere catches more is measured and
+reported beside it.
+
+The threshold is fitted on pet photos alone (Oxford trainval: at most `MAX_FALSE_ALARMS` of them flagged),
+so the photos without a pet never choose it; they measure it, cross-validated: the not-pet photos in folds
+by source, the trainval pets in as many folds, each fold judged at the threshold fitted on the others' pets.
+The test pets give the false alarms once, at the final threshold fitted on all of trainval.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import shutil
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from torchvision.models import EfficientNet_B0_Weights
+
+from inference import IMAGENET_NAMES, ModelCard, PetClassifier, pet_mass, softmax
+from preprocess import PreprocessError
+from train.data import DataError, Sample, load_dataset
+from train.evaluate import prepared
+from train.export import replacing
+
+log = logging.getLogger(__name__)
+
+FOLDER = "not-pets"  # beside the Oxford data folder, as in ../shared/data
+IMAGENET_PETS = [[151, 268], [281, 285]]  # ImageNet's dog classes and its domestic cats, ranges inclusive
+IMAGENET_SOURCE = "imagenet"  # not-pet photos whose source repository holds ImageNet's own (the network saw them)
+MAX_FALSE_ALARMS = 0.01
+ASKED = "dog or unsure"  # where the ImageNet network is asked: what serving does with the card's entry
+
+
+@dataclass(frozen=True)
+class Photo:
+    path: Path
+    category: str  # "animals", "people", ... for not-pets; "pet" for Oxford photos
+    source: str  # the source repository (not-pets) or the split (Oxford)
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the served pair says of each photo, and the ImageNet network's view of it."""
+
+    mass: np.ndarray  # ImageNet probability on its dog and domestic-cat classes
+    unsure_or_dog: np.ndarray  # whether serving asks the ImageNet network (routed, or below "not sure")
+    seen: np.ndarray  # ImageNet's top-1 class
+
+
+def not_pet_photos(folder: Path) -> tuple[list[Photo], int]:
+    """The folder's MANIFEST.tsv rows whose file is present, and how many listed files are absent."""
+    manifest = folder / "MANIFEST.tsv"
+    if not manifest.is_file():
+        raise DataError(f"No not-pet photos at {folder} (no MANIFEST.tsv): nothing to fit or measure on.")
+    with manifest.open(newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    photos = [Photo(folder / row["relative_path"], row["category"], row["source_repo"]) for row in rows]
+    present = [photo for photo in photos if photo.path.is_file()]
+    if len(present) < len(photos):
+        log.warning("%s: %d listed photos are missing and were skipped", folder.name, len(photos) - len(present))
+    return present, len(photos) - len(present)
+
+
+def signals(classifier: PetClassifier, photos: list[Photo] | list[Sample]) -> Signals:
+    """The served answer and the ImageNet network's view of every photo (asked of all of them here, so
+    both ways of asking can be measured)."""
+    expert = classifier.expert
+    masses, asked, seen = [], [], []
+    try:
+        for x in prepared(classifier, photos):
+            answer = classifier.answer(x)
+            imagenet = expert.session.run([expert.imagenet_output], {expert.input_name: x})[0]
+            masses.append(pet_mass(imagenet, expert.imagenet_pets))
+            asked.append(classifier.asks(answer.probabilities, answer.routed))
+            seen.append(softmax(imagenet).argmax(1))
+    except PreprocessError as error:
+        raise DataError(f"A photo cannot be read: {error}") from None
+    return Signals(np.concatenate(masses), np.concatenate(asked), np.concatenate(seen))
+
+
+def fit_threshold(mass: np.ndarray, asked: np.ndarray, max_rate: float = MAX_FALSE_ALARMS) -> float:
+    """The highest threshold at which at most `max_rate` of these pet photos are flagged (asked, and their
+    mass below it): the mass of the first pet that would be one too many."""
+    allowed = math.floor(max_rate * len(mass))
+    candidates = np.sort(mass[asked])
+    return float(candidates[allowed]) if allowed < len(candidates) else 1.0
+
+
+def flagged(found: Signals, threshold: float, everywhere: bool = False) -> np.ndarray:
+    return (found.mass < threshold) & (True if everywhere else found.unsure_or_dog)
+
+
+def folds_by_source(photos: list[Photo], pets: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fold numbers: one per not-pet source, and the pets shuffled into as many folds."""
+    sources = sorted({photo.source for photo in photos})
+    not_pet_fold = np.array([sources.index(photo.source) for photo in photos])
+    order = list(range(pets))
+    random.Random(seed).shuffle(order)
+    pet_fold = np.empty(pets, dtype=int)
+    pet_fold[order] = np.arange(pets) % len(sources)
+    return not_pet_fold, pet_fold
+
+
+def cross_validate(photos: list[Photo], others: Signals, pets: Signals) -> dict:
+    """Catch and false alarms, each fold judged at the threshold fitted on the other folds' pets; both ways of
+    asking (where serving asks, and everywhere)."""
+    not_pet_fold, pet_fold = folds_by_source(photos, len(pets.mass))
+    caught = {False: np.zeros(len(photos), bool), True: np.zeros(len(photos), bool)}
+    alarms = np.zeros(len(pets.mass), bool)
+    for fold in range(not_pet_fold.max() + 1):
+        train = pet_fold != fold
+        for everywhere in (False, True):
+            asked = np.ones(train.sum(), bool) if everywhere else pets.unsure_or_dog[train]
+            threshold = fit_threshold(pets.mass[train], asked)
+            held = not_pet_fold == fold
+            caught[everywhere][held] = flagged(subset(others, held), threshold, everywhere)
+            if not everywhere:
+                alarms[pet_fold == fold] = flagged(subset(pets, pet_fold == fold), threshold)
+    return catch_report(photos, caught[False]) | {
+        "catch_if_asked_everywhere": float(caught[True].mean()),
+        "false_alarms": float(alarms.mean()),
+        "folds": int(not_pet_fold.max() + 1),
+        "pets": len(pets.mass),
+    }
+
+
+def subset(found: Signals, rows: np.ndarray) -> Signals:
+    return Signals(found.mass[rows], found.unsure_or_dog[rows], found.seen[rows])
+
+
+def catch_report(photos: list[Photo], caught: np.ndarray) -> dict:
+    """The share caught overall, per category, of the other animals and of the rest, and of the photos the
+    ImageNet network saw in training (its own) against the others."""
+    categories = Counter(photo.category for photo in photos)
+    own = np.array([IMAGENET_SOURCE in photo.source.lower() for photo in photos])
+    animals = np.array([photo.category == "animals" for photo in photos])
+
+    def share(rows: np.ndarray) -> float:
+        return float(caught[rows].mean()) if rows.any() else float("nan")
+
+    return {
+        "catch": share(np.ones(len(photos), bool)),
+        "catch_animals": share(animals),
+        "catch_not_animals": share(~animals),
+        "catch_imagenet_photos": share(own),
+        "catch_other_photos": share(~own),
+        "photos": len(photos),
+        "per_category": {
+            name: {"catch": share(np.array([p.category == name for p in photos])), "photos": count}
+            for name, count in sorted(categories.items())
+        },
+    }
+
+
+def fit_no_pet(model_dir: str | Path = "model", data_dir: str | Path | None = None, folder: Path | None = None) -> dict:
+    """Measure, fit and write the card's `no_pet` entry and `imagenet_classes.json` into `model_dir`."""
+    model_dir = Path(model_dir)
+    classifier = PetClassifier.load(model_dir, variant="fp32")
+    if classifier.expert is None:
+        raise DataError(f"{model_dir} has no dog expert: its ImageNet network is what tells a pet from the rest.")
+    asking = {"threshold": 0.0, "imagenet_pets": IMAGENET_PETS}  # asks where serving will, flags nothing
+    classifier = classifier.with_card(replace(classifier.card, no_pet=asking))
+    data = load_dataset(data_dir, classifier.card.data["val_fraction"], classifier.card.data["seed"])
+    photos, missing = not_pet_photos(folder or data.root.parent / FOLDER)
+    trainval = data.splits["train"] + data.splits["val"]
+    pets, tested, others = (signals(classifier, photos) for photos in (trainval, data.splits["test"], photos))
+    threshold = fit_threshold(pets.mass, pets.unsure_or_dog)
+    entry = {
+        "threshold": threshold,
+        "asked": ASKED,
+        "imagenet_pets": IMAGENET_PETS,
+        "fitted_on": f"{len(trainval)} Oxford trainval pet photos: at most {MAX_FALSE_ALARMS:.0%} flagged",
+        "cv": cross_validate(photos, others, pets),
+        "test": {"false_alarms": float(flagged(tested, threshold).mean()), "photos": len(tested.mass)},
+        "final_on_not_pets": catch_report(photos, flagged(others, threshold))["catch"],
+        "missing": missing,
+    }
+    write_entry(model_dir, entry)
+    return entry
+
+
+def write_entry(model_dir: Path, entry: dict) -> None:
+    """The card with its `no_pet` entry and the ImageNet class names, replacing the folder at once."""
+    card = ModelCard.load(model_dir / "card.json")
+    with replacing(model_dir) as staging:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        names = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k's, in the package
+        (staging / IMAGENET_NAMES).write_text(json.dumps(names, indent=0) + "\n")
+        replace(card, no_pet=entry).save(staging / "card.json")
