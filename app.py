@@ -28,7 +28,6 @@ import gradio as gr
 from gradio.components.label import LabelConfidence, LabelData
 from gradio.route_utils import FnIndexInferError
 from PIL import Image
-from starlette.middleware import Middleware
 
 import gradio_patches
 import limits
@@ -569,8 +568,8 @@ gradio_patches.QUEUE_WAKE_UP.apply(demo._queue)
 
 
 def launch(**overrides: Any) -> None:
-    """Serve the app with its limits: upload and body size, files per upload, queued requests per visitor,
-    session capacity, no tracebacks to users."""
+    """Serve the app with its limits: routes, upload and body size, files per upload, uploads per visitor,
+    queued requests per visitor, session capacity, no tracebacks to users."""
     limits.return_memory_to_the_os()
     gradio_patches.LAZY_SESSIONS.apply()
     # uvicorn would replace the socket's peer with an X-Forwarded-For entry for a peer it trusts (loopback by
@@ -580,12 +579,8 @@ def launch(**overrides: Any) -> None:
         "visitors are told apart by %s",
         f"the X-Forwarded-For entry {TRUSTED_PROXIES} from the right" if TRUSTED_PROXIES else "their socket address",
     )
-    middleware = Middleware(
-        limits.RequestLimits,
-        max_body=MAX_BODY_BYTES,
-        max_upload_body=MAX_BATCH_FILES * MAX_BODY_BYTES,
-        max_files=MAX_BATCH_FILES,
-    )
+    # routes, bodies, uploads and each visitor's upload budget; its guards on Gradio checked (or no start)
+    middleware = limits.request_limits(MAX_BODY_BYTES, MAX_BATCH_FILES, TRUSTED_PROXIES)
     demo.launch(
         **{
             "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -2,8 +2,9 @@
 from the app's limits (limits.py, which guards its own change to the queue with the `Patch` here).
 
 Gradio changes fast and these reach inside it, so each `Patch` first checks that what it replaces is there
-and as it expects; where it is not, the app serves with Gradio's own behaviour and the log says in one
-warning line which patch is off and why. Imports nothing from the project.
+and as it expects; where it is not, a tuning patch is off (the app serves with Gradio's own behaviour and the
+log says in one warning line which patch and why), and a guard (`guard=True`, limits.py's) stops the app at
+start with one sentence: serving without a limit is worse than not serving. Imports nothing from the project.
 """
 
 from __future__ import annotations
@@ -27,19 +28,27 @@ log = logging.getLogger("app.gradio_patches")
 @dataclass(frozen=True)
 class Patch:
     """One change to Gradio: `problem` says what in Gradio is not as the change expects (None when all
-    is), `install` makes it. Both take the same arguments."""
+    is), `install` makes it. Both take the same arguments. A `guard` is a limit the app must not serve
+    without."""
 
     name: str
     problem: Callable[..., str | None]
     install: Callable[..., None]
+    guard: bool = False
 
     def apply(self, *args: Any) -> bool:
-        """Install the change where Gradio is as expected; else one warning line, and Gradio's own way. A
-        check that cannot even look (a name it reads is gone) is a problem too, not a crash at start."""
+        """Install the change where Gradio is as expected; else, for a guard, stop the app with one sentence
+        (SystemExit: no traceback), and for a tuning patch one warning line and Gradio's own way. A check
+        that cannot even look (a name it reads is gone) is a problem too."""
         try:
             problem = self.problem(*args)
         except Exception as error:
             problem = f"its check failed ({type(error).__name__}: {error})"
+        if problem and self.guard:
+            raise SystemExit(
+                f"The app does not start: its limit {self.name!r} cannot be installed on gradio "
+                f"{gradio.__version__} ({problem}); keep the Gradio version in requirements.txt or update limits.py."
+            )
         if problem:
             log.warning(
                 "Gradio patch %r is off (gradio %s): %s; Gradio's own behaviour serves",

@@ -19,12 +19,22 @@ queue); /call/, /call/v2/ and /queue/join bursts from one visitor (at most 4 adm
 body to every path but the upload route (413 before it is sent) and a chunked one; refused uploads (too
 many files, and each way of reading the boundary apart from Gradio's parser: 413, no file left; a body
 that never closes: 400, no file left); and behind one trusted proxy (PETS_TRUSTED_PROXIES=1), distinct
-last entries as distinct visitors.
+last entries as distinct visitors. These run with the upload budget lifted (they send more than a visitor may).
+
+Issue 36's, the uploads that could fill the disk: each form of an upload that is not all `files` parts (empty
+or missing boundary, other field names, a plain field, a name Gradio refuses after storing the parts before
+it, an unclosed body, 33 files after a leading CRLF) and a part to /process_recording (targets: 4xx and no
+file left in Gradio's folder or TMPDIR, or 200 with the parts stored and counted); routes the app never uses
+(404 before the body); 3000 uploads with new upload ids (target: RSS +1 MB at most); and, on an app with
+default settings, one visitor uploading 1 MB files from 4 threads for 60 s while a second uploads and calls
+/predict once a second (targets: Gradio's folder grows by no more than the visitor's budget, 200 MB; the
+second visitor always answered).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import itertools
 import json
@@ -239,6 +249,8 @@ def flood(url: str, seconds: float = 20) -> dict:
 
 # --------------------------------------------------------------------------- attacks that know Gradio's routes
 
+# For many uploads from one address: the upload budget lifted.
+NO_BUDGET = {"PETS_UPLOAD_MB_PER_VISITOR": "0", "PETS_UPLOAD_FILES_PER_VISITOR": "0"}
 SECOND_VISITOR = "127.0.0.2"  # another visitor on this machine: loopback answers on all of 127/8
 HEAVY_STEPS = json.dumps([{"op": "rotate", "angle": 30, "expand": False}, {"op": "blur", "radius": 40}])
 RETRY_AFTER_REFUSAL_S = 0.2  # a flooder's pause after a refusal, so the bench's own client leaves the CPU to the app
@@ -256,7 +268,7 @@ BOUNDARY_DODGES = {
         ("content-type", "multipart/form-data; boundary=decoy"),
     ],
 }
-NOT_THE_UPLOAD_ROUTE = ["/gradio_api/call/upload", "/gradio_api/upload/", "/gradio_api/queue/join", "/x/upload"]
+NOT_THE_UPLOAD_ROUTE = ["/gradio_api/call/upload", "/gradio_api/call/v2/predict", "/gradio_api/queue/join"]
 
 
 def client_from(address: str | None = None) -> httpx.Client:
@@ -289,6 +301,21 @@ def second_visitor(url: str, calls: int) -> dict:
             answered += call(http, url, "predict", [photo])[0] == "complete"
             times.append((time.perf_counter() - started) * 1000)
     return {"calls": calls, "answered": answered} | percentiles(times)
+
+
+def uploading_visitor(url: str, until: float) -> dict:
+    """Another visitor (another address) uploads a photo and calls /predict with it, once a second until
+    `until` (time.monotonic): how many of each were answered, and how fast the pair."""
+    times, uploaded, answered = [], 0, 0
+    with client_from(SECOND_VISITOR) as http:
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            photo = upload(http, url, PHOTO.name, PHOTO.read_bytes())
+            uploaded += not isinstance(photo, str)
+            answered += not isinstance(photo, str) and call(http, url, "predict", [photo])[0] == "complete"
+            times.append((time.perf_counter() - started) * 1000)
+            time.sleep(1.0)
+    return {"calls": len(times), "uploaded": uploaded, "answered": answered} | percentiles(times)
 
 
 def forged_flood(url: str, api: str, forwarded_for: Callable[[int], str], workers: int, calls: int = 10) -> dict:
@@ -397,28 +424,140 @@ def heavy_image(http: httpx.Client, url: str) -> dict:
     )
 
 
-def multipart(boundary: str, files: int, size: int) -> bytes:
-    """A multipart/form-data upload body of `files` files of `size` bytes each, unlike each other and any
-    sent before (Gradio stores a content once: a repeat would leave no new file to count)."""
+def part(boundary: str, filename: str | None, data: bytes, name: str = "files") -> bytes:
+    """One multipart part: a file part where `filename` is given, else a plain field."""
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    return f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+
+
+def multipart(boundary: str, files: int, size: int, name: str = "files", lead: bytes = b"") -> bytes:
+    """A multipart/form-data upload body of `files` parts named `name` of `size` bytes each, after `lead`,
+    unlike each other and any sent before (Gradio stores a content once: a repeat would leave no new file to
+    count)."""
     unique = secrets.token_hex(8)
-    parts = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{n}.png"\r\n\r\n'.encode()
-        + f"{unique}{n:08d}".encode().ljust(size, b"x")
-        + b"\r\n"
-        for n in range(files)
-    )
-    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+    parts = (part(boundary, f"{n}.png", f"{unique}{n:08d}".encode().ljust(size, b"x"), name) for n in range(files))
+    return lead + b"".join(parts) + f"--{boundary}--\r\n".encode()
 
 
-def files_under(folder: Path) -> set[Path]:
-    return {path for path in folder.rglob("*") if path.is_file()}
+def files_under(*folders: Path) -> set[Path]:
+    return {path for folder in folders for path in folder.rglob("*") if path.is_file()}
 
 
-def upload_outcome(url: str, folder: Path, headers: list[tuple[str, str]], body: bytes) -> dict:
-    """Post `body` to the upload route: its status, and how many files it left in Gradio's upload folder."""
-    before = files_under(folder)
-    posted = httpx.post(url + "gradio_api/upload", content=body, headers=headers, timeout=60)
-    return {"status": posted.status_code, "files_left": len(files_under(folder) - before)}
+def upload_outcome(
+    url: str, folder: Path, headers: list[tuple[str, str]], body: bytes, path: str = "gradio_api/upload", *more: Path
+) -> dict:
+    """Post `body` to `path` (the upload route): its status, and how many files it left in Gradio's upload
+    folder (and in `more` folders: TMPDIR)."""
+    before = files_under(folder, *more)
+    posted = httpx.post(url + path, content=body, headers=headers, timeout=60)
+    return {"status": posted.status_code, "files_left": len(files_under(folder, *more) - before)}
+
+
+FORM, UPLOAD = "multipart/form-data; boundary=", "gradio_api/upload"
+
+
+def upload_forms() -> dict[str, tuple[str, str, bytes]]:
+    """The uploads of issue 36's review and the other forms of an upload that is not all `files` parts, each
+    made afresh: (route, Content-Type, body). Each left files on disk for good or more files than the limit."""
+    good_then_dots = part("real", "good.png", secrets.token_bytes(100_000)) + part("real", "..", b"x" * 10)
+    return {
+        "40 files, empty boundary": (UPLOAD, FORM, multipart("", 40, 10)),
+        "a 100 KB part, empty boundary, unclosed": (UPLOAD, FORM, multipart("", 1, 100_000)[: -len("----\r\n")]),
+        "no boundary": (UPLOAD, "multipart/form-data", multipart("real", 3, 10)),
+        "two 2 MB parts not named files": (UPLOAD, FORM + "real", multipart("real", 2, 2_000_000, "other")),
+        "a field, not a file": (UPLOAD, FORM + "real", part("real", None, b"x" * 100_000) + b"--real--\r\n"),
+        "a part named '..' after a good one": (UPLOAD, FORM + "real", good_then_dots + b"--real--\r\n"),
+        "33 files after a leading CRLF": (UPLOAD, FORM + "real", multipart("real", 33, 10, lead=b"\r\n")),
+        "3 files after a leading CRLF": (UPLOAD, FORM + "real", multipart("real", 3, 10, lead=b"\r\n")),
+        "a 2 MB part to /process_recording": ("gradio_api/process_recording", FORM + "x", multipart("x", 1, 2**21)),
+    }
+
+
+# Routes no page, client or REST call uses: each answers 404 before its body is read.
+UNKNOWN_ROUTES = [
+    "/gradio_api/process_recording",
+    "/gradio_api/component_server",
+    "/gradio_api/upload/",
+    "/gradio_api/stream/x",
+    "/login",
+    "/x/upload",
+]
+
+
+def try_upload_forms(url: str, *folders: Path) -> dict:
+    """Each of `upload_forms()`: its status and the files it left in `folders` (Gradio's and TMPDIR)."""
+    outcomes = {}
+    for name, (path, content_type, body) in upload_forms().items():
+        outcomes[name] = upload_outcome(url, folders[0], [("content-type", content_type)], body, path, *folders[1:])
+    return outcomes
+
+
+def new_upload_ids(url: str, pid: int, count: int = 3000, rounds: int = 3, warm_up: int = 300) -> dict:
+    """`rounds` times `count` uploads of one small photo, each with a new `upload_id` (Gradio made a progress
+    tracker for each and kept it: +5.9 MB a round here, every round): the app's RSS growth over each round,
+    after `warm_up` such uploads, and its median (a one-off, such as a worker thread's first allocations,
+    shows in one round; what each id keeps shows in every one)."""
+    photo = encoded(Image.new("RGB", (8, 8)), "PNG")
+    with client_from() as http:
+
+        def send(number: int) -> int:
+            params = {"upload_id": f"{secrets.token_hex(6)}{number}"}
+            return http.post(url + "gradio_api/upload", params=params, files={"files": ("a.png", photo)}).status_code
+
+        statuses, growth = [send(n) for n in range(warm_up)], []
+        for _ in range(rounds):
+            time.sleep(1)
+            before = resident_mb(pid)
+            statuses += [send(n) for n in range(count)]
+            time.sleep(1)
+            growth.append(round(resident_mb(pid) - before, 2))
+    return {
+        "uploads_a_round": count,
+        "answered_200": statuses.count(200),
+        "rss_growth_mb": growth,
+        "median_rss_growth_mb": statistics.median(growth),
+    }
+
+
+def disk_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder`; a file that goes while it is walked (Gradio's parser deletes its
+    temporary files) is not counted."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def upload_flood(
+    url: str, folder: Path, seconds: float = 60, workers: int = 4, size: int = 1_000_000, source: str | None = None
+) -> dict:
+    """One visitor (address `source`) uploads files of `size` bytes, each unlike the others, from `workers`
+    threads as fast as it is answered for `seconds`, while a second visitor uploads a photo and calls
+    /predict once a second: what the flood got, the most Gradio's folder grew meanwhile, and the second
+    visitor's answers."""
+    stop, statuses, growth = threading.Event(), [], [0]
+    start = disk_bytes(folder)
+
+    def flooder(http: httpx.Client) -> None:
+        while not stop.is_set():
+            files = {"files": ("f.bin", secrets.token_bytes(16) + bytes(size - 16))}
+            statuses.append(http.post(url + "gradio_api/upload", files=files).status_code)
+
+    def watch() -> None:
+        while not stop.is_set():
+            growth[0] = max(growth[0], disk_bytes(folder) - start)
+            time.sleep(0.5)
+
+    with client_from(source) as http, ThreadPoolExecutor(workers + 1) as pool:
+        running = [pool.submit(flooder, http) for _ in range(workers)] + [pool.submit(watch)]
+        other = uploading_visitor(url, time.monotonic() + seconds)
+        stop.set()
+        for future in running:
+            future.result()
+    counts = {str(status): statuses.count(status) for status in sorted(set(statuses))}
+    grew = round(growth[0] / 1e6, 1)
+    return {"seconds": seconds, "flood": counts, "most_disk_growth_mb": grew, "second_visitor": other}
 
 
 def uploads(url: str, folder: Path) -> dict:
@@ -473,8 +612,9 @@ def chunked_body(url: str, path: str, peak: Peak, idle_mb: float) -> dict:
     return {"path": path, "status": posted.status_code, "peak_above_idle_mb": round(peak.mb() - idle_mb, 1)}
 
 
-def attacks(url: str, peak: Peak, idle_mb: float, upload_folder: Path) -> dict:
-    """Each attack that reads Gradio's routes, with default settings."""
+def attacks(url: str, peak: Peak, idle_mb: float, upload_folder: Path, temp_folder: Path) -> dict:
+    """Each attack that reads Gradio's routes, with default settings but the upload budget (these attacks send
+    more than one visitor may; `budgeted_flood` holds one to it)."""
     with client_from() as http:
         image = heavy_image(http, url)
     return {
@@ -485,8 +625,17 @@ def attacks(url: str, peak: Peak, idle_mb: float, upload_folder: Path) -> dict:
         + [declared_body(url, "/gradio_api/upload", "multipart/form-data; boundary=real", wait_s=2.0)],
         "chunked_25_mb": chunked_body(url, "/gradio_api/call/upload", peak, idle_mb),
         "uploads": uploads(url, upload_folder),
+        "upload_forms": try_upload_forms(url, upload_folder, temp_folder),
+        "unknown_routes": [declared_body(url, path) for path in UNKNOWN_ROUTES],
         "abandoned_upload": abandoned_upload(url, upload_folder),
     }
+
+
+def budgeted_flood() -> dict:
+    """One visitor uploading as fast as it can for 60 s, on an app with default settings, budget included."""
+    folder = Path(tempfile.mkdtemp(prefix="abuse-flood-"))
+    with running_app({"GRADIO_TEMP_DIR": str(folder)}) as (url, _):
+        return upload_flood(url, folder)
 
 
 def behind_one_proxy() -> dict:
@@ -541,7 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attacks", action="store_true", help=f"only the attacks on Gradio's routes ({ATTACKS.name})")
     only_attacks = parser.parse_args(argv).attacks
     upload_folder = Path(tempfile.mkdtemp(prefix="abuse-gradio-"))  # Gradio's files: where refused uploads would stay
-    with running_app({"GRADIO_TEMP_DIR": str(upload_folder)}) as (url, process):
+    temp_folder = Path(tempfile.mkdtemp(prefix="abuse-tmp-"))  # the app's TMPDIR: where other routes' files stay
+    env = {"GRADIO_TEMP_DIR": str(upload_folder), "TMPDIR": str(temp_folder)} | NO_BUDGET
+    with running_app(env) as (url, process):
         warm_up(url)
         time.sleep(1)
         idle = resident_mb(process.pid)
@@ -549,9 +700,11 @@ def main(argv: list[str] | None = None) -> int:
         report = {"cpu": cpu(), "idle_rss_mb": round(idle, 1)}
         if not only_attacks:
             report |= inputs_report(url, process, idle, peak)
-        report["attacks"] = attacks(url, peak, idle, upload_folder)
+        report["attacks"] = attacks(url, peak, idle, upload_folder, temp_folder)
+        report["attacks"]["new_upload_ids"] = new_upload_ids(url, process.pid)
         report["tracebacks_in_log"] = Path(process.log).read_text().count("Traceback")
     report["attacks"]["behind_one_proxy"] = behind_one_proxy()
+    report["attacks"]["one_visitor_uploading_60_s"] = budgeted_flood()
     out = ATTACKS if only_attacks else RESULTS
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

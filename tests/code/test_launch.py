@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -125,6 +126,61 @@ def test_every_patch_finds_its_target_as_expected_in_this_gradio() -> None:
     assert gradio_patches.QUEUE_WAKE_UP.problem(fresh._queue) is None
     assert limits.PER_VISITOR.problem(fresh._queue, 4, 0) is None
     assert gradio_patches.LAZY_SESSIONS.problem() is None
+    assert limits.UPLOAD_PARSING.problem() is None and limits.UPLOAD_PROGRESS.problem() is None
+
+
+def test_an_upload_tracker_lives_only_while_its_upload_is_in_flight_or_read(app_in_process) -> None:
+    """Gradio kept a progress tracker for every upload with an `upload_id` and an event for every id asked
+    about: here none is left once the uploads are over, and a reader that asked before its upload began, as
+    the page does, is still told it is done; an id never uploaded is 404 once the wait is over."""
+    import threading
+
+    from gradio import routes
+
+    _, url = app_in_process
+    progress, lines = routes.file_upload_statuses, []
+    with httpx.Client(timeout=30) as http:
+
+        def upload(upload_id: str, size: int = 10) -> int:
+            files = {"files": ("a.bin", os.urandom(size))}
+            return http.post(url + "gradio_api/upload", params={"upload_id": upload_id}, files=files).status_code
+
+        def read() -> None:
+            with http.stream("GET", url + "gradio_api/upload_progress", params={"upload_id": "read"}) as stream:
+                lines.extend(line for line in stream.iter_lines() if line)
+
+        assert [upload(f"plain{n}") for n in range(20)] == [200] * 20
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.3)  # the reader waits for its upload to begin
+        assert upload("read", 2_000_000) == 200
+        reader.join(timeout=10)
+        assert http.get(url + "gradio_api/upload_progress", params={"upload_id": "never"}).status_code == 404
+    assert not reader.is_alive() and '"msg": "done"' in lines[-1], lines
+    assert not progress._statuses and not progress._signals and not progress._read
+
+
+GUARD_TARGETS = {  # a sitecustomize that moves one guard's target, as a Gradio upgrade might: the guard's name
+    "requests per visitor": "from gradio import queueing\n\n\nasync def push(self, body, request):\n    pass\n\n\n"
+    "queueing.Queue.push = push\n",
+    "upload parts checked as Gradio reads them": "from gradio import route_utils\n\nuploaded = route_utils.upload_fn\n"
+    "route_utils.upload_fn = lambda *args, **kwargs: uploaded(*args, **kwargs)\n",
+    "bounded upload trackers": "from gradio import routes\n\nroutes.file_upload_statuses = object()\n",
+}
+
+
+@pytest.mark.parametrize("guard", sorted(GUARD_TARGETS))
+def test_a_guard_whose_target_moved_stops_the_start_in_one_sentence(tmp_path: Path, guard: str) -> None:
+    """A limit the app cannot install on this Gradio: `python app.py` exits 1 before serving, its last line one
+    sentence that names the limit, no traceback (a tuning patch, above, only warns)."""
+    (tmp_path / "sitecustomize.py").write_text(GUARD_TARGETS[guard])
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = os.environ | {"PYTHONPATH": path, "GRADIO_SERVER_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert last.startswith(f"The app does not start: its limit {guard!r} cannot be installed"), last
+    assert "Running on" not in done.stdout
 
 
 def test_a_check_that_cannot_look_turns_its_patch_off_with_one_line(monkeypatch, caplog) -> None:
