@@ -180,11 +180,19 @@ class ModelCard:
             return int8["file"], int8["sha256"], float(fitted["temperature"]), float(threshold)
         return entry.file, entry.sha256, float(fitted["temperature"]), float(threshold)
 
+    def no_pet_threshold(self, variant: str) -> float:
+        """The "no cat or dog" threshold fitted on `variant`'s own answers where one was, else fp32's."""
+        if variant == "int8" and "int8" in self.no_pet:
+            return float(self.no_pet["int8"]["threshold"])
+        return float(self.no_pet["threshold"])
+
     @classmethod
     def from_dict(cls, data: Any) -> ModelCard:
         card = _typed(cls, data, "")
         if card.schema != CARD_SCHEMA:
             raise CardError(f"card.json has schema {card.schema}; this code reads schema {CARD_SCHEMA}.")
+        if card.no_pet is not None and card.expert is None:
+            raise CardError("card.json has a 'no_pet' entry but no 'expert': its ImageNet network is the expert's.")
         return card
 
     @classmethod
@@ -345,6 +353,7 @@ class Answer(NamedTuple):
     probabilities: np.ndarray  # over the 37 breeds, calibrated: the breed model's, the expert's for its rows
     routed: np.ndarray  # per photo: whether the dog expert answered it
     logits: np.ndarray  # the breed model's raw logits (what its temperature is fitted on)
+    confidence: np.ndarray  # what "not sure" reads: the breed model's top-1, or the expert's p(breed | dog)
     no_pet: np.ndarray  # per photo: "no cat or dog" (never where the card has no `no_pet` entry)
     seen: np.ndarray  # per photo: ImageNet's top-1 class index, -1 where its network was not asked
     seen_probability: np.ndarray  # its probability
@@ -353,7 +362,8 @@ class Answer(NamedTuple):
 
 class DogExpert:
     """The dog expert's ONNX Runtime session (card.json's `expert`): logits over its breeds for the photos the
-    breed model routes to it, and the columns of labels.json they belong to."""
+    breed model routes to it, and the columns of labels.json they belong to; its untouched network's own
+    ImageNet logits, for the "no cat or dog" answer."""
 
     def __init__(self, card: ModelCard, model_dir: Path, labels: list[str], options: ort.SessionOptions, variant: str):
         entry = card.expert
@@ -403,11 +413,16 @@ def imagenet_names(card: ModelCard, model_dir: Path) -> list[str]:
     return names
 
 
-def pet_mass(imagenet_logits: np.ndarray, pets: list) -> np.ndarray:
-    """ImageNet's probability that a photo shows a dog or a domestic cat: its softmax mass on the class
-    ranges `pets` ([first, last] each, inclusive: the card's `no_pet["imagenet_pets"]`)."""
-    probabilities = softmax(imagenet_logits)
-    return sum(probabilities[:, first : last + 1].sum(1) for first, last in pets)
+def pet_mass(imagenet: np.ndarray, pets: list) -> np.ndarray:
+    """ImageNet's probability that a photo shows a dog or a domestic cat: the mass of its probabilities
+    `imagenet` on the class ranges `pets` ([first, last] each, inclusive: the card's `no_pet["imagenet_pets"]`)."""
+    return sum(imagenet[:, first : last + 1].sum(1) for first, last in pets)
+
+
+def asked_rows(breeds: np.ndarray, routed: np.ndarray, threshold: float) -> np.ndarray:
+    """Where serving asks the ImageNet network whether there is a pet at all: a photo routed to the dog
+    expert, or one whose calibrated breed-model top-1 is below the breed model's "not sure" threshold."""
+    return routed | (breeds.max(1) < threshold)
 
 
 def combine(breeds: np.ndarray, experts: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -422,7 +437,8 @@ def combine(breeds: np.ndarray, experts: np.ndarray, columns: np.ndarray) -> np.
 class PetClassifier:
     """The breed model's ONNX Runtime session with its card and labels, and the dog expert beside it where the
     card names one; predicts breeds for images. Each photo runs the breed model once; the expert runs once
-    more for a photo the breed model says is a dog (`routes`), and answers its breed."""
+    more for a photo the breed model says is a dog (`routes`), and answers its breed, and, where the card
+    has a "no cat or dog" entry, for one it is not sure of (`asks`), to see whether there is a pet at all."""
 
     def __init__(
         self, card: ModelCard, model_file: Path, labels: list[str], threads: int | None = None, variant: str = "fp32"
@@ -457,6 +473,11 @@ class PetClassifier:
     def threshold(self) -> float:
         """The breed model's "not sure" threshold (a photo the expert answers has the expert's)."""
         return self.card.threshold_of(self.variant)
+
+    @property
+    def no_pet_threshold(self) -> float:
+        """Below this ImageNet pet mass a photo the network is asked about has no cat or dog."""
+        return self.card.no_pet_threshold(self.variant)
 
     def with_card(self, card: ModelCard) -> PetClassifier:
         """The same session under a later card of the same model (`select` adds calibration to it); the
@@ -546,9 +567,9 @@ class PetClassifier:
     def asks(self, breeds: np.ndarray, routed: np.ndarray) -> np.ndarray:
         """The photos the expert's network runs on: those routed to it, and where the card has a "no cat or
         dog" entry, those the breed model is not sure of (a confident cat answer never runs it)."""
-        if self.card.no_pet is None:
+        if self.card.no_pet is None or self.expert is None:
             return routed
-        return routed | (breeds.max(1) < self.threshold)
+        return asked_rows(breeds, routed, self.threshold)
 
     def answer(self, batch: np.ndarray, maps: bool = False) -> Answer:
         """The served answer for a prepared batch: the one path every endpoint, the CLI and `train evaluate`
@@ -556,6 +577,7 @@ class PetClassifier:
         names = [self.card.model.output_name] + ([self.card.model.cam_output] if maps else [])
         logits, *breed_maps = self._run(names, batch)
         probabilities = softmax(logits, self.temperature)
+        confidence = probabilities.max(1)
         routed = self.routes(probabilities)
         asked = self.asks(probabilities, routed)
         count = len(batch)
@@ -566,16 +588,16 @@ class PetClassifier:
             wanted = [expert.output_name] + ([expert.cam_output] if maps else [])
             wanted += [expert.imagenet_output] if self.card.no_pet else []
             found = dict(zip(wanted, expert.run(wanted, batch[asked]), strict=True))
-            mine = routed[asked]
-            experts = softmax(found[expert.output_name][mine], expert.temperature)
+            experts = softmax(found[expert.output_name][routed[asked]], expert.temperature)
             probabilities[routed] = combine(probabilities[routed], experts, expert.columns)
+            confidence[routed] = experts.max(1)  # p(breed | dog): what the expert's threshold was fitted on
             expert_maps = found.get(expert.cam_output)
             if self.card.no_pet:
-                imagenet = found[expert.imagenet_output]
-                no_pet[asked] = pet_mass(imagenet, self.card.no_pet["imagenet_pets"]) < self.card.no_pet["threshold"]
-                seen[asked], seen_probability[asked] = softmax(imagenet).argmax(1), softmax(imagenet).max(1)
+                imagenet = softmax(found[expert.imagenet_output])
+                no_pet[asked] = pet_mass(imagenet, self.card.no_pet["imagenet_pets"]) < self.no_pet_threshold
+                seen[asked], seen_probability[asked] = imagenet.argmax(1), imagenet.max(1)
         heat = self._heat(probabilities, breed_maps[0], asked, routed, expert_maps) if maps else None
-        return Answer(probabilities, routed, logits, no_pet, seen, seen_probability, heat)
+        return Answer(probabilities, routed, logits, confidence, no_pet, seen, seen_probability, heat)
 
     def _heat(
         self, probabilities: np.ndarray, breed_maps: np.ndarray, asked: np.ndarray, routed: np.ndarray, expert_maps
@@ -613,7 +635,7 @@ class PetClassifier:
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [(self.names[i], float(probabilities[i])) for i in order]
         threshold = float(self.thresholds(answer.routed[row : row + 1])[0])
-        flag = bool(not_sure(probabilities[order[0]], threshold))
+        flag = bool(not_sure(answer.confidence[row], threshold))
         seen = None
         if answer.seen[row] >= 0 and self.imagenet_names:
             seen = (self.imagenet_names[answer.seen[row]], float(answer.seen_probability[row]))

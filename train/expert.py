@@ -23,7 +23,7 @@ import onnxruntime as ort
 from mlflow import MlflowClient
 from torch import nn
 
-from inference import ExpertInfo, ModelCard, PetClassifier, sha256_file, softmax
+from inference import IMAGENET_NAMES, ExpertInfo, ModelCard, PetClassifier, sha256_file, softmax
 from preprocess import InputSpec, model_batch
 from train import retention
 from train.backbones import get_backbone
@@ -74,8 +74,11 @@ def ship_expert(
     client = MlflowClient()
     version = version or best_version(client, EXPERT_MODEL)
     with replacing(model_dir) as staging:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("expert*", "*.tmp"))
-        card = with_expert(staging, replace(breed, expert=None), data_dir, version)
+        ignored = shutil.ignore_patterns("expert*", IMAGENET_NAMES, "*.tmp")
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True, ignore=ignored)
+        if breed.no_pet:
+            log.warning("the 'no cat or dog' answer was fitted beside the replaced expert: run python -m train no-pet")
+        card = with_expert(staging, replace(breed, expert=None, no_pet=None), data_dir, version)
         card.save(staging / "card.json")
     client.set_registered_model_alias(EXPERT_MODEL, "champion", version)
     log.info("champion: %s version %s, shipped in %s", EXPERT_MODEL, version, model_dir)
@@ -190,20 +193,14 @@ def tested(folder: Path, card: ModelCard, data_dir: str | Path | None, gates: Ga
         served = PetClassifier(card, folder / card.variant_file(variant)[0], labels, variant=variant)
         suffix = "" if variant == "fp32" else "_int8"
         test = evaluate_classifier(served, data, "test", folder / f"confusion_matrix_test{suffix}.png")
-        figures = summarize_test(test, served, gates.calibration) | {"variant": variant, "routing": routing(test, data)}
-        figures |= {"data_digest": data.digest}
+        figures = summarize_test(test, served, gates.calibration) | {"variant": variant, "data_digest": data.digest}
         if variant == "fp32":
-            kept = retention.for_card(served, data.root, ())
+            extra = retention.folders_trained_on(card, data.root.parent / retention.FOLDER)
+            kept = retention.for_card(served, data.root, extra)
             card = replace(card, metrics=card.metrics | {"test": figures} | ({"retention": kept} if kept else {}))
         else:
             card = replace(card, int8=card.int8 | {"test": figures})
     return card
-
-
-def routing(test: dict, data: PetData) -> dict:
-    """How often the breed model sent a test photo to the right model: dogs to the expert, cats not."""
-    is_dog = np.array([data.species[label] == "dog" for label in test["labels"]])
-    return {"species_accuracy": float((test["routed"] == is_dog).mean()), "to_expert": int(test["routed"].sum())}
 
 
 def onnx_logits(path: Path, samples: list[Sample], spec: InputSpec) -> np.ndarray:

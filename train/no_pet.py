@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from torchvision.models import EfficientNet_B0_Weights
 
-from inference import IMAGENET_NAMES, ModelCard, PetClassifier, pet_mass, softmax
+from inference import IMAGENET_NAMES, ModelCard, PetClassifier, asked_rows, pet_mass, softmax
 from preprocess import PreprocessError
-from train.data import DataError, Sample, load_dataset
+from train.data import DataError, PetData, Sample, load_dataset
 from train.evaluate import prepared
 from train.export import replacing
 
@@ -75,36 +75,41 @@ def not_pet_photos(folder: Path) -> tuple[list[Photo], int]:
 
 def signals(classifier: PetClassifier, photos: list[Photo] | list[Sample]) -> Signals:
     """The served answer and the ImageNet network's view of every photo (asked of all of them here, so
-    both ways of asking can be measured)."""
+    both ways of asking can be measured; `asked_rows` says where serving asks)."""
     expert = classifier.expert
     masses, asked, seen = [], [], []
     try:
         for x in prepared(classifier, photos):
             answer = classifier.answer(x)
-            imagenet = expert.session.run([expert.imagenet_output], {expert.input_name: x})[0]
-            masses.append(pet_mass(imagenet, expert.imagenet_pets))
-            asked.append(classifier.asks(answer.probabilities, answer.routed))
-            seen.append(softmax(imagenet).argmax(1))
+            imagenet = softmax(expert.session.run([expert.imagenet_output], {expert.input_name: x})[0])
+            masses.append(pet_mass(imagenet, IMAGENET_PETS))
+            breeds = softmax(answer.logits, classifier.temperature)
+            asked.append(asked_rows(breeds, answer.routed, classifier.threshold))
+            seen.append(imagenet.argmax(1))
     except PreprocessError as error:
         raise DataError(f"A photo cannot be read: {error}") from None
     return Signals(np.concatenate(masses), np.concatenate(asked), np.concatenate(seen))
 
 
-def fit_threshold(mass: np.ndarray, asked: np.ndarray, max_rate: float = MAX_FALSE_ALARMS) -> float:
-    """The highest threshold at which at most `max_rate` of these pet photos are flagged (asked, and their
-    mass below it): the mass of the first pet that would be one too many."""
+def fit_threshold(mass: np.ndarray, max_rate: float = MAX_FALSE_ALARMS) -> float:
+    """The highest threshold at which at most `max_rate` of these pet photos have their mass below it (the
+    mass of the first pet that would be one too many), whether or not serving would ask about them: the
+    breed model trained on these photos, so it is rarely unsure of them, and fitting on the few it is would
+    let more of the unsure test pets through."""
     allowed = math.floor(max_rate * len(mass))
-    candidates = np.sort(mass[asked])
-    return float(candidates[allowed]) if allowed < len(candidates) else 1.0
+    return float(np.sort(mass)[allowed]) if allowed < len(mass) else 1.0
 
 
 def flagged(found: Signals, threshold: float, everywhere: bool = False) -> np.ndarray:
+    """ "No cat or dog" where serving asks (or, `everywhere`, wherever it would be asked)."""
     return (found.mass < threshold) & (True if everywhere else found.unsure_or_dog)
 
 
 def folds_by_source(photos: list[Photo], pets: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fold numbers: one per not-pet source, and the pets shuffled into as many folds."""
     sources = sorted({photo.source for photo in photos})
+    if len(sources) < 2:
+        raise DataError("The not-pet photos come from one source: cross-validation by source needs two or more.")
     not_pet_fold = np.array([sources.index(photo.source) for photo in photos])
     order = list(range(pets))
     random.Random(seed).shuffle(order)
@@ -114,22 +119,19 @@ def folds_by_source(photos: list[Photo], pets: int, seed: int = 0) -> tuple[np.n
 
 
 def cross_validate(photos: list[Photo], others: Signals, pets: Signals) -> dict:
-    """Catch and false alarms, each fold judged at the threshold fitted on the other folds' pets; both ways of
-    asking (where serving asks, and everywhere)."""
+    """Catch and false alarms, each fold judged at the threshold fitted on the other folds' pets; the catch
+    both where serving asks and were the network asked everywhere."""
     not_pet_fold, pet_fold = folds_by_source(photos, len(pets.mass))
-    caught = {False: np.zeros(len(photos), bool), True: np.zeros(len(photos), bool)}
+    caught, everywhere = np.zeros(len(photos), bool), np.zeros(len(photos), bool)
     alarms = np.zeros(len(pets.mass), bool)
     for fold in range(not_pet_fold.max() + 1):
-        train = pet_fold != fold
-        for everywhere in (False, True):
-            asked = np.ones(train.sum(), bool) if everywhere else pets.unsure_or_dog[train]
-            threshold = fit_threshold(pets.mass[train], asked)
-            held = not_pet_fold == fold
-            caught[everywhere][held] = flagged(subset(others, held), threshold, everywhere)
-            if not everywhere:
-                alarms[pet_fold == fold] = flagged(subset(pets, pet_fold == fold), threshold)
-    return catch_report(photos, caught[False]) | {
-        "catch_if_asked_everywhere": float(caught[True].mean()),
+        threshold = fit_threshold(pets.mass[pet_fold != fold])
+        held = not_pet_fold == fold
+        caught[held] = flagged(subset(others, held), threshold)
+        everywhere[held] = flagged(subset(others, held), threshold, everywhere=True)
+        alarms[pet_fold == fold] = flagged(subset(pets, pet_fold == fold), threshold)
+    return catch_report(photos, caught) | {
+        "catch_if_asked_everywhere": float(everywhere.mean()),
         "false_alarms": float(alarms.mean()),
         "folds": int(not_pet_fold.max() + 1),
         "pets": len(pets.mass),
@@ -164,38 +166,53 @@ def catch_report(photos: list[Photo], caught: np.ndarray) -> dict:
     }
 
 
-def fit_no_pet(model_dir: str | Path = "model", data_dir: str | Path | None = None, folder: Path | None = None) -> dict:
-    """Measure, fit and write the card's `no_pet` entry and `imagenet_classes.json` into `model_dir`."""
-    model_dir = Path(model_dir)
-    classifier = PetClassifier.load(model_dir, variant="fp32")
-    if classifier.expert is None:
-        raise DataError(f"{model_dir} has no dog expert: its ImageNet network is what tells a pet from the rest.")
-    asking = {"threshold": 0.0, "imagenet_pets": IMAGENET_PETS}  # asks where serving will, flags nothing
-    classifier = classifier.with_card(replace(classifier.card, no_pet=asking))
-    data = load_dataset(data_dir, classifier.card.data["val_fraction"], classifier.card.data["seed"])
-    photos, missing = not_pet_photos(folder or data.root.parent / FOLDER)
+def variant_entry(classifier: PetClassifier, data: PetData, photos: list[Photo]) -> dict:
+    """One served variant's threshold, fitted on all trainval pets, with its cross-validated catch and false
+    alarms, its false alarms on the test pets and its catch on every not-pet photo at that threshold."""
     trainval = data.splits["train"] + data.splits["val"]
-    pets, tested, others = (signals(classifier, photos) for photos in (trainval, data.splits["test"], photos))
-    threshold = fit_threshold(pets.mass, pets.unsure_or_dog)
-    entry = {
+    pets, tested, others = (signals(classifier, found) for found in (trainval, data.splits["test"], photos))
+    threshold = fit_threshold(pets.mass)
+    log.info("no cat or dog, %s: threshold %.4f on %d trainval pets", classifier.variant, threshold, len(trainval))
+    return {
         "threshold": threshold,
-        "asked": ASKED,
-        "imagenet_pets": IMAGENET_PETS,
-        "fitted_on": f"{len(trainval)} Oxford trainval pet photos: at most {MAX_FALSE_ALARMS:.0%} flagged",
         "cv": cross_validate(photos, others, pets),
         "test": {"false_alarms": float(flagged(tested, threshold).mean()), "photos": len(tested.mass)},
-        "final_on_not_pets": catch_report(photos, flagged(others, threshold))["catch"],
+        "final_on_not_pets": float(flagged(others, threshold).mean()),
+    }
+
+
+def fit_no_pet(model_dir: str | Path = "model", data_dir: str | Path | None = None, folder: Path | None = None) -> dict:
+    """Measure, fit and write the card's `no_pet` entry (fp32's figures, and int8's own where it ships) and
+    `imagenet_classes.json` into `model_dir`."""
+    model_dir = Path(model_dir)
+    card = ModelCard.load(model_dir / "card.json")
+    if card.expert is None:
+        raise DataError(f"{model_dir} has no dog expert: its ImageNet network is what tells a pet from the rest.")
+    card = replace(card, no_pet=None)
+    data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
+    photos, missing = not_pet_photos(folder or data.root.parent / FOLDER)
+    labels = json.loads((model_dir / "labels.json").read_text())
+    served = {
+        name: PetClassifier(card, model_dir / card.variant_file(name)[0], labels, variant=name)
+        for name in card.variants()
+    }
+    found = {name: variant_entry(classifier, data, photos) for name, classifier in served.items()}
+    entry = found["fp32"] | {
+        "asked": ASKED,
+        "imagenet_pets": IMAGENET_PETS,
+        "fitted_on": f"{len(data.splits['train']) + len(data.splits['val'])} Oxford trainval pet photos: at most "
+        f"{MAX_FALSE_ALARMS:.0%} below it",
         "missing": missing,
     }
-    write_entry(model_dir, entry)
+    entry |= {"int8": found["int8"]} if "int8" in found else {}
+    write_entry(model_dir, replace(card, no_pet=entry))
     return entry
 
 
-def write_entry(model_dir: Path, entry: dict) -> None:
+def write_entry(model_dir: Path, card: ModelCard) -> None:
     """The card with its `no_pet` entry and the ImageNet class names, replacing the folder at once."""
-    card = ModelCard.load(model_dir / "card.json")
     with replacing(model_dir) as staging:
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
         names = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k's, in the package
         (staging / IMAGENET_NAMES).write_text(json.dumps(names, indent=0) + "\n")
-        replace(card, no_pet=entry).save(staging / "card.json")
+        card.save(staging / "card.json")

@@ -131,7 +131,10 @@ def kept_expert(previous: Path | None, out_dir: Path) -> ExpertInfo | None:
     it, and every test figure the card gets is the new pair's. None where that folder had none."""
     if previous is None or not (previous / "card.json").is_file():
         return None
-    expert = ModelCard.load(previous / "card.json").expert
+    card = ModelCard.load(previous / "card.json")
+    if card.no_pet:
+        log.warning("the 'no cat or dog' answer was fitted on the replaced model's answers: run python -m train no-pet")
+    expert = card.expert
     if expert is None:
         return None
     for name in {expert.file, *([expert.int8["file"]] if expert.int8 and "sha256" in expert.int8 else [])}:
@@ -297,20 +300,31 @@ def calibrate(held_out: CalibrationSet, gate: CalibrationGate) -> tuple[dict, di
 
 
 def summarize_test(test: dict, classifier: PetClassifier, gate: CalibrationGate) -> dict:
-    """A variant's test metrics of the served answer, at its own temperatures and "not sure" thresholds."""
+    """A variant's test metrics of the served answer, at its own temperatures and "not sure" thresholds, and
+    where a dog expert serves, how often the breed model routed a photo to the right model."""
     probabilities = test["probabilities"]
     correct = probabilities.argmax(1) == test["labels"]
-    flagged = not_sure(probabilities.max(1), classifier.thresholds(test["routed"]))
+    flagged = not_sure(test["confidence"], classifier.thresholds(test["routed"]))
     kept = ("accuracy", "top5_accuracy", "mean_per_class_accuracy", "images", "per_species", "per_class")
-    return {key: test[key] for key in kept} | {
-        "ece": ece(probabilities, test["labels"], gate.ece_bins),
-        "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"], gate.ece_bins),
-        "not_sure_rate": float(flagged.mean()),
-        "not_sure_rate_correct": float(flagged[correct].mean()) if correct.any() else 0.0,
-        "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
-        "confusion_matrix": Path(test["confusion_matrix_png"]).name,
-        "confusion": test["confusion"].tolist(),  # counts, true × answered: the Model tab's tables
-    }
+    return (
+        {key: test[key] for key in kept}
+        | {
+            "ece": ece(probabilities, test["labels"], gate.ece_bins),
+            "ece_uncalibrated": ece(softmax(test["logits"]), test["labels"], gate.ece_bins),
+            "not_sure_rate": float(flagged.mean()),
+            "not_sure_rate_correct": float(flagged[correct].mean()) if correct.any() else 0.0,
+            "not_sure_rate_wrong": float(flagged[~correct].mean()) if (~correct).any() else 0.0,
+            "confusion_matrix": Path(test["confusion_matrix_png"]).name,
+            "confusion": test["confusion"].tolist(),  # counts, true × answered: the Model tab's tables
+        }
+        | ({"routing": routing(test, classifier)} if classifier.expert else {})
+    )
+
+
+def routing(test: dict, classifier: PetClassifier) -> dict:
+    """How often the breed model sent a test photo to the right model: dogs to the expert, cats not."""
+    is_dog = np.array([classifier.species[label] == "dog" for label in test["labels"]])
+    return {"species_accuracy": float((test["routed"] == is_dog).mean()), "to_expert": int(test["routed"].sum())}
 
 
 def non_pet_rate(classifier: PetClassifier) -> dict:
