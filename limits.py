@@ -13,6 +13,8 @@ Imports nothing from the project but `gradio_patches`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import inspect
@@ -29,7 +31,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-import anyio
 from gradio import queueing, route_utils, routes
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
@@ -112,7 +113,7 @@ class RequestLimits:
         try:
             await self.serve(scope, counter, send)
         finally:
-            await self.after(scope, counter)
+            self.after(scope, counter)
 
     def admit(self, scope: Scope, headers: Headers, receive: Receive) -> BodyCounter:
         """What is decided before the body is read: the route, the body's form and declared size, and whether
@@ -154,14 +155,15 @@ class RequestLimits:
             if not refused:
                 await refuse(send, counter.refusal)
 
-    async def after(self, scope: Scope, counter: BodyCounter) -> None:
-        """A request is over: its upload's progress tracker goes (`BoundedUploadProgress`), and where its
-        body could have filled the file cache, the cache is trimmed in a worker thread."""
+    def after(self, scope: Scope, counter: BodyCounter) -> None:
+        """A request is over, answered or cancelled: its upload's progress tracker goes
+        (`BoundedUploadProgress`), and where its body could have filled the file cache, the cache is trimmed
+        in a worker thread, which runs to its end whatever becomes of the request."""
         if scope["path"] == UPLOAD_PATH:
             for upload_id in parse_qs(scope.get("query_string", b"").decode("latin-1")).get("upload_id", []):
-                getattr(routes.file_upload_statuses, "upload_ended", no_charge)(upload_id)
+                routes.file_upload_statuses.upload_ended(upload_id)
         if self.cache.added(counter.seen):
-            await anyio.to_thread.run_sync(self.cache.trim)
+            asyncio.get_running_loop().run_in_executor(None, self.cache.trim)
 
 
 def route_refusal(method: str, path: str) -> str | None:
@@ -174,7 +176,7 @@ def route_refusal(method: str, path: str) -> str | None:
 
 
 def no_charge(*_: Any) -> None:
-    """The charge of a request without a body, and what a progress store without `upload_ended` does."""
+    """The charge of a request without a body, or where the budget is lifted."""
 
 
 class BodyCounter:
@@ -440,7 +442,8 @@ class UploadCache:
             if total <= self.max_bytes:
                 break
             if path not in self.kept:
-                path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
                 total, evicted = total - size, evicted + 1
         if evicted:
             log.warning("the file cache was over %.0f MB: its %d oldest files went", self.max_bytes / 1e6, evicted)
