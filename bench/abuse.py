@@ -469,6 +469,7 @@ def upload_forms() -> dict[str, tuple[str, str, bytes]]:
         "a part named '..' after a good one": (UPLOAD, FORM + "real", good_then_dots + b"--real--\r\n"),
         "33 files after a leading CRLF": (UPLOAD, FORM + "real", multipart("real", 33, 10, lead=b"\r\n")),
         "3 files after a leading CRLF": (UPLOAD, FORM + "real", multipart("real", 3, 10, lead=b"\r\n")),
+        "a multipart body to /call/predict": ("gradio_api/call/predict", FORM + "real", multipart("real", 1, 100_000)),
         "a 2 MB part to /process_recording": ("gradio_api/process_recording", FORM + "x", multipart("x", 1, 2**21)),
     }
 

@@ -27,6 +27,7 @@ EXPECTED = {  # each form of upload_forms(): its status; only the 200 stores its
     "a part named '..' after a good one": 400,
     "33 files after a leading CRLF": 413,
     "3 files after a leading CRLF": 200,
+    "a multipart body to /call/predict": 415,
     "a 2 MB part to /process_recording": 404,
 }
 
