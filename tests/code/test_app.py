@@ -62,7 +62,8 @@ def test_predict_says_not_sure_in_its_label_and_keeps_the_top5(client: Client, t
 
 def test_predict_details_and_explain(client: Client) -> None:
     details = client.predict(handle_file(CHELSEA), api_name="/predict_details")
-    assert set(details) == {"top", "species", "not_sure", "threshold"} and len(details["top"]) == 5
+    assert set(details) - {"imagenet"} == {"top", "species", "not_sure", "threshold", "no_cat_or_dog"}
+    assert len(details["top"]) == 5 and details["no_cat_or_dog"] is False
     assert details["species"] == "cat" and 0 < details["threshold"] < 1
     before = client.predict(handle_file(CHELSEA), api_name="/predict")
     assert opened(client.predict(handle_file(CHELSEA), api_name="/explain")).size == (451, 300)
@@ -82,8 +83,9 @@ def test_predict_batch_reports_each_file(client: Client, tmp_path: Path) -> None
     assert bad[0] == "notes.jpg" and bad[4].startswith("error: This file is not an image")
     for row, photo in ((good, CHELSEA), (white, tmp_path / "white.png")):  # the flag /predict_details gives
         details = client.predict(handle_file(photo), api_name="/predict_details")
-        assert row[3] == (f"not sure (below {details['threshold']:.0%})" if details["not_sure"] else "sure")
-    assert white[3].startswith("not sure")
+        sure = f"not sure (below {details['threshold']:.0%})" if details["not_sure"] else "sure"
+        assert row[3] == ("no cat or dog" if details["no_cat_or_dog"] else sure)
+    assert white[3] == "no cat or dog" or white[3].startswith("not sure")
 
 
 @pytest.mark.parametrize(
