@@ -33,7 +33,18 @@ import gradio_patches
 import limits
 import preprocess
 import transforms
-from inference import FASTER_BY, FEW_TEST_PHOTOS, ModelCard, PetClassifier, Prediction, overlay, readable_name
+from inference import (
+    FASTER_BY,
+    FEW_TEST_PHOTOS,
+    ModelCard,
+    ModelError,
+    PetClassifier,
+    Prediction,
+    how_answered,
+    no_pet_sentence,
+    overlay,
+    readable_name,
+)
 
 log = logging.getLogger("app")
 
@@ -50,6 +61,7 @@ try:  # who the visitor is: the socket's peer, or behind proxies an X-Forwarded-
 except ValueError as error:
     raise SystemExit(str(error)) from None
 NOT_SURE = "Not sure"  # /predict's label when the top-1 probability is below the card's threshold
+NO_PET = "No cat or dog"  # /predict's label when the ImageNet network sees neither (the card's `no_pet`)
 # Gradio keeps a state per session (each REST call is a new one; gradio_patches.LazySessionState keeps it ~8 KB) and
 # evicts the oldest only past this many sessions. The app keeps no per-session state of its own (no
 # gr.State), so an evicted session just starts afresh. (docs/operations.md, "Memory")
@@ -57,7 +69,10 @@ SESSION_CAPACITY = int(os.environ.get("PETS_SESSION_CAPACITY", "100"))
 # Uploaded photos and result images are files in Gradio's cache: every 10 minutes, those over an hour old go.
 DELETE_CACHE = (600, 3600)
 
-classifier = PetClassifier.load()
+try:  # a model folder that serving would refuse (a file missing, a checksum off) stops the start in one line
+    classifier = PetClassifier.load()
+except ModelError as error:
+    raise SystemExit(f"error: {error}") from None
 
 
 class ImageUpload(gr.Image):
@@ -86,8 +101,9 @@ def decode_data_url(url: str) -> bytes:
 
 
 class BreedLabel(gr.Label):
-    """A label whose headline reads "Not sure" below the calibrated threshold, the top-5 staying in
-    `confidences`: API clients see the flag the page shows."""
+    """A label whose headline reads "No cat or dog" where the ImageNet network sees neither, "Not sure" below
+    the calibrated threshold, else the breed; the top-5 stays in `confidences`: API clients see what the
+    page shows."""
 
     is_template = True  # rendered by the frontend's own Label component
 
@@ -95,7 +111,14 @@ class BreedLabel(gr.Label):
         if not isinstance(value, Prediction):
             return super().postprocess(value)
         confidences = [LabelConfidence(label=name, confidence=p) for name, p in value.top]
-        return LabelData(label=NOT_SURE if value.not_sure else value.top[0][0], confidences=confidences)
+        return LabelData(label=headline(value), confidences=confidences)
+
+
+def headline(prediction: Prediction) -> str:
+    """/predict's label: "No cat or dog", "Not sure" or the breed, in that order of precedence."""
+    if prediction.no_pet:
+        return NO_PET
+    return NOT_SURE if prediction.not_sure else prediction.top[0][0]
 
 
 def user_error(message: str) -> gr.Error:
@@ -174,8 +197,15 @@ def explain(image: Any) -> Image.Image:
 
 
 def summary_line(prediction: Prediction) -> str:
-    """The line under the label: the species, or a "not sure" warning below the calibrated threshold."""
+    """The line under the label: the species, a "no cat or dog" message, or a "not sure" warning below the
+    calibrated threshold."""
     breed, confidence = prediction.top[0]
+    if prediction.no_pet:
+        saw = f" (it looks more like: {prediction.seen[0]})" if prediction.seen else ""
+        return (
+            f"**No cat or dog** here{saw}, as far as this model can tell. The closest breeds are listed anyway; "
+            "try a photo of a cat or a dog."
+        )
     if prediction.not_sure:
         return (
             f"**Not sure** ({confidence:.0%}): this photo may not show one of the 37 breeds this model "
@@ -201,6 +231,7 @@ def batch_row(path: Path) -> list[Any]:
         return [path.name, "", None, "", f"error: {error}"]
     top1, probability = prediction.top[0]
     sure = f"not sure (below {prediction.threshold:.0%})" if prediction.not_sure else "sure"
+    sure = "no cat or dog" if prediction.no_pet else sure
     return [path.name, top1, round(probability, 4), sure, ", ".join(f"{n} ({p:.1%})" for n, p in prediction.top)]
 
 
@@ -290,15 +321,24 @@ def trust_text(card: ModelCard) -> str:
         f"{kind}s {share:.1%}" + (f" ({counts[kind]} photos)" if counts else "")
         for kind, share in test["per_species"].items()
     )
-    served = card.int8["test"] if classifier.variant == "int8" else test
+    variant = classifier.variant
+    served = card.int8["test"] if variant == "int8" else test
     return (
         f"Test accuracy per species: {species}. Confidences are temperature-scaled (T = "
-        f"{card.temperature_of(classifier.variant):.2f} for the {classifier.variant} model, fitted on "
+        f"{card.temperature_of(variant):.2f} for the {variant} model{expert_temperature(card, variant)}, fitted on "
         f"{calibration['fitted_on']} predictions): test ECE {test['ece_uncalibrated']:.1%} → {served['ece']:.1%}. "
-        f"Below {not_sure['threshold']:.0%} the answer is "
-        f"marked *not sure* ({test['not_sure_rate']:.0%} of test photos; {not_sure['non_pet']['rate']:.0%} of "
-        "non-pet images)."
+        f"Below {card.threshold_of(variant):.0%}{expert_threshold(card, variant)} the answer is marked *not sure* "
+        f"({served.get('not_sure_rate', test['not_sure_rate']):.0%} of test photos; {not_sure['non_pet']['rate']:.0%} "
+        "of non-pet images)."
     )
+
+
+def expert_temperature(card: ModelCard, variant: str) -> str:
+    return f", {card.expert_variant(variant)[2]:.2f} for the dog expert's" if card.expert else ""
+
+
+def expert_threshold(card: ModelCard, variant: str) -> str:
+    return f" (below {card.expert_variant(variant)[3]:.0%} for a dog the expert named)" if card.expert else ""
 
 
 def teacher_text(card: ModelCard) -> str:
@@ -346,6 +386,25 @@ def int8_row(card: ModelCard) -> str:
     )
 
 
+def routing_text(card: ModelCard) -> str:
+    """How often the breed model sent a test photo to the right model, where the card measured it."""
+    routing = card.metrics.get("test", {}).get("routing")
+    if not card.expert or not routing:
+        return ""
+    return f" It sends {routing['species_accuracy']:.1%} of the test photos to the right one."
+
+
+def expert_row(card: ModelCard) -> str:
+    """The dog expert's own cross-validation over the trainval dog photos (honest: its backbone is frozen)."""
+    cv = card.expert.metrics.get("cv") if card.expert else None
+    if not cv:
+        return ""
+    return (
+        f"| dog expert, {cv['folds']}-fold cross-validation (trainval dogs) | {cv['images']} | {cv['accuracy']:.1%} | "
+        f"{percent(cv.get('mean_per_class_accuracy'))} | {cv['top5_accuracy']:.1%} |"
+    )
+
+
 def variant_note() -> str:
     """Why this variant serves: the timings `PetClassifier.load` took on this host, where it had a choice."""
     if not classifier.timings:
@@ -365,6 +424,7 @@ def card_markdown(card: ModelCard) -> str:
             f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "
             f"**{classifier.variant}** model ({classifier.model_file.stat().st_size / 1e6:.1f} MB){variant_note()}",
             f"- **Input** shorter side {spec.resize_shorter} px, centre crop {spec.crop} px",
+            f"- **How a photo is answered** {how_answered(card)}{routing_text(card)} {no_pet_sentence(card)}",
             f"- **MLflow** `{card.mlflow['registered_model']}` version {card.mlflow['version']} "
             f"(alias `{card.mlflow['alias']}`), run `{card.mlflow['run_id']}`",
             "",
@@ -378,6 +438,7 @@ def card_markdown(card: ModelCard) -> str:
                 else ""
             ),
             int8_row(card),
+            expert_row(card),
             "",
             trust_text(card),
             "",

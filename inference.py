@@ -566,9 +566,11 @@ class PetClassifier:
 
     def asks(self, breeds: np.ndarray, routed: np.ndarray) -> np.ndarray:
         """The photos the expert's network runs on: those routed to it, and where the card has a "no cat or
-        dog" entry, those the breed model is not sure of (a confident cat answer never runs it)."""
+        dog" entry, those it says to ask about: every photo, or those the breed model is not sure of."""
         if self.card.no_pet is None or self.expert is None:
             return routed
+        if self.card.no_pet["asked"] == "every photo":
+            return np.ones(len(breeds), dtype=bool)
         return asked_rows(breeds, routed, self.threshold)
 
     def answer(self, batch: np.ndarray, maps: bool = False) -> Answer:

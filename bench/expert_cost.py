@@ -34,10 +34,11 @@ PHOTOS = {  # a cat the breed model is sure of, a dog, and a photo without eithe
 
 
 def breed_model_alone(model_dir: Path, out: Path) -> Path:
-    """A copy of the model folder without the expert: its card as `select` alone writes it."""
+    """A copy of the model folder without the expert and its "no cat or dog": the card as `select` writes it."""
     shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("expert*"))
     card = json.loads((out / "card.json").read_text())
     card.pop("expert", None)
+    card.pop("no_pet", None)  # it asks the expert's network
     (out / "card.json").write_text(json.dumps(card))
     return out
 
