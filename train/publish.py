@@ -156,8 +156,8 @@ def dog_limits(card: ModelCard) -> str:
     weakest = sorted(retained["per_breed"].items(), key=lambda item: item[1]["student"])[:3]
     return (
         f"{said}: on {retained['photos']:.0f} ImageNet photos of {len(retained['per_breed'])} of those breeds "
-        f"(Stanford Dogs) it names the right one of the 22 {retained['student']:.0%} of the time, the ImageNet "
-        f"network {retained['teacher']:.0%}; weakest there: "
+        f"(Stanford Dogs) it names the right one of the 22 {retained['student']:.1%} of the time, the ImageNet "
+        f"network {retained['teacher']:.1%}; weakest there: "
         + ", ".join(f"{readable_name(name)} {found['student']:.0%}" for name, found in weakest)
         + ". "
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from inference import Prediction
 from tests.conftest import CHELSEA, REPO
@@ -52,11 +52,22 @@ def test_predict_returns_five_confidences(client: Client) -> None:
     assert result["label"] == result["confidences"][0]["label"]
 
 
-def test_predict_says_not_sure_in_its_label_and_keeps_the_top5(client: Client, tmp_path: Path) -> None:
-    Image.new("RGB", (320, 240), (255, 255, 255)).save(tmp_path / "white.png")
-    result = client.predict(handle_file(tmp_path / "white.png"), api_name="/predict")
-    details = client.predict(handle_file(tmp_path / "white.png"), api_name="/predict_details")
-    assert details["not_sure"] and result["label"] == "Not sure"
+@pytest.mark.parametrize(("picture", "label"), [("blurred-cat", "Not sure"), ("white", "No cat or dog")])
+def test_predict_says_not_sure_or_no_cat_or_dog_in_its_label_and_keeps_the_top5(
+    client: Client, tmp_path: Path, picture: str, label: str
+) -> None:
+    """A cat blurred until the model is unsure of its breed (the ImageNet network still sees a cat), and a
+    white page (it sees no pet at all): each flag in /predict_details, the label /predict gives it."""
+    path = tmp_path / f"{picture}.png"
+    if picture == "white":
+        Image.new("RGB", (320, 240), (255, 255, 255)).save(path)
+    else:
+        Image.open(CHELSEA).filter(ImageFilter.GaussianBlur(6)).save(path)
+    result = client.predict(handle_file(path), api_name="/predict")
+    details = client.predict(handle_file(path), api_name="/predict_details")
+    assert result["label"] == label
+    assert details["not_sure"] is (label == "Not sure") or label == "No cat or dog"
+    assert details["no_cat_or_dog"] is (label == "No cat or dog")
     assert [c["label"] for c in result["confidences"]] == [entry["breed"] for entry in details["top"]]
 
 
