@@ -92,6 +92,7 @@ def with_int8_temperature(temperature: float | None) -> dict:
     """The shipped card with an int8 entry naming model.onnx (so the test needs no quantized file), with
     its own temperature or, as cards written before int8 had one, without."""
     data = json.loads(json.dumps(SHIPPED))
+    data.pop("expert", None), data.pop("no_pet", None)  # the breed model alone: its files only are copied
     data["int8"] = {"file": "model.onnx", "sha256": SHIPPED["model"]["sha256"], "accepted": True}
     if temperature is not None:
         data["int8"]["calibration"] = {"temperature": temperature, "fitted_on": SHIPPED["calibration"]["fitted_on"]}

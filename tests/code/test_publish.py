@@ -288,5 +288,7 @@ def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> No
     page = space_readme(measured, labels, None)
     assert "learnt 22 of them from about 1,300 photos each" in page
     assert "on 2682 ImageNet photos of 3 of those breeds (Stanford Dogs)" in page
-    assert "it names the right one of the 22 93% of the time, the ImageNet network 95%" in page
+    assert "it names the right one of the 22 93.4% of the time, the ImageNet network 95.1%" in page
+    shipped = space_readme(card, labels, None)  # with the dog expert: it says how a photo is answered
+    assert "goes on to the dog expert" in shipped and "Dogs are named by the dog expert" in shipped
     assert "weakest there: Chihuahua 81%, Beagle 97%, Pug 99%." in page
