@@ -164,7 +164,7 @@ def _require(image: Any, for_model: bool = False) -> Image.Image:
 
 @endpoint
 def identify(image: Any) -> tuple[Prediction, str, dict, Image.Image]:
-    """The Identify button: one decode and one model run (logits and CAM) feed the label, the summary
+    """The Identify button: one decode and one run of each network (logits and CAM) feed the label, the summary
     line, the JSON details and the heatmap."""
     photo = _require(image, for_model=True)
     prediction, heat = classifier.explain(photo)
@@ -172,7 +172,7 @@ def identify(image: Any) -> tuple[Prediction, str, dict, Image.Image]:
 
 
 def identify_example(selected: gr.SelectData) -> tuple[str, Prediction, str, dict, Image.Image]:
-    """A click on an example photo: show it and identify it at once (one decode, one model run)."""
+    """A click on an example photo: show it and identify it at once (one decode, one run of each network)."""
     path = EXAMPLES[selected.index]
     return (path, *identify(path))
 

@@ -438,7 +438,8 @@ class PetClassifier:
     """The breed model's ONNX Runtime session with its card and labels, and the dog expert beside it where the
     card names one; predicts breeds for images. Each photo runs the breed model once; the expert runs once
     more for a photo the breed model says is a dog (`routes`), and answers its breed, and, where the card
-    has a "no cat or dog" entry, for one it is not sure of (`asks`), to see whether there is a pet at all."""
+    has a "no cat or dog" entry, for the photos it says to ask about (`asks`: every photo, or those the
+    breed model is not sure of), to see whether there is a pet at all."""
 
     def __init__(
         self, card: ModelCard, model_file: Path, labels: list[str], threads: int | None = None, variant: str = "fp32"
@@ -548,7 +549,7 @@ class PetClassifier:
         return self._run([self.card.model.output_name], batch)[0]
 
     def _run(self, outputs: list[str], batch: np.ndarray) -> list[np.ndarray]:
-        self.runs += 1  # breed-model runs so far: bench/latency.py checks one Identify click costs one
+        self.runs += 1  # breed-model runs so far (the expert counts its own): one Identify click costs one each
         return self.session.run(outputs, {self.card.model.input_name: batch})
 
     def run_every_model(self, batch: np.ndarray) -> None:
@@ -695,8 +696,9 @@ def time_variants(candidates: dict[str, PetClassifier], budget_s: float = CHOOSE
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-# int8 approximates the reference, so it serves only where it is clearly faster. On a CPU with VNNI it takes
-# about half fp32's time; on an AVX2-only one 1.1-1.15x, and the timing at start on a shared 2-vCPU host
+# int8 approximates the reference, so it serves only where it is clearly faster (timed for the breed model
+# and the expert together). The breed model alone: on a CPU with VNNI int8 takes about half fp32's time; on
+# an AVX2-only one 1.1-1.15x, and the timing at start on a shared 2-vCPU host
 # read the two as equal in one start of three (docs/benchmarks.md): a smaller gain is neither worth the
 # approximation nor reliably measured in a second.
 FASTER_BY = 0.9  # another variant serves only if it takes at most this share of fp32's time

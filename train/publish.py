@@ -114,6 +114,7 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
     extra = card.data.get("images", {}).get("extra", 0)
     return Template(SPACE_README.read_text()).substitute(
         threshold=f"{card.threshold:.0%}",
+        dog_threshold=f" ({card.expert_variant('fp32')[3]:.0%} for a dog's breed)" if card.expert else "",
         space_id=space_id,
         url=f"https://{space_id.replace('/', '-').replace('_', '-').lower()}.hf.space",
         backbone=f"{card.model.backbone.replace('efficientnet_lite', 'EfficientNet-Lite')} at {spec.crop} px",
