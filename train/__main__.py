@@ -1,5 +1,5 @@
-"""python -m train {fit,sweep,cv,select,expert,no-pet,int8,retest,export,evaluate,retention,publish,server,
-stanford-dogs}: docs/training.md."""
+"""python -m train COMMAND: train, select and ship the pet-breed models (docs/training.md); each COMMAND
+has --help."""
 
 from __future__ import annotations
 
@@ -11,65 +11,83 @@ import sys
 
 from train.config import ConfigError, load_config
 
+DATA_DIR_HELP = "Oxford-IIIT Pet root (default: $PETS_DATA_DIR or data/oxford-iiit-pet)"
 
-def main(argv: list[str] | None = None) -> int:
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand with a help line; options after the subcommand, `--data-dir` before it or after."""
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__)
-    parser.add_argument("--data-dir", help="Oxford-IIIT Pet root (default: $PETS_DATA_DIR or data/oxford-iiit-pet)")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
+    data = argparse.ArgumentParser(add_help=False)  # --data-dir after the subcommand too; it wins there
+    data.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[data])
+
+    helps = {
+        "fit": "train one configuration and register it (validation split)",
+        "sweep": "train every configuration of a sweep file's grid",
+        "cv": "cross-validate a configuration, then train it on all of trainval and register it",
+    }
     for name in ("fit", "sweep", "cv"):
-        command = commands.add_parser(name)
-        command.add_argument("--config", required=True)
-        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        sub = command(name, helps[name])
+        sub.add_argument("--config", required=True)
+        sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         if name != "sweep":
-            command.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
+            sub.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
         if name != "fit":
-            command.add_argument("--engine", choices=("in-process", "ray"), default="in-process")
-            command.add_argument("--address", help="ray: a running cluster (host:6379); default: start a local one")
-            command.add_argument("--max-concurrent", type=int, default=0, help="ray: trials at once (0: no cap)")
+            sub.add_argument("--engine", choices=("in-process", "ray"), default="in-process")
+            sub.add_argument("--address", help="ray: a running cluster (host:6379); default: start a local one")
+            sub.add_argument("--max-concurrent", type=int, default=0, help="ray: trials at once (0: no cap)")
     commands.choices["cv"].add_argument(
         "--checkpoints-only",
         action="store_true",
         help="train and checkpoint every fold without MLflow (a GPU box); then run cv --resume to log them",
     )
-    select = commands.add_parser("select")
+    select = command("select", "ship the best cross-validated breed model into a model folder, tested once")
     select.add_argument("--model-dir", default="model")
     select.add_argument("--version", help="ship this registered version instead of the best-ranked one")
     select.add_argument("--alias", default="champion", help="the alias it gets (another one tries it out)")
-    expert = commands.add_parser("expert", help="ship the best cross-validated dog expert beside the breed model")
+    expert = command("expert", "ship the best cross-validated dog expert beside the breed model")
     expert.add_argument("--model-dir", default="model")
     expert.add_argument("--version", help="ship this registered pet-dog-expert version instead of the best-ranked one")
-    no_pet = commands.add_parser("no-pet", help="fit and measure the 'no cat or dog' answer on photos without one")
+    no_pet = command("no-pet", "fit and measure the 'no cat or dog' answer on photos without one")
     no_pet.add_argument("--model-dir", default="model")
     no_pet.add_argument("--photos", help="not-pets layout; default: not-pets beside the data")
-    commands.add_parser("int8", help="quantize a model folder again under today's int8 gate").add_argument(
+    command("int8", "quantize a model folder again under today's int8 gate").add_argument(
         "--model-dir", default="model"
     )
-    commands.add_parser("retest", help="test a model folder again on today's photos; update its card").add_argument(
+    command("retest", "test a model folder again on today's photos; update its card").add_argument(
         "--model-dir", default="model"
     )
-    export = commands.add_parser("export")
+    export = command("export", "export a registered version to ONNX (parity gate) with the card's first part")
     export.add_argument("--version")
     export.add_argument("--alias")
     export.add_argument("--model-dir", default="model")
-    publish = commands.add_parser("publish", help="validate model/ and upload the Space (no torch needed)")
+    publish = command("publish", "validate model/ and upload the Space (no torch needed)")
     publish.add_argument("--space-id", default=os.environ.get("HF_SPACE_ID"))
     publish.add_argument("--dry-run", action="store_true", help="upload nothing: list files, message and verdict")
     publish.add_argument("--out", help="with --dry-run: copy exactly the tree that would be uploaded here")
-    server = commands.add_parser("server", help="try a tracking server: MLflow on a throwaway PostgreSQL")
+    server = command("server", "try a tracking server: MLflow on a throwaway PostgreSQL")
     server.add_argument("--port", type=int, default=5000)
     server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines log to it")
     server.add_argument("--artifacts", help="keep the artifacts in this folder (default: a temporary one)")
-    dogs = commands.add_parser("stanford-dogs", help="build the extra dog photos folder from Stanford Dogs")
+    dogs = command("stanford-dogs", "build the extra dog photos folder from Stanford Dogs")
     dogs.add_argument("--out", default="data/stanford-dogs-extra")
     dogs.add_argument("--archive", default="data/stanford-dogs/images.tar", help="downloaded here when absent")
     dogs.add_argument("--sha256", help="refuse an archive with another checksum")
-    evaluate = commands.add_parser("evaluate")
+    evaluate = command("evaluate", "a model folder's served answer on a split, as JSON")
     evaluate.add_argument("--model", default="model")
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
-    retention = commands.add_parser("retention", help="a model folder against its ImageNet teacher on dog photos")
+    retention = command("retention", "a model folder against its ImageNet teacher on dog photos")
     retention.add_argument("--model", default="model")
     retention.add_argument("--photos", help="extra layout; default: stanford-dogs-extra beside the data")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return run(args) or 0
