@@ -15,7 +15,7 @@ import pytest
 import transforms
 from bench.common import running_app
 from inference import PetClassifier, readable_name
-from tests.conftest import CHELSEA, EXAMPLES, MODEL_DIR
+from tests.conftest import CHELSEA, EXAMPLES, MODEL_DIR, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -122,6 +122,18 @@ def test_identify_shows_five_breeds_with_one_model_run(page) -> None:
     page.get_by_role("button", name="Identify", exact=True).click()  # the button stays, for re-runs
     wait_for_runs(page, runs and runs + 1)  # label, summary, details and heatmap from one run
     assert expected in wait_for_breeds(page)
+
+
+def test_a_photo_without_a_pet_says_so_on_the_page(page) -> None:
+    """A Kodak photo of motorbikes: the label's headline and the line under it say "No cat or dog", and
+    what the ImageNet network saw; the closest breeds stay listed."""
+    page.locator("#photo input[type=file]").set_input_files(str(REPO / "tests" / "not-pets" / "kodak_kodim05.jpg"))
+    text = wait_for_breeds(page)
+    assert "No cat or dog" in text and text.count("%") == 5, text
+    page.wait_for_function("document.querySelector('#summary').innerText.includes('No cat or dog')", timeout=30_000)
+    summary = page.locator("#summary")
+    assert summary.is_visible() and "it looks more like" in summary.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "identify-no-pet-desktop.png"), full_page=False)
 
 
 def test_upload_runs_the_model_once(page) -> None:
