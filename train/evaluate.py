@@ -8,28 +8,28 @@ from pathlib import Path
 import numpy as np
 
 from inference import Answer, PetClassifier
-from preprocess import PreprocessError, model_batch
+from preprocess import InputSpec, PreprocessError, model_batch
 from train import metrics
 from train.data import DataError, PetData, Sample, load_dataset
 
 BATCH = 32
 
 
-def prepared(classifier: PetClassifier, samples: list[Sample]) -> Iterator[np.ndarray]:
-    """`samples`' photos prepared as serving prepares them, BATCH at a time."""
+def prepared(spec: InputSpec, samples: list[Sample]) -> Iterator[np.ndarray]:
+    """`samples`' photos prepared as serving prepares them (`spec`), BATCH at a time."""
     paths = [s.path for s in samples]
-    return (model_batch(paths[i : i + BATCH], classifier.spec) for i in range(0, len(paths), BATCH))
+    return (model_batch(paths[i : i + BATCH], spec) for i in range(0, len(paths), BATCH))
 
 
 def photo_logits(classifier: PetClassifier, samples: list[Sample]) -> np.ndarray:
     """The breed model's raw logits for `samples`' photos."""
-    return np.concatenate([classifier.logits(x) for x in prepared(classifier, samples)])
+    return np.concatenate([classifier.logits(x) for x in prepared(classifier.spec, samples)])
 
 
 def photo_answers(classifier: PetClassifier, samples: list[Sample]) -> Answer:
     """The served answer for `samples`' photos (`PetClassifier.answer`: the breed model, and the dog expert
     for the photos it routes there)."""
-    answers = [classifier.answer(x) for x in prepared(classifier, samples)]
+    answers = [classifier.answer(x) for x in prepared(classifier.spec, samples)]
     return Answer(*(np.concatenate(parts) for parts in zip(*(answer[:-1] for answer in answers), strict=True)))
 
 

@@ -24,20 +24,20 @@ from mlflow import MlflowClient
 from torch import nn
 
 from inference import IMAGENET_NAMES, ExpertInfo, ModelCard, PetClassifier, sha256_file, softmax
-from preprocess import InputSpec, model_batch
+from preprocess import InputSpec
 from train import retention
 from train.backbones import get_backbone
 from train.data import PetData, Sample, load_dataset
-from train.evaluate import BATCH, evaluate_classifier
+from train.evaluate import evaluate_classifier, prepared
 from train.export import (
     IMAGENET,
     check_parity,
     model_version,
     parity_samples,
     registered_net,
-    replacing,
     selection_metrics,
     to_onnx,
+    updating,
 )
 from train.gates import Gates, int8_accepted, int8_rule
 from train.quantize import quantize
@@ -73,9 +73,7 @@ def ship_expert(
     breed = ModelCard.load(model_dir / "card.json")
     client = MlflowClient()
     version = version or best_version(client, EXPERT_MODEL)
-    with replacing(model_dir) as staging:
-        ignored = shutil.ignore_patterns("expert*", IMAGENET_NAMES, "*.tmp")
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True, ignore=ignored)
+    with updating(model_dir, shutil.ignore_patterns("expert*", IMAGENET_NAMES, "*.tmp")) as staging:
         if breed.no_pet:
             log.warning("the 'no cat or dog' answer was fitted beside the replaced expert: run python -m train no-pet")
         card = with_expert(staging, replace(breed, expert=None, no_pet=None), data_dir, version)
@@ -206,6 +204,5 @@ def tested(folder: Path, card: ModelCard, data_dir: str | Path | None, gates: Ga
 def onnx_logits(path: Path, samples: list[Sample], spec: InputSpec) -> np.ndarray:
     """An ONNX model's first output on `samples`' photos, prepared as serving prepares them."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    paths, name = [s.path for s in samples], session.get_inputs()[0].name
-    batches = (model_batch(paths[i : i + BATCH], spec) for i in range(0, len(paths), BATCH))
-    return np.concatenate([session.run(None, {name: x})[0] for x in batches])
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: x})[0] for x in prepared(spec, samples)])

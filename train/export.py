@@ -9,7 +9,7 @@ import logging
 import shutil
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,6 +188,15 @@ def replacing(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left there when the block failed
+
+
+@contextmanager
+def updating(folder: Path, ignore: Callable | None = None) -> Iterator[Path]:
+    """`replacing`, starting from a copy of `folder` (less what `ignore` leaves out): a command that rewrites
+    part of a model folder (retest, expert, no-pet) leaves it whole or fully updated, never half of it."""
+    with replacing(Path(folder)) as staging:
+        shutil.copytree(folder, staging, dirs_exist_ok=True, ignore=ignore)
+        yield staging
 
 
 def export(

@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import random
-import shutil
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from inference import IMAGENET_NAMES, ModelCard, PetClassifier, asked_rows, pet_
 from preprocess import PreprocessError
 from train.data import DataError, PetData, Sample, load_dataset
 from train.evaluate import prepared
-from train.export import replacing
+from train.export import updating
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def signals(classifier: PetClassifier, photos: list[Photo] | list[Sample]) -> Si
     expert = classifier.expert
     masses, asked, seen = [], [], []
     try:
-        for x in prepared(classifier, photos):
+        for x in prepared(classifier.spec, photos):
             answer = classifier.answer(x)
             imagenet = softmax(expert.session.run([expert.imagenet_output], {expert.input_name: x})[0])
             masses.append(pet_mass(imagenet, IMAGENET_PETS))
@@ -228,8 +227,7 @@ def fit_no_pet(model_dir: str | Path = "model", data_dir: str | Path | None = No
 
 def write_entry(model_dir: Path, card: ModelCard) -> None:
     """The card with its `no_pet` entry and the ImageNet class names, replacing the folder at once."""
-    with replacing(model_dir) as staging:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    with updating(model_dir) as staging:
         names = EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]  # ImageNet-1k's, in the package
         (staging / IMAGENET_NAMES).write_text(json.dumps(names, indent=0) + "\n")
         card.save(staging / "card.json")

@@ -9,7 +9,6 @@ Dogs folder beside the data (left off the card of a model that trained on extra 
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -18,7 +17,7 @@ from inference import ModelCard, ModelError, PetClassifier
 from train import retention
 from train.data import load_dataset
 from train.evaluate import evaluate_classifier
-from train.export import replacing
+from train.export import updating
 from train.gates import Gates
 from train.select import int8_test, summarize_test
 
@@ -30,8 +29,7 @@ def retest(model_dir: str | Path = "model", data_dir: str | Path | None = None) 
     in a copy of the folder that replaces it only once all of it has succeeded."""
     if not (Path(model_dir) / "card.json").is_file():
         raise ModelError(f"{model_dir} holds no card.json: retest a model folder that `select` wrote.")
-    with replacing(Path(model_dir)) as staging:
-        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    with updating(Path(model_dir)) as staging:
         return retest_in(staging, data_dir)
 
 
