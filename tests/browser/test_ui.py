@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +30,9 @@ FLAGS = [
     "--disable-quic",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR", "bench/results/screenshots"))
+# Where the screenshots go: a temporary folder, so a test run leaves the tree as it found it; to refresh the
+# committed ones, SCREENSHOT_DIR=bench/results/screenshots python -m pytest tests/browser
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="screenshots-"))
 TABS = {"Identify": "#tab-identify", "Transform": "#tab-transform", "Model": "#tab-model"}
 VIEWPORTS = {"desktop": {"width": 1280, "height": 1100}, "phone": {"width": 390, "height": 844}}
 
@@ -133,6 +136,7 @@ def test_a_photo_without_a_pet_says_so_on_the_page(page) -> None:
     page.wait_for_function("document.querySelector('#summary').innerText.includes('No cat or dog')", timeout=30_000)
     summary = page.locator("#summary")
     assert summary.is_visible() and "it looks more like" in summary.inner_text()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "identify-no-pet-desktop.png"), full_page=False)
 
 
