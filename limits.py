@@ -369,11 +369,13 @@ class UploadBudget:
         horizon = now - self.window_s
         if now - self.swept_at > self.slice_s:
             self.swept_at = now
-            for gone in [other for other, slices in self.ledger.items() if slices[-1][0] <= horizon]:
+            for gone in [other for other, slices in self.ledger.items() if not slices or slices[-1][0] <= horizon]:
                 del self.ledger[gone]
         slices = self.ledger.get(key, deque())
         while slices and slices[0][0] <= horizon:
             slices.popleft()
+        if not slices:  # nothing left in the window: forgotten now, not left empty for the sweep
+            self.ledger.pop(key, None)
         return sum(entry[1] for entry in slices), sum(entry[2] for entry in slices)
 
     def refuse(self, key: str) -> None:

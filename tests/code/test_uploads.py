@@ -118,6 +118,25 @@ def test_the_budget_says_when_there_is_room_again_and_forgets_idle_visitors() ->
     assert limits.UploadBudget(0, 0, 100).open("a", 10**12, upload=True) is limits.no_charge
 
 
+def test_a_visitor_whose_spending_expired_and_who_is_refused_unread_breaks_no_later_sweep() -> None:
+    """A visitor's spending leaves the window with no sweep in between, then it sends a body declared over the
+    budget (refused before a byte is charged): nothing of it stays in the ledger, and later sweeps, on any
+    visitor's request, go on answering (they raised IndexError on its emptied entry, a 500 for everyone)."""
+    now = [0.0]
+    budget = limits.UploadBudget(10_000, 0, 600, clock=lambda: now[0])
+    budget.open("a", 0, upload=True)(1_000, 0)
+    now[0] = 590.0
+    budget.open("b", 0, upload=True)  # a sweep: a's spending is still in the window
+    now[0] = 601.0
+    with pytest.raises(limits.Refused):
+        budget.open("a", 50_000, upload=True)
+    assert "a" not in budget.ledger
+    for moment in (640.0, 700.0):
+        now[0] = moment
+        budget.open("c", 0, upload=True)(10, 0)
+    assert budget.spent("c") == (20, 0)
+
+
 def test_the_files_in_a_budget_are_counted_per_visitor() -> None:
     budget = limits.UploadBudget(0, 3, 100)
     charge = budget.open("a", 0, upload=True)
