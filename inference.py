@@ -353,7 +353,8 @@ class Answer(NamedTuple):
     probabilities: np.ndarray  # over the 37 breeds, calibrated: the breed model's, the expert's for its rows
     routed: np.ndarray  # per photo: whether the dog expert answered it
     logits: np.ndarray  # the breed model's raw logits (what its temperature is fitted on)
-    confidence: np.ndarray  # what "not sure" reads: the breed model's top-1, or the expert's p(breed | dog)
+    confidence: np.ndarray  # what "not sure" reads: the top-1's probability, or the expert's p(breed | dog)
+    threshold: np.ndarray  # what it is held to: the expert's where it named the top-1 breed, else the breed model's
     no_pet: np.ndarray  # per photo: "no cat or dog" (never where the card has no `no_pet` entry)
     seen: np.ndarray  # per photo: ImageNet's top-1 class index, -1 where its network was not asked
     seen_probability: np.ndarray  # its probability
@@ -580,7 +581,7 @@ class PetClassifier:
         names = [self.card.model.output_name] + ([self.card.model.cam_output] if maps else [])
         logits, *breed_maps = self._run(names, batch)
         probabilities = softmax(logits, self.temperature)
-        confidence = probabilities.max(1)
+        confidence, threshold = probabilities.max(1), np.full(len(batch), self.threshold)
         routed = self.routes(probabilities)
         asked = self.asks(probabilities, routed)
         count = len(batch)
@@ -593,14 +594,16 @@ class PetClassifier:
             found = dict(zip(wanted, expert.run(wanted, batch[asked]), strict=True))
             experts = softmax(found[expert.output_name][routed[asked]], expert.temperature)
             probabilities[routed] = combine(probabilities[routed], experts, expert.columns)
-            confidence[routed] = experts.max(1)  # p(breed | dog): what the expert's threshold was fitted on
+            named = np.isin(probabilities[routed].argmax(1), expert.columns)  # a dog breed won: the expert's
+            confidence[np.flatnonzero(routed)[named]] = experts.max(1)[named]  # p(breed | dog), as it was fitted
+            threshold[np.flatnonzero(routed)[named]] = expert.threshold
             expert_maps = found.get(expert.cam_output)
             if self.card.no_pet:
                 imagenet = softmax(found[expert.imagenet_output])
                 no_pet[asked] = pet_mass(imagenet, self.card.no_pet["imagenet_pets"]) < self.no_pet_threshold
                 seen[asked], seen_probability[asked] = imagenet.argmax(1), imagenet.max(1)
         heat = self._heat(probabilities, breed_maps[0], asked, routed, expert_maps) if maps else None
-        return Answer(probabilities, routed, logits, confidence, no_pet, seen, seen_probability, heat)
+        return Answer(probabilities, routed, logits, confidence, threshold, no_pet, seen, seen_probability, heat)
 
     def _heat(
         self, probabilities: np.ndarray, breed_maps: np.ndarray, asked: np.ndarray, routed: np.ndarray, expert_maps
@@ -628,16 +631,12 @@ class PetClassifier:
         answer = self.answer(model_batch(images, self.spec))
         return [self._prediction(answer, row, top_k) for row in range(len(images))]
 
-    def thresholds(self, routed: np.ndarray) -> np.ndarray:
-        """The "not sure" threshold of each answer: the expert's where it answered, else the breed model's."""
-        return np.where(routed, self.expert.threshold if self.expert else 0.0, self.threshold)
-
     def _prediction(self, answer: Answer, row: int, top_k: int) -> Prediction:
         probabilities = answer.probabilities[row]
         top_k = max(1, min(int(top_k), len(self.labels)))
         order = np.argsort(-probabilities, kind="stable")[:top_k]
         top = [(self.names[i], float(probabilities[i])) for i in order]
-        threshold = float(self.thresholds(answer.routed[row : row + 1])[0])
+        threshold = float(answer.threshold[row])
         flag = bool(not_sure(answer.confidence[row], threshold))
         seen = None
         if answer.seen[row] >= 0 and self.imagenet_names:

@@ -57,7 +57,7 @@ def evaluate_classifier(classifier: PetClassifier, data: PetData, split: str, pl
         metrics.plot_confusion(summary["confusion"], data.classes, f"{split} ({len(labels)} images)", plot)
         summary["confusion_matrix_png"] = str(plot)
     served = {"logits": answer.logits, "probabilities": answer.probabilities, "routed": answer.routed}
-    served |= {"confidence": answer.confidence}
+    served |= {"confidence": answer.confidence, "threshold": answer.threshold}
     return summary | served | {"no_pet": answer.no_pet, "labels": labels}
 
 
