@@ -73,7 +73,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class ExpertInfo:
     """card.json's `expert`: the dog expert, the untouched ImageNet network with a head over its features for
-    the dog breeds, which answers every photo the breed model routes to dogs (`train.expert` writes it).
+    the dog breeds, which answers every photo the breed model routes to dogs (`train.shipping.expert` writes it).
     Its input is the breed model's own tensor (the card's `preprocess`), so one decode feeds both."""
 
     file: str  # expert.onnx: the backbone and the head, logits and CAM outputs named as the breed model's
@@ -98,7 +98,7 @@ FEW_TEST_PHOTOS = 10  # a breed's test accuracy on fewer photos is too few to ju
 
 @dataclass(frozen=True)
 class ModelCard:
-    """card.json: the one typed, versioned record that ties training to serving. `train.select` writes it
+    """card.json: the one typed, versioned record that ties training to serving. `train.shipping.select` writes it
     (once); everything else reads it through this type. Calibration, the "not sure" threshold and the int8
     entry are absent from a folder that `python -m train export` alone made. Each variant has its own
     temperature: fp32's in `calibration`, int8's in `int8["calibration"]` (a card written before int8 had

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from train.tracking_server import free_port
+from train.experiments.tracking_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "oxford-iiit-pet"

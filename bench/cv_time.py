@@ -16,7 +16,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from bench.common import cpu
-from train import tracking
+from train.experiments import tracking
 
 
 def seconds(run) -> float:

@@ -24,12 +24,12 @@ from pathlib import Path
 import mlflow
 
 from bench.common import REPO, SHARED_DATA
-from train.config import load_config, load_sweep
-from train.data import load_dataset
-from train.finetune import finetune, pick_device
-from train.fit import fit
-from train.model import build_net, seed_everything
-from train.trials import IN_PROCESS, Engine, sweep
+from train.data.pets import load_dataset
+from train.experiments.fit import fit
+from train.experiments.trials import IN_PROCESS, Engine, sweep
+from train.learning.config import load_config, load_sweep
+from train.learning.finetune import finetune, pick_device
+from train.learning.model import build_net, seed_everything
 
 
 def end_to_end_images_per_s(data_dir: str, images: int, scratch: str) -> dict:

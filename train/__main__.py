@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 
-from train.config import ConfigError, load_config
+from train.learning.config import ConfigError, load_config
 
 DATA_DIR_HELP = "Oxford-IIIT Pet root (default: $PETS_DATA_DIR or data/oxford-iiit-pet)"
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def engine(args: argparse.Namespace):
-    from train.trials import Engine
+    from train.experiments.trials import Engine
 
     if args.max_concurrent < 0:
         raise ConfigError("--max-concurrent must be 0 (no cap) or more.")
@@ -115,12 +115,12 @@ def engine(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int | None:
     if args.command == "fit":
-        from train.fit import fit
+        from train.experiments.fit import fit
 
         result = fit(load_config(args.config, args.set), args.data_dir, args.config, resume=args.resume)
         print(f"{result.run_id}\tversion {result.version}\tval_accuracy {result.val_accuracy:.4f}")
     elif args.command == "sweep":
-        from train.trials import sweep
+        from train.experiments.trials import sweep
 
         results = sweep(args.config, args.set, args.data_dir, engine(args))
         for result in results:
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int | None:
             print(f"{result.run_id}\t{result.name}\tversion {result.version}\t{outcome}")
         return 1 if any(result.error for result in results) else 0
     elif args.command == "cv":
-        from train.crossval import cross_validate, train_checkpoints
+        from train.experiments.crossval import cross_validate, train_checkpoints
 
         config = load_config(args.config, args.set)
         if args.checkpoints_only:
@@ -137,55 +137,55 @@ def run(args: argparse.Namespace) -> int | None:
             found = cross_validate(config, args.data_dir, args.config, args.resume, engine(args))
             print(json.dumps(found, indent=2))
     elif args.command == "select":
-        from train.select import print_card, select
+        from train.shipping.select import print_card, select
 
         print_card(select(args.model_dir, args.data_dir, args.version, args.alias))
     elif args.command == "expert":
-        from train.expert import ship_expert
-        from train.select import print_card
+        from train.shipping.expert import ship_expert
+        from train.shipping.select import print_card
 
         print_card(ship_expert(args.model_dir, args.data_dir, args.version))
     elif args.command == "no-pet":
         from pathlib import Path
 
-        from train.no_pet import fit_no_pet
+        from train.shipping.no_pet import fit_no_pet
 
         print(
             json.dumps(fit_no_pet(args.model_dir, args.data_dir, Path(args.photos) if args.photos else None), indent=2)
         )
     elif args.command == "int8":
-        from train.select import requantize
+        from train.shipping.select import requantize
 
         print(json.dumps(requantize(args.model_dir, args.data_dir).int8, indent=2))
     elif args.command == "retest":
-        from train.retest import retest
-        from train.select import print_card
+        from train.shipping.retest import retest
+        from train.shipping.select import print_card
 
         print_card(retest(args.model_dir, args.data_dir))
     elif args.command == "export":
-        from train.export import export
+        from train.shipping.export import export
 
         card = export(args.version, args.alias, args.model_dir, args.data_dir)
         print(json.dumps(card.to_dict()["model"], indent=2))
     elif args.command == "publish":
-        from train.publish import publish
+        from train.shipping.publish import publish
 
         return publish(args.space_id, args.dry_run, out=args.out)
     elif args.command == "server":
-        from train.tracking_server import serve
+        from train.experiments.tracking_server import serve
 
         return serve(args.port, args.host, args.artifacts)
     elif args.command == "stanford-dogs":
         from pathlib import Path
 
-        from train.stanford import build, fetch
+        from train.data.stanford import build, fetch
 
         written = build(fetch(Path(args.archive)), Path(args.out), args.sha256)
         print(json.dumps(written, indent=2))
     elif args.command == "evaluate":
         import numpy as np
 
-        from train.evaluate import evaluate
+        from train.shipping.evaluate import evaluate
 
         summary = evaluate(args.model, args.split, args.data_dir)
         print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, np.ndarray)}, indent=2))
@@ -193,8 +193,8 @@ def run(args: argparse.Namespace) -> int | None:
         from pathlib import Path
 
         from inference import PetClassifier
-        from train.data import DataError, data_dir
-        from train.retention import FOLDER, folders_trained_on, measure
+        from train.data.pets import DataError, data_dir
+        from train.shipping.retention import FOLDER, folders_trained_on, measure
 
         photos = Path(args.photos) if args.photos else data_dir(args.data_dir).parent / FOLDER
         classifier = PetClassifier.load(Path(args.model), variant="fp32")

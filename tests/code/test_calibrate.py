@@ -1,4 +1,4 @@
-"""train.calibrate: temperature scaling recovers a known temperature; the threshold flags ≤ 5 % of correct;
+"""train.learning.calibrate: temperature scaling recovers a known temperature; the threshold flags ≤ 5 % of correct;
 each variant gets the temperature of its own logits."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from inference import softmax
-from train.calibrate import calibration_report, ece, fit_temperature, not_sure_threshold, variant_logits
-from train.gates import Gates
+from train.learning.calibrate import calibration_report, ece, fit_temperature, not_sure_threshold, variant_logits
+from train.shipping.gates import Gates
 
 GATE = Gates.load().calibration
 
@@ -55,7 +55,7 @@ def test_threshold_flags_at_most_five_percent_of_correct_predictions() -> None:
 
 
 def test_calibration_never_fits_on_images_the_model_trained_on() -> None:
-    from train.select import SelectionError, calibration_parent
+    from train.shipping.select import SelectionError, calibration_parent
 
     assert calibration_parent({"cv.parent_run_id": "abc"}, {"images.val": "0"}) == "abc"  # out-of-fold logits
     assert calibration_parent({}, {"images.val": "230"}) is None  # its own held-out validation split
@@ -80,8 +80,8 @@ def test_int8_is_calibrated_on_the_same_photos_matched_by_name() -> None:
     calibration photo missing from trainval is refused by name."""
     from pathlib import Path
 
-    from train.data import Sample
-    from train.select import CalibrationSet, SelectionError, int8_calibration
+    from train.data.pets import Sample
+    from train.shipping.select import CalibrationSet, SelectionError, int8_calibration
 
     logits, labels = sampled(1.0, n=600)
     rng = np.random.default_rng(5)

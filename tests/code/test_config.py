@@ -1,11 +1,11 @@
-"""train.config: TOML in, validated dataclass out; unknown keys and bad values are named."""
+"""train.learning.config: TOML in, validated dataclass out; unknown keys and bad values are named."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import REPO
-from train.config import Config, ConfigError, load_config, load_sweep, logged_config, parse_override
+from train.learning.config import Config, ConfigError, load_config, load_sweep, logged_config, parse_override
 
 
 def write(tmp_path, text: str):
@@ -56,7 +56,7 @@ def test_sweep_expands_the_grid(tmp_path) -> None:
 
 
 def test_sweep_trials_are_named_by_what_sets_them_apart(tmp_path) -> None:
-    from train.trials import grid_names
+    from train.experiments.trials import grid_names
 
     configs = load_sweep(write(tmp_path, '[base]\nepochs = 5\n[grid]\nlr = [0.1, 0.01]\nhead = ["linear", "mlp"]\n'))
     assert [name for name, _ in grid_names(configs)][:2] == ["head=linear,lr=0.1", "head=mlp,lr=0.1"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from train.distill import distillation_loss, restricted_accuracy, retention
-from train.imagenet import IMAGENET_CLASSES, dog_rows
+from train.data.imagenet import IMAGENET_CLASSES, dog_rows
+from train.learning.distill import distillation_loss, restricted_accuracy, retention
 
 
 def test_distillation_is_zero_when_the_student_agrees_with_the_teacher() -> None:

@@ -3,7 +3,7 @@ values of train/configs/gates.toml."""
 
 from __future__ import annotations
 
-from train.gates import Gates, int8_accepted, int8_rule, parity_failure
+from train.shipping.gates import Gates, int8_accepted, int8_rule, parity_failure
 
 GATES = Gates.load()
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models._meta import _IMAGENET_CATEGORIES
 
 from tests.conftest import MODEL_DIR
-from train.imagenet import IMAGENET_CLASSES, init_from_imagenet
+from train.data.imagenet import IMAGENET_CLASSES, init_from_imagenet
 
 EXPECTED_NAMES = {  # ImageNet's own name for each breed, where it differs from the dataset's
     "japanese_chin": "Japanese spaniel",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from inference import pet_mass
-from train.data import DataError
-from train.no_pet import Photo, Signals, catch_report, fit_threshold, flagged, folds_by_source
+from train.data.pets import DataError
+from train.shipping.no_pet import Photo, Signals, catch_report, fit_threshold, flagged, folds_by_source
 
 
 def test_the_threshold_flags_at_most_the_allowed_share_of_pets_wherever_they_are_asked() -> None:

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from train.config import Config
-from train.crossval import Fold, correction_metrics, fit_correction
-from train.data import PetData, Sample
-from train.metrics import mean_per_class
-from train.model import Explained, PetNet, make_head
-from train.prior import corrected, fit_strength, fold_into_bias, log_prior
+from train.data.pets import PetData, Sample
+from train.experiments.crossval import Fold, correction_metrics, fit_correction
+from train.learning.config import Config
+from train.learning.metrics import mean_per_class
+from train.learning.model import Explained, PetNet, make_head
+from train.learning.prior import corrected, fit_strength, fold_into_bias, log_prior
 
 
 def test_log_prior_is_the_log_training_frequency() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from train.gates import Gates, PublishGate, publish_failure
-from train.publish import GateError, publish, validate
+from train.shipping.gates import Gates, PublishGate, publish_failure
+from train.shipping.publish import GateError, publish, validate
 
 SPACE_TOP_LEVEL = {
     "app.py",
@@ -35,7 +35,7 @@ def space_copy(tmp_path: Path) -> Path:
     for folder in ("model", "examples"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     for stray in (
-        "train/fit.py",
+        "train/experiments/fit.py",
         "tests/test_x.py",
         "mlflow.db",
         "mlruns/0/meta.yaml",
@@ -118,7 +118,7 @@ def test_publish_needs_a_space_and_a_token(space_copy: Path, monkeypatch: pytest
 
 
 def test_publish_imports_no_torch() -> None:
-    code = "import sys, train.__main__, train.publish; print('torch' in sys.modules)"
+    code = "import sys, train.__main__, train.shipping.publish; print('torch' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "False"
     )
@@ -153,7 +153,7 @@ def test_the_shipped_model_passes_the_committed_gate() -> None:
 
 
 def test_gates_file_names_a_missing_key(tmp_path: Path) -> None:
-    from train.config import ConfigError
+    from train.learning.config import ConfigError
 
     text = (REPO / "train" / "configs" / "gates.toml").read_text().replace("max_regression", "max_regresion")
     (tmp_path / "gates.toml").write_text(text)
@@ -200,13 +200,13 @@ def space_tree(space_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_the_front_matter_is_what_spaces_need(space_tree: Path) -> None:
-    from train.space_config import problems
+    from train.shipping.space_config import problems
 
     assert problems(space_tree) == []
 
 
 def test_a_python_without_wheels_for_the_pins_fails(space_tree: Path) -> None:
-    from train.space_config import problems
+    from train.shipping.space_config import problems
 
     set_front_matter(space_tree / "README.md", 'python_version: "3.11"', 'python_version: "3.8"')
     found = problems(space_tree)
@@ -216,16 +216,16 @@ def test_a_python_without_wheels_for_the_pins_fails(space_tree: Path) -> None:
 def test_front_matter_mistakes_are_named(
     space_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import train.publish
-    from train.space_config import problems
+    import train.shipping.publish
+    from train.shipping.space_config import problems
 
     template = tmp_path / "space_readme.md"
-    shutil.copy(train.publish.SPACE_README, template)
+    shutil.copy(train.shipping.publish.SPACE_README, template)
     set_front_matter(template, "colorTo: indigo", "colorTo: teal")
     set_front_matter(template, "sdk_version: 6.31.0", "sdk_version: 5.0.0")
     set_front_matter(template, "license: mit", "license: MIT License")
     set_front_matter(template, "short_description: ", "short_description: " + "very " * 12)
-    monkeypatch.setattr(train.publish, "SPACE_README", template)
+    monkeypatch.setattr(train.shipping.publish, "SPACE_README", template)
     set_test_accuracy(space_copy, 0.99)
     out = tmp_path / "space"
     assert publish(None, dry_run=True, root=space_copy, out=out) == 1
@@ -246,7 +246,7 @@ def test_the_space_page_gives_photo_counts_and_names_extra_data_only_when_used()
     from dataclasses import replace
 
     from inference import ModelCard
-    from train.publish import space_readme
+    from train.shipping.publish import space_readme
 
     card = ModelCard.load(REPO / "model" / "card.json")
     labels = json.loads((REPO / "model" / "labels.json").read_text())
@@ -274,7 +274,7 @@ def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> No
     from dataclasses import replace
 
     from inference import ModelCard
-    from train.publish import space_readme
+    from train.shipping.publish import space_readme
 
     card = ModelCard.load(REPO / "model" / "card.json")
     labels = json.loads((REPO / "model" / "labels.json").read_text())

@@ -1,4 +1,4 @@
-"""train.data: the official splits, a stratified seeded validation split, and missing files counted."""
+"""train.data.pets: the official splits, a stratified seeded validation split, and missing files counted."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from preprocess import InputSpec
 from tests.conftest import TINY_CLASSES
-from train.data import DataError, load_dataset
+from train.data.pets import DataError, load_dataset
 
 
 def test_splits_and_classes(tiny_data) -> None:
@@ -70,7 +70,7 @@ def test_evaluating_a_model_on_another_dataset_is_a_clear_error(tiny_data, capsy
 
 def test_the_feature_cache_key_follows_the_preprocessing_code_and_the_weights(monkeypatch, tiny_data) -> None:
     """A change to preprocess.py or to the weights package must not reuse features made before it."""
-    from train import features
+    from train.learning import features
 
     data = load_dataset(tiny_data, 0.25, 0)
     spec = InputSpec(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -91,7 +91,7 @@ def test_augmentation_does_not_depend_on_the_worker_count(tiny_data) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from train.finetune import Images, train_transform
+    from train.learning.finetune import Images, train_transform
 
     spec = InputSpec(80, 64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     images = Images(load_dataset(tiny_data, 0.25, 0).splits["train"][:6], train_transform(64, spec, "trivial"), spec)

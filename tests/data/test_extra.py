@@ -15,11 +15,11 @@ from PIL import Image
 
 from inference import sha256_file
 from tests.conftest import REPO, TINY_CLASSES, pattern, write_tiny_dataset
-from train.config import Config
-from train.crossval import fold_data, plan
-from train.data import DataError, load_dataset, load_extra
-from train.model import class_weights
-from train.stanford import SYNSETS, ArchiveError, build
+from train.learning.config import Config
+from train.experiments.crossval import fold_data, plan
+from train.data.pets import DataError, load_dataset, load_extra
+from train.learning.model import class_weights
+from train.data.stanford import SYNSETS, ArchiveError, build
 
 CLASSES = [name for name, _ in TINY_CLASSES]
 SHARED_EXTRA = REPO.parent / "shared" / "data" / "stanford-dogs-extra"

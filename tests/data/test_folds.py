@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import write_tiny_dataset
-from train.config import Config
-from train.crossval import Fold, out_of_fold, plan, stratified_folds
-from train.data import load_dataset
+from train.learning.config import Config
+from train.experiments.crossval import Fold, out_of_fold, plan, stratified_folds
+from train.data.pets import load_dataset
 
 
 @pytest.fixture
@@ -85,8 +85,8 @@ def test_a_re_encoded_copy_is_a_near_duplicate_and_another_photo_is_not(tmp_path
     from PIL import Image
 
     from tests.conftest import CHELSEA, EXAMPLES
-    from train.data import Sample
-    from train.duplicates import groups, twins
+    from train.data.pets import Sample
+    from train.data.duplicates import groups, twins
 
     photo = Image.open(CHELSEA).convert("RGB")
     photo.crop((4, 3, photo.width - 4, photo.height - 3)).resize((300, 200)).save(tmp_path / "copy.jpg", quality=60)
@@ -107,7 +107,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "oxfor
 )
 def test_the_six_known_test_twins_are_found() -> None:
     """The review's six test photos with a twin in trainval, and no others."""
-    from train.duplicates import twins
+    from train.data.duplicates import twins
 
     data = load_dataset(SHARED, 0.15, 0)
     found = set(twins(data.splits["test"], data.splits["train"] + data.splits["val"]))
@@ -133,7 +133,7 @@ def test_hash_distances_count_the_bits_of_the_xor_in_a_few_bytes_a_pair() -> Non
     uint8 answer and one block of XORs), where unpacking took ~80."""
     import tracemalloc
 
-    from train.duplicates import ROWS_AT_ONCE, distances
+    from train.data.duplicates import ROWS_AT_ONCE, distances
 
     rng = np.random.default_rng(0)
     left, right = (rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False) for n in (ROWS_AT_ONCE + 37, 53))

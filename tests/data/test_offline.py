@@ -8,8 +8,8 @@ from urllib.error import URLError
 import pytest
 import torchvision
 
-from train.backbones import BackboneError, get_backbone
-from train.data import DataError, load_dataset
+from train.learning.backbones import BackboneError, get_backbone
+from train.data.pets import DataError, load_dataset
 
 
 def offline(*args, **kwargs):

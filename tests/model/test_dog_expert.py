@@ -17,9 +17,9 @@ from torch import nn
 from inference import ModelError, PetClassifier, combine, softmax
 from preprocess import load_image, model_batch, model_input
 from tests.conftest import CHELSEA, EXAMPLES, MODEL_DIR
-from train.backbones import get_backbone
-from train.data import Sample
-from train.evaluate import photo_answers
+from train.data.pets import Sample
+from train.learning.backbones import get_backbone
+from train.shipping.evaluate import photo_answers
 
 DOGS = [path for path in EXAMPLES if path.stem[0].islower()]  # dataset convention: dog breeds in lower case
 CATS = [path for path in EXAMPLES if path.stem[0].isupper()] + [CHELSEA]

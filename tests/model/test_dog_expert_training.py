@@ -16,9 +16,9 @@ from mlflow import MlflowClient
 from inference import ModelCard, PetClassifier, sha256_file
 from tests.conftest import write_tiny_dataset
 from train.__main__ import main as train_main
-from train.data import load_dataset
-from train.evaluate import evaluate_classifier
-from train.tracking import EXPERT_MODEL, REGISTERED_MODEL, WEIGHTS
+from train.data.pets import load_dataset
+from train.experiments.tracking import EXPERT_MODEL, REGISTERED_MODEL, WEIGHTS
+from train.shipping.evaluate import evaluate_classifier
 
 pytestmark = pytest.mark.slow
 

@@ -13,16 +13,16 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-import train.finetune
+import train.learning.finetune
 from preprocess import model_batch
 from tests.data.test_extra import write_extra
 from train.__main__ import main as train_main
-from train.config import Config
-from train.data import load_dataset
-from train.export import to_onnx
-from train.finetune import fine_tune_run
-from train.model import input_spec
-from train.tracking import OOF_LOGITS, PRIOR_CORRECTION, load_logits
+from train.data.pets import load_dataset
+from train.experiments.tracking import OOF_LOGITS, PRIOR_CORRECTION, load_logits
+from train.learning.config import Config
+from train.learning.finetune import fine_tune_run
+from train.learning.model import input_spec
+from train.shipping.export import to_onnx
 
 pytestmark = pytest.mark.slow
 
@@ -56,17 +56,17 @@ def test_a_killed_run_resumes_from_its_last_epoch_to_the_same_result(tiny_data, 
     whole = run(Config(**TINY, epochs=3, ema_decay=0.9, checkpoint_dir=str(tmp_path / "whole")), data)
 
     config = Config(**TINY, epochs=3, ema_decay=0.9, checkpoint_dir=str(tmp_path / "killed"))
-    save = train.finetune.save_checkpoint
+    save = train.learning.finetune.save_checkpoint
 
     def save_then_die(state: dict, path) -> None:
         save(state, path)
         if state["epoch"] == 2:
             raise KeyboardInterrupt("killed after epoch 2")
 
-    monkeypatch.setattr(train.finetune, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train.learning.finetune, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run(config, data)
-    monkeypatch.setattr(train.finetune, "save_checkpoint", save)
+    monkeypatch.setattr(train.learning.finetune, "save_checkpoint", save)
     assert torch.load(next((tmp_path / "killed").glob("*.pt")), weights_only=True)["epoch"] == 2
 
     resumed = run(config, data, resume=True)

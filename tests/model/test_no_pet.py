@@ -12,9 +12,9 @@ from gradio_client import handle_file
 
 from inference import PetClassifier
 from tests.conftest import CHELSEA, EXAMPLES, MODEL_DIR, REPO
-from train.data import load_dataset
-from train.evaluate import photo_answers
-from train.no_pet import FOLDER, not_pet_photos
+from train.data.pets import load_dataset
+from train.shipping.evaluate import photo_answers
+from train.shipping.no_pet import FOLDER, not_pet_photos
 
 KODAK = sorted((REPO / "tests" / "not-pets").glob("*.jpg"))
 SHARED = REPO.parent / "shared" / "data"

@@ -1,5 +1,5 @@
 """Training beyond one machine, for real: a PostgreSQL cluster and `mlflow server` processes started here
-(train.tracking_server), the train commands pointed at them by MLFLOW_TRACKING_URI, and sweeps on a
+(train.experiments.tracking_server), the train commands pointed at them by MLFLOW_TRACKING_URI, and sweeps on a
 local Ray. Each server can be killed mid-command to check the failure is clean."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from mlflow import MlflowClient
 
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
-from train.tracking import HOLDOUT_LOGITS, OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS, load_logits
-from train.tracking_server import ServerError, free_port, mlflow_server, postgres, stop
+from train.experiments.tracking import HOLDOUT_LOGITS, OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS, load_logits
+from train.experiments.tracking_server import ServerError, free_port, mlflow_server, postgres, stop
 
 pytestmark = pytest.mark.slow
 

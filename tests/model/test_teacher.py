@@ -19,12 +19,12 @@ from preprocess import load_for_model
 from tests.conftest import write_tiny_dataset
 from tests.data.test_extra import write_extra
 from train.__main__ import main as train_main
-from train.backbones import get_backbone
-from train.config import Config
-from train.data import load_dataset
-from train.features import CacheStats, activations, view_input
-from train.imagenet import IMAGENET_CLASSES
-from train.model import build, frozen_copy, seed_everything
+from train.data.imagenet import IMAGENET_CLASSES
+from train.data.pets import load_dataset
+from train.learning.backbones import get_backbone
+from train.learning.config import Config
+from train.learning.features import CacheStats, activations, view_input
+from train.learning.model import build, frozen_copy, seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_the_recipe_runs_through_cv_with_retention_and_ships_with_parity(dogs: P
 
 
 def test_end_to_end_fine_tuning_distils_the_teacher(dogs: Path, tmp_path: Path) -> None:
-    from train.finetune import fine_tune_run
+    from train.learning.finetune import fine_tune_run
 
     data = load_dataset(dogs, 0.25, 0)
     tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=1)
@@ -125,8 +125,8 @@ def test_end_to_end_fine_tuning_distils_the_teacher(dogs: Path, tmp_path: Path) 
 def test_a_killed_distilling_run_resumes_with_the_pretrained_teacher(dogs: Path, tmp_path: Path, monkeypatch) -> None:
     """The teacher is the tail as it was pretrained: a resumed run must not take it from the checkpoint's
     trained tail (it did: the copy was made after the checkpoint's weights were loaded)."""
-    import train.finetune
-    from train.finetune import fine_tune_run
+    import train.learning.finetune
+    from train.learning.finetune import fine_tune_run
 
     data = load_dataset(dogs, 0.25, 0)
     tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=2)
@@ -137,16 +137,16 @@ def test_a_killed_distilling_run_resumes_with_the_pretrained_teacher(dogs: Path,
         train, held_out = data.splits["train"], data.splits["val"]
         return fine_tune_run(config, data.classes, data.species, train, held_out, resume, keep=True)
 
-    whole, save = run("whole"), train.finetune.save_checkpoint
+    whole, save = run("whole"), train.learning.finetune.save_checkpoint
 
     def save_then_die(state: dict, path) -> None:
         save(state, path)
         raise KeyboardInterrupt("killed after epoch 1")
 
-    monkeypatch.setattr(train.finetune, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train.learning.finetune, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run("killed")
-    monkeypatch.setattr(train.finetune, "save_checkpoint", save)
+    monkeypatch.setattr(train.learning.finetune, "save_checkpoint", save)
     resumed = run("killed", resume=True)
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     assert resumed.history == whole.history  # epoch 2 distilled from the same teacher
@@ -157,8 +157,8 @@ def test_a_frozen_backbone_distils_from_its_own_pooled_features(dogs: Path, tmp_
     frozen backbone (the issue's first ablation) runs, and its term is in the loss."""
     from dataclasses import replace
 
-    from train.fit import train_cached
-    from train.model import input_spec
+    from train.experiments.fit import train_cached
+    from train.learning.model import input_spec
 
     data = load_dataset(dogs, 0.25, 0)
     config = Config(backbone="efficientnet_lite0", image_size=64, crop_ratio=1.0, views=1, epochs=1, patience=0)
@@ -180,7 +180,7 @@ def test_retention_is_not_measured_on_photos_it_cannot_speak_for(tmp_path: Path)
     was kept, so no figure under retention's name."""
     from inference import PetClassifier
     from tests.conftest import MODEL_DIR
-    from train import retention
+    from train.shipping import retention
 
     classifier = PetClassifier.load(MODEL_DIR, variant="fp32")
     cats = write_extra(tmp_path / "cats" / retention.FOLDER, {"Persian": 2})
@@ -194,7 +194,7 @@ def test_the_cached_path_computes_what_the_served_network_does(dogs: Path, tmp_p
     """Training runs the tail and head on the prefix's cached activations; serving runs the whole network.
     With the tail moved from where it was pretrained, a skipped or doubled part would show."""
     from preprocess import model_batch
-    from train.fit import Inputs, evaluate_logits
+    from train.experiments.fit import Inputs, evaluate_logits
 
     data = load_dataset(dogs, 0.25, 0)
     samples = data.splits["train"][:4]
@@ -232,8 +232,8 @@ def test_retention_refuses_in_one_line_what_it_cannot_measure(tmp_path: Path, ca
 
 def test_the_retention_teacher_is_the_untouched_network_on_the_serving_tensor(dogs: Path) -> None:
     from preprocess import model_batch
-    from train.model import input_spec
-    from train.retention import teacher_logits
+    from train.learning.model import input_spec
+    from train.shipping.retention import teacher_logits
 
     samples = load_dataset(dogs, 0.25, 0).splits["train"][:4]
     spec = input_spec(CONFIG)

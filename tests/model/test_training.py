@@ -17,15 +17,15 @@ from inference import PetClassifier, sha256_file
 from preprocess import load_for_model
 from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
-from train.calibrate import fit_temperature
-from train.config import Config
-from train.data import load_dataset
-from train.evaluate import evaluate_classifier
-from train.features import view_input
-from train.fit import fit
-from train.gates import Gates, int8_accepted
-from train.model import input_spec
-from train.tracking import REGISTERED_MODEL
+from train.data.pets import load_dataset
+from train.experiments.fit import fit
+from train.experiments.tracking import REGISTERED_MODEL
+from train.learning.calibrate import fit_temperature
+from train.learning.config import Config
+from train.learning.features import view_input
+from train.learning.model import input_spec
+from train.shipping.evaluate import evaluate_classifier
+from train.shipping.gates import Gates, int8_accepted
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,7 @@ def test_same_seed_gives_the_same_metrics(trained, monkeypatch: pytest.MonkeyPat
 
 
 def test_fine_tuning_the_last_blocks_exports_with_parity(trained, monkeypatch: pytest.MonkeyPatch) -> None:
-    from train.export import export
+    from train.shipping.export import export
 
     monkeypatch.chdir(trained["root"])
     config = Config(finetune_blocks=2, views=3, epochs=3, val_fraction=0.25, cache_dir=str(trained["cache"]))
@@ -177,7 +177,7 @@ def test_bad_config_key_fails_with_its_name(tmp_path: Path) -> None:
 
 
 def test_evaluate_goes_through_the_serving_code(trained, capsys: pytest.CaptureFixture) -> None:
-    from train.evaluate import evaluate
+    from train.shipping.evaluate import evaluate
 
     assert (
         train_main(
@@ -238,7 +238,7 @@ def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> 
     and argmax of a NaN row is 0 on both sides)."""
     import torch
 
-    from train.export import ExportError, check_parity, model_version, registered_net, to_onnx
+    from train.shipping.export import ExportError, check_parity, model_version, registered_net, to_onnx
 
     model = registered_net(model_version(alias="champion"))
     spec = PetClassifier.load(trained["model"]).spec
@@ -256,8 +256,8 @@ def test_the_folded_onnx_model_gives_the_corrected_probabilities(trained, tmp_pa
     import torch
 
     from preprocess import model_batch
-    from train.export import model_version, registered_net, to_onnx
-    from train.prior import corrected, fold_into_bias, log_prior
+    from train.learning.prior import corrected, fold_into_bias, log_prior
+    from train.shipping.export import model_version, registered_net, to_onnx
 
     model = registered_net(model_version(alias="champion"))
     spec = PetClassifier.load(trained["model"]).spec

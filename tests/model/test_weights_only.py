@@ -19,14 +19,14 @@ from mlflow import MlflowClient
 
 from preprocess import model_batch
 from train.__main__ import main as train_main
-from train.config import Config
-from train.data import load_dataset
-from train.export import ExportError, export, model_version, registered_net
-from train.finetune import CheckpointError, load_checkpoint, save_checkpoint
-from train.fit import fit
-from train.gates import Gates
-from train.model import build_net
-from train.tracking import HOLDOUT_LOGITS, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS, load_logits, log_model
+from train.data.pets import load_dataset
+from train.experiments.fit import fit
+from train.experiments.tracking import HOLDOUT_LOGITS, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS, load_logits, log_model
+from train.learning.config import Config
+from train.learning.finetune import CheckpointError, load_checkpoint, save_checkpoint
+from train.learning.model import build_net
+from train.shipping.export import ExportError, export, model_version, registered_net
+from train.shipping.gates import Gates
 
 
 class Tripwire(torch.nn.Linear):

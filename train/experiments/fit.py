@@ -1,5 +1,5 @@
 """One training run, logged to MLflow: either the fast path (cached frozen activations in, a trained tail
-and head out) or end-to-end fine-tuning from images (`train.finetune`)."""
+and head out) or end-to-end fine-tuning from images (`train.learning.finetune`)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from preprocess import InputSpec
-from train import metrics, tracking
-from train.config import Config
-from train.data import PetData, load_dataset
-from train.distill import Distiller, make_distiller
-from train.features import Cached, CacheStats, activations
-from train.finetune import Outcome, checkpoint_path, fine_tune_run, load_checkpoint, save_checkpoint
-from train.model import build, class_weights, frozen_copy, input_spec, seed_everything, train_mode
+from train.data.pets import PetData, load_dataset
+from train.experiments import tracking
+from train.learning import metrics
+from train.learning.config import Config
+from train.learning.distill import Distiller, make_distiller
+from train.learning.features import Cached, CacheStats, activations
+from train.learning.finetune import Outcome, checkpoint_path, fine_tune_run, load_checkpoint, save_checkpoint
+from train.learning.model import build, class_weights, frozen_copy, input_spec, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import mlflow
 
-from train import tracking
-from train.config import Config, load_sweep
-from train.data import PetData, load_dataset
+from train.data.pets import PetData, load_dataset
+from train.experiments import tracking
+from train.learning.config import Config, load_sweep
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CODE = [str(REPO / "train"), str(REPO / "preprocess.py"), str(REPO / "inference.py")]  # shipped to Ray workers
 
 
@@ -56,7 +56,7 @@ IN_PROCESS = Engine()
 
 
 def run_trial(trial: Trial, config_path: str | None, parent_run_id: str) -> TrialResult:
-    from train.fit import fit
+    from train.experiments.fit import fit
 
     result = fit(
         trial.config,

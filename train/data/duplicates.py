@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from train.data import Sample
+from train.data.pets import Sample
 
 MAX_DISTANCE = 8  # bits of 64 that may differ for two photos to count as one
 

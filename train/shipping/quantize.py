@@ -15,7 +15,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from inference import ModelCard, sha256_file
 from preprocess import load_for_model, model_input
-from train.data import Sample
+from train.data.pets import Sample
 
 
 class TrainingImages(CalibrationDataReader):

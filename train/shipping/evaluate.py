@@ -9,8 +9,8 @@ import numpy as np
 
 from inference import Answer, PetClassifier
 from preprocess import InputSpec, PreprocessError, model_batch
-from train import metrics
-from train.data import DataError, PetData, Sample, load_dataset
+from train.data.pets import DataError, PetData, Sample, load_dataset
+from train.learning import metrics
 
 BATCH = 32
 

@@ -15,14 +15,14 @@ import numpy as np
 from mlflow import MlflowClient
 
 from inference import ExpertInfo, ModelCard, PetClassifier, not_sure, softmax
-from train import retention
-from train.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
-from train.data import PetData, Sample, load_dataset
-from train.evaluate import evaluate_classifier, photo_logits
-from train.export import export_model, replacing
-from train.gates import CalibrationGate, Gates, int8_accepted, int8_rule
-from train.quantize import quantize
-from train.tracking import OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, load_logits
+from train.data.pets import PetData, Sample, load_dataset
+from train.experiments.tracking import OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, load_logits
+from train.learning.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
+from train.shipping import retention
+from train.shipping.evaluate import evaluate_classifier, photo_logits
+from train.shipping.export import export_model, replacing
+from train.shipping.gates import CalibrationGate, Gates, int8_accepted, int8_rule
+from train.shipping.quantize import quantize
 
 log = logging.getLogger(__name__)
 

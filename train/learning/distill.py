@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from train.config import Config
-from train.imagenet import dog_rows
+from train.data.imagenet import dog_rows
+from train.learning.config import Config
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

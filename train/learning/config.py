@@ -36,7 +36,7 @@ class Config:
     distill_temperature: float = 2.0  # softens both distributions in the distillation loss
     species: str = ""  # "": all 37 breeds; "dog": the dog expert's 25 (train/configs/dog_expert.toml)
     folds: int = 5  # python -m train cv: stratified folds over trainval
-    extra_data: tuple[str, ...] = ()  # extra image folders (train/data.py): training only, never held out
+    extra_data: tuple[str, ...] = ()  # extra image folders (train/data/pets.py): training only, never held out
     balance: str = "none"  # "none"; "loss": class weights ∝ 1 / training images (each breed alike); "sqrt": ∝ 1 / √
     prior_correction: bool = False  # cv: fit logits − τ·log(prior) on out-of-fold logits, fold it into the bias
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
@@ -93,7 +93,7 @@ class Config:
         return asdict(self)
 
     def dataset_key(self) -> tuple[float, int, tuple[str, ...], str]:
-        """What `train.data.load_dataset` takes after the folder: runs with equal keys share one dataset."""
+        """What `train.data.pets.load_dataset` takes after the folder: runs with equal keys share one dataset."""
         return self.val_fraction, self.seed, self.extra_data, self.species
 
     def training_params(self) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import get_type_hints
 
-from train.config import ConfigError, read_toml
+from train.learning.config import ConfigError, read_toml
 
-GATES = Path(__file__).parent / "configs" / "gates.toml"
+GATES = Path(__file__).parents[1] / "configs" / "gates.toml"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import preprocess
 from preprocess import InputSpec, load_for_model, model_input, to_tensor
-from train.data import Sample
+from train.data.pets import Sample
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from train.metrics import mean_per_class
+from train.learning.metrics import mean_per_class
 
 STRENGTHS = tuple(np.round(np.arange(0.0, 1.51, 0.125), 3))  # τ = 0 is no correction
 

@@ -14,12 +14,12 @@ from datetime import date
 from pathlib import Path
 
 from inference import ModelCard, ModelError, PetClassifier
-from train import retention
-from train.data import load_dataset
-from train.evaluate import evaluate_classifier
-from train.export import updating
-from train.gates import Gates
-from train.select import int8_test, summarize_test
+from train.data.pets import load_dataset
+from train.shipping import retention
+from train.shipping.evaluate import evaluate_classifier
+from train.shipping.export import updating
+from train.shipping.gates import Gates
+from train.shipping.select import int8_test, summarize_test
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from train import duplicates, prior
-from train.config import Config
-from train.data import PetData, Sample, load_dataset
-from train.trials import IN_PROCESS, Engine, Trial, run_trials
+from train.data import duplicates
+from train.data.pets import PetData, Sample, load_dataset
+from train.experiments.trials import IN_PROCESS, Engine, Trial, run_trials
+from train.learning import prior
+from train.learning.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def out_of_fold(folds: list[Fold], logits: list[np.ndarray]) -> tuple[list[str],
 
 
 def cv_metrics(fold_accuracies: list[float], summary: dict, logits: np.ndarray, labels: np.ndarray) -> dict:
-    from train.calibrate import nll
+    from train.learning.calibrate import nll
 
     return {
         "cv_accuracy": summary["accuracy"],
@@ -91,8 +92,9 @@ def cross_validate(
     registered with the CV metrics. Returns the CV metrics."""
     import mlflow
 
-    from train import metrics, tracking
-    from train.fit import fit
+    from train.experiments import tracking
+    from train.experiments.fit import fit
+    from train.learning import metrics
 
     if not config.end_to_end and config.patience:
         raise RuntimeError(
@@ -150,9 +152,9 @@ def oof_retention(
     """Out-of-fold retention: top-1 among the ImageNet dog breeds, the model against the teacher on the
     same held-out photos. The cached path logs the teacher's logits of every held-out photo (its features
     cache with the activations); the end-to-end path does not."""
-    from train import tracking
-    from train.distill import retention
-    from train.imagenet import dog_rows
+    from train.data.imagenet import dog_rows
+    from train.experiments import tracking
+    from train.learning.distill import retention
 
     if config.end_to_end:
         return {}
@@ -222,7 +224,7 @@ def fold_data(data: PetData, fold: Fold) -> PetData:
 def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     """Every fold and the final run trained and checkpointed, with no tracking: for a GPU box without the
     MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints."""
-    from train.finetune import fine_tune_run
+    from train.learning.finetune import fine_tune_run
 
     data = load_dataset(data_dir, *config.dataset_key())
     for fold in plan(config, data):

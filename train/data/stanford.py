@@ -3,7 +3,7 @@ with a network (`python -m train stanford-dogs --out data/stanford-dogs-extra`).
 
 Stanford Dogs (Khosla et al., FGVC workshop, CVPR 2011) holds 120 ImageNet dog synsets; 20 are exactly
 Oxford-IIIT Pet breeds. Their photos become `<out>/images/<label>/<stem>.jpg` with a MANIFEST.tsv, the
-layout `train.data.load_extra` reads, processed as the shared copy was: RGB, the shorter side scaled down
+layout `train.data.pets.load_extra` reads, processed as the shared copy was: RGB, the shorter side scaled down
 to 320 px (LANCZOS, never up), JPEG quality 90, at most 200 per label in stem order. The terms are
 ImageNet's: non-commercial research and education only. The approximate matches (Stanford's
 cocker_spaniel, American_Staffordshire_terrier) are left out on purpose.

@@ -13,12 +13,12 @@ from torch import nn
 
 from inference import ModelCard, PetClassifier
 from preprocess import InputSpec, PreprocessError, model_batch
-from train.backbones import get_backbone
-from train.data import DataError, Sample, load_extra
-from train.distill import retention
-from train.evaluate import log_probabilities, photo_answers
-from train.features import EXTRACT_BATCH
-from train.imagenet import dog_rows
+from train.data.imagenet import dog_rows
+from train.data.pets import DataError, Sample, load_extra
+from train.learning.backbones import get_backbone
+from train.learning.distill import retention
+from train.learning.features import EXTRACT_BATCH
+from train.shipping.evaluate import log_probabilities, photo_answers
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from preprocess import InputSpec
-from train.data import PetData
-from train.provenance import git_commit, package_versions
+from train.data.pets import PetData
+from train.experiments.provenance import git_commit, package_versions
 
 
 def start(experiment: str) -> None:

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from preprocess import InputSpec
-from train.backbones import get_backbone
-from train.config import Config
-from train.imagenet import init_from_imagenet
+from train.data.imagenet import init_from_imagenet
+from train.learning.backbones import get_backbone
+from train.learning.config import Config
 
 
 def make_head(config: Config, channels: int, num_classes: int) -> nn.Module:

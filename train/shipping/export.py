@@ -24,14 +24,14 @@ from torch import nn
 
 from inference import CARD_SCHEMA, ModelCard, ModelInfo, sha256_file
 from preprocess import InputSpec, model_batch
-from train import prior
-from train.config import ConfigError, logged_config
-from train.data import Sample, load_dataset
-from train.gates import Gates, ParityGate, parity_failure
-from train.model import Explained, PetNet, build_net
-from train.provenance import git_commit
-from train.tensors import load_tensors
-from train.tracking import PRIOR_CORRECTION, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS
+from train.data.files import load_tensors
+from train.data.pets import Sample, load_dataset
+from train.experiments.provenance import git_commit
+from train.experiments.tracking import PRIOR_CORRECTION, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS
+from train.learning import prior
+from train.learning.config import ConfigError, logged_config
+from train.learning.model import Explained, PetNet, build_net
+from train.shipping.gates import Gates, ParityGate, parity_failure
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from torchvision.models import EfficientNet_B0_Weights
 
 from inference import IMAGENET_NAMES, ModelCard, PetClassifier, asked_rows, pet_mass, softmax
 from preprocess import PreprocessError
-from train.data import DataError, PetData, Sample, load_dataset
-from train.evaluate import prepared
-from train.export import updating
+from train.data.pets import DataError, PetData, Sample, load_dataset
+from train.shipping.evaluate import prepared
+from train.shipping.export import updating
 
 log = logging.getLogger(__name__)
 

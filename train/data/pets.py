@@ -214,7 +214,7 @@ def load_dataset(
 def _without_oxford_twins(extra: list[Sample], data: PetData) -> tuple[list[Sample], list[tuple[str, str]]]:
     """Extra photos that are near-duplicates of an Oxford photo are left out: trained on, one would put a
     held-out fold's or a test photo into training. Returns the rest and the (extra, Oxford) pairs."""
-    from train.duplicates import twins  # imported here: train.duplicates imports Sample from this module
+    from train.data.duplicates import twins  # imported here: train.data.duplicates imports Sample from this module
 
     pairs = twins(extra, [s for samples in data.splits.values() for s in samples])
     copies = {name for name, _ in pairs}

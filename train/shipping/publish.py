@@ -22,12 +22,12 @@ from inference import (
     no_pet_sentence,
     readable_name,
 )
-from train.config import ConfigError, read_toml
-from train.gates import Gates, PublishGate, publish_failure
-from train.provenance import git_commit
-from train.space_config import problems
+from train.experiments.provenance import git_commit
+from train.learning.config import ConfigError, read_toml
+from train.shipping.gates import Gates, PublishGate, publish_failure
+from train.shipping.space_config import problems
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PUBLISH_CONFIG = REPO / "train" / "configs" / "publish.toml"
 SPACE_README = REPO / "train" / "configs" / "space_readme.md"
 STANFORD_DOGS = (  # the Space page's sentence on extra training photos, when the model had them

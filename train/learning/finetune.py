@@ -27,11 +27,11 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from preprocess import InputSpec, load_for_model, model_input
-from train.config import Config
-from train.data import Sample
-from train.distill import Distiller, make_distiller
-from train.model import PetNet, build, class_weights, frozen_copy, seed_everything, train_mode
-from train.tensors import NotTensorsError, load_tensors
+from train.data.files import NotTensorsError, load_tensors
+from train.data.pets import Sample
+from train.learning.config import Config
+from train.learning.distill import Distiller, make_distiller
+from train.learning.model import PetNet, build, class_weights, frozen_copy, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,12 @@ from torch import nn
 
 from inference import IMAGENET_NAMES, ExpertInfo, ModelCard, PetClassifier, sha256_file, softmax
 from preprocess import InputSpec
-from train import retention
-from train.backbones import get_backbone
-from train.data import PetData, Sample, load_dataset
-from train.evaluate import evaluate_classifier, prepared
-from train.export import (
+from train.data.pets import PetData, Sample, load_dataset
+from train.experiments.tracking import EXPERT_MODEL, OOF_LOGITS, load_logits
+from train.learning.backbones import get_backbone
+from train.shipping import retention
+from train.shipping.evaluate import evaluate_classifier, prepared
+from train.shipping.export import (
     IMAGENET,
     check_parity,
     model_version,
@@ -39,9 +40,9 @@ from train.export import (
     to_onnx,
     updating,
 )
-from train.gates import Gates, int8_accepted, int8_rule
-from train.quantize import quantize
-from train.select import (
+from train.shipping.gates import Gates, int8_accepted, int8_rule
+from train.shipping.quantize import quantize
+from train.shipping.select import (
     CalibrationSet,
     best_version,
     calibrate,
@@ -50,7 +51,6 @@ from train.select import (
     int8_calibration,
     summarize_test,
 )
-from train.tracking import EXPERT_MODEL, OOF_LOGITS, load_logits
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The data: Oxford-IIIT Pet and its splits, near-duplicates, extra folders, ImageNet's names, tensor files."""

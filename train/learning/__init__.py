@@ -1,0 +1,1 @@
+"""Learning: backbones, the model, the feature cache, fine-tuning, distillation, calibration, metrics."""
