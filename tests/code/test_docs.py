@@ -58,3 +58,9 @@ def test_a_broken_link_and_a_missing_heading_are_found(tmp_path: Path) -> None:
         "#nowhere: no heading #nowhere in page.md",
         "x.png: no such file",
     ]
+
+
+def test_the_readme_says_what_the_model_is_in_at_most_25_lines() -> None:
+    """What the model is, the served numbers and what they mean for dogs; its history is docs/training.md's."""
+    section = REPO.joinpath("README.md").read_text().split("\n## The model\n", 1)[1].split("\n## ", 1)[0]
+    assert len(section.strip().splitlines()) <= 25
