@@ -31,7 +31,7 @@ def report(client: MlflowClient, parent_id: str) -> dict:
     return {
         "cpu": cpu(),
         "cv_run": parent.info.run_name,
-        "params": {key: parent.data.params[key] for key in ("backbone", "finetune_blocks", "views", "epochs")},
+        "params": {key: parent.data.params[key] for key in ("backbone", "end_to_end", "views", "epochs")},
         "total_s": seconds(parent),
         "feature_extraction_s": round(sum(run.data.metrics.get("feature_seconds", 0.0) for run in children), 1),
         "images_extracted": int(sum(run.data.metrics.get("feature_images_computed", 0) for run in children)),

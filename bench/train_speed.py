@@ -4,9 +4,8 @@
 
 A 6-configuration frozen-head sweep (`python -m train sweep`'s own code) in-process and on a local Ray,
 each from a cold feature cache (the first run pays for extraction) and again warm; the cost of each
-further head run; the throughput of fine-tuning the last layers on cached activations, and of end-to-end
-fine-tuning from images (train/configs/e2e_lite2.toml, one epoch on a subset, on CUDA when present, else
-the CPU). Uses a throwaway MLflow store and cache.
+further head run; the throughput of end-to-end fine-tuning from images (train/configs/e2e_lite2.toml,
+one epoch on a subset, on CUDA when present, else the CPU). Uses a throwaway MLflow store and cache.
 """
 
 from __future__ import annotations
@@ -25,9 +24,8 @@ import mlflow
 
 from bench.common import REPO, SHARED_DATA
 from train.data.pets import load_dataset
-from train.experiments.fit import fit
 from train.experiments.trials import IN_PROCESS, Engine, sweep
-from train.learning.config import load_config, load_sweep
+from train.learning.config import load_config
 from train.learning.finetune import finetune, pick_device
 from train.learning.model import build_net, seed_everything
 
@@ -39,7 +37,7 @@ def end_to_end_images_per_s(data_dir: str, images: int, scratch: str) -> dict:
     data = load_dataset(data_dir, config.val_fraction, config.seed)
     seed_everything(config.seed)
     net, spec = build_net(config, data.classes)
-    outcome = finetune(config, net, spec, data.classes, data.splits["train"][:images], [])
+    outcome = finetune(config, net, spec, data.classes, data.splits["train"][:images], [], data.digest)
     return {
         "config": "train/configs/e2e_lite2.toml",
         "device": pick_device(config.device).type,
@@ -89,15 +87,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(SHARED_DATA))
     parser.add_argument("--sweep", default=str(REPO / "train" / "configs" / "sweep_frozen.toml"))
-    parser.add_argument("--finetune-blocks", type=int, default=3)
     parser.add_argument("--end-to-end-images", type=int, default=128)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         mlflow.set_tracking_uri(f"sqlite:///{scratch}/mlflow.db")
         os.chdir(scratch)
         sweeps = engines_side_by_side(args.sweep, args.data_dir, scratch)
-        config = replace(load_sweep(args.sweep)[0], cache_dir=f"{scratch}/cache-in-process", experiment="bench")
-        tail = fit(replace(config, finetune_blocks=args.finetune_blocks, epochs=3), args.data_dir)
         end_to_end = end_to_end_images_per_s(args.data_dir, args.end_to_end_images, scratch)
     cold = sweeps["in_process_cold"]
     report = {
@@ -108,12 +103,6 @@ def main() -> None:
         "further_head_run_s_median": round(statistics.median(cold["run_s"][1:]), 1),
         "further_head_run_s_max": max(cold["run_s"][1:]),
         "engines": sweeps,
-        "finetune": {
-            "blocks": args.finetune_blocks,
-            "one_off_extraction_images": tail.cache.computed_images,
-            "one_off_extraction_s": round(tail.cache.seconds, 1),
-            "train_images_per_s": round(tail.train_images_per_s, 1),
-        },
         "end_to_end": end_to_end,
     }
     json.dump(report, sys.stdout, indent=2)

@@ -104,8 +104,8 @@ def test_every_shipped_recipe_loads(recipe: str) -> None:
 def test_a_run_config_logged_before_the_retired_recipes_went_still_rebuilds(tmp_path) -> None:
     """Registered versions logged keep_teacher and fine_tuned_*: export rebuilds those that did not use them."""
     retired = {"keep_teacher": False, "fine_tuned_onnx": "", "fine_tuned_sha256": ""}
-    logged = Config(finetune_blocks=6).as_params() | retired
-    assert logged_config(logged) == Config(finetune_blocks=6)
+    logged = Config(lr=0.003).as_params() | retired
+    assert logged_config(logged) == Config(lr=0.003)
     with pytest.raises(ConfigError, match="it used fine_tuned_onnx, fine_tuned_sha256, retired after commit 0242e1d"):
         logged_config(logged | {"fine_tuned_onnx": "x.onnx", "fine_tuned_sha256": "ab"})
     with pytest.raises(ConfigError, match="Unknown config key 'keep_teacher'"):  # no recipe sets them any more
@@ -115,3 +115,22 @@ def test_a_run_config_logged_before_the_retired_recipes_went_still_rebuilds(tmp_
 def test_balance_is_checked() -> None:
     with pytest.raises(ConfigError, match="balance"):
         Config(balance="cubic")
+
+
+@pytest.mark.parametrize(
+    "off", [{"finetune_blocks": 0, "extra_data": [], "prior_correction": False}, {"extra_data": "()"}]
+)
+def test_a_run_logged_before_partial_fine_tuning_and_extra_folders_went_still_rebuilds(off: dict) -> None:
+    """Runs logged finetune_blocks, extra_data and prior_correction (a tuple comes back from JSON as a list, from
+    MLflow's params as a string): those that left them off rebuild; one that used them is named."""
+    assert logged_config(Config(lr=0.003).as_params() | off) == Config(lr=0.003)
+    used = {"finetune_blocks": 6, "extra_data": ["data/stanford-dogs-extra"], "prior_correction": True}
+    with pytest.raises(ConfigError, match="it used extra_data, finetune_blocks, prior_correction, retired after"):
+        logged_config(Config().as_params() | used)
+
+
+def test_distillation_inside_end_to_end_fine_tuning_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="distill_weight > 0 needs the frozen backbone") as refused:
+        Config(end_to_end=True, distill_weight=1.0)
+    assert "\n" not in str(refused.value)
+    assert Config(end_to_end=True).distill_weight == 0.0 and Config(distill_weight=1.0).distill_weight == 1.0

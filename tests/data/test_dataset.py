@@ -75,14 +75,31 @@ def test_the_feature_cache_key_follows_the_preprocessing_code_and_the_weights(mo
     data = load_dataset(tiny_data, 0.25, 0)
     spec = InputSpec(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     train = data.splits["train"]
-    key = features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=False)
-    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=True) != key
+    key = features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train)
     assert features.weights_version("efficientnet_lite0") == "0.1.0"
     monkeypatch.setattr(features, "PREPROCESS_CODE", "edited")
-    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=False) != key
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train) != key
     monkeypatch.undo()
     monkeypatch.setattr(features, "weights_version", lambda backbone: "0.2.0")
-    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train, teacher=False) != key
+    assert features._cache_key("efficientnet_lite0", spec, 3, 0, data.digest, train) != key
+
+
+def test_a_frozen_runs_feature_cache_key_is_the_one_written_before_partial_fine_tuning_went(tiny_data) -> None:
+    """The identity a frozen run hashed before commit 6346004 (the cut, no teacher entry): its caches still hit."""
+    import hashlib
+    import inspect
+    import json
+
+    from train.learning import features
+
+    data = load_dataset(tiny_data, 0.25, 0)
+    spec, train = InputSpec(256, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), data.splits["train"]
+    identity = {"backbone": "efficientnet_lite0", "spec": spec.to_dict(), "cut": 9, "view": 1, "data": data.digest}
+    identity["names"] = hashlib.sha256("\n".join(s.name for s in train).encode()).hexdigest()
+    identity |= {"weights": "0.1.0", "preprocess": features.PREPROCESS_CODE}
+    identity["views_code"] = hashlib.sha256(inspect.getsource(features.view_input).encode()).hexdigest()[:16]
+    expected = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    assert features._cache_key("efficientnet_lite0", spec, 9, 1, data.digest, train) == expected
 
 
 def test_augmentation_does_not_depend_on_the_worker_count(tiny_data) -> None:

@@ -1,5 +1,5 @@
-"""Extra image folders: labels checked, absent files counted, content in the digest, and training-only:
-never in validation, a cross-validation held-out fold, or test."""
+"""Extra image folders (what retention is measured on; no run trains on them): labels checked, absent files
+counted; the Stanford Dogs builder; class weights."""
 
 from __future__ import annotations
 
@@ -14,10 +14,8 @@ import torch
 from PIL import Image
 
 from inference import sha256_file
-from tests.conftest import REPO, TINY_CLASSES, pattern, write_tiny_dataset
-from train.learning.config import Config
-from train.experiments.crossval import fold_data, plan
-from train.data.pets import DataError, load_dataset, load_extra
+from tests.conftest import REPO, TINY_CLASSES, pattern
+from train.data.pets import DataError, load_extra
 from train.learning.model import class_weights
 from train.data.stanford import SYNSETS, ArchiveError, build
 
@@ -42,11 +40,6 @@ def write_extra(root: Path, per_class: dict[str, int], seed: int = 1, unlisted_l
     return root
 
 
-@pytest.fixture
-def oxford(tmp_path: Path) -> Path:
-    return write_tiny_dataset(tmp_path / "oxford-iiit-pet", per_class=30)
-
-
 def test_labels_counts_and_absent_files(tmp_path: Path) -> None:
     extra = write_extra(tmp_path / "extra", {"dots": 4, "Checks": 2})
     (extra / "images" / "dots" / "x_0.jpg").unlink()
@@ -66,46 +59,6 @@ def test_a_folder_without_a_manifest_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "extra" / "images").mkdir(parents=True)
     with pytest.raises(DataError, match="No MANIFEST.tsv"):
         load_extra(tmp_path / "extra", CLASSES)
-
-
-def test_the_digest_follows_the_content(oxford: Path, tmp_path: Path) -> None:
-    plain = load_dataset(oxford, 0.15, 0)
-    extra = write_extra(tmp_path / "extra", {"dots": 3})
-    first = load_dataset(oxford, 0.15, 0, (str(extra),))
-    assert first.digest != plain.digest and load_dataset(oxford, 0.15, 0, (str(extra),)).digest == first.digest
-    image = extra / "images" / "dots" / "x_1.jpg"
-    image.write_bytes(image.read_bytes()[:-10] + b"0123456789")  # same names, other bytes
-    assert load_dataset(oxford, 0.15, 0, (str(extra),)).digest != first.digest
-    assert first.missing["extra"] == {name: 0 for name in CLASSES} and first.counts()["extra"] == 3
-
-
-def test_extra_images_are_training_only_in_every_fold(oxford: Path, tmp_path: Path) -> None:
-    extra = write_extra(tmp_path / "extra", {"dots": 6, "Checks": 5})
-    data = load_dataset(oxford, 0.15, 0, (str(extra),))
-    extra_names = {s.name for s in data.extra}
-    assert len(extra_names) == 11
-    for split in ("train", "val", "test"):
-        assert not extra_names & {s.name for s in data.splits[split]}
-    assert extra_names <= {s.name for s in data.training()}
-    for fold in plan(Config(folds=5), data):
-        trained_on = fold_data(data, fold)
-        assert not extra_names & {s.name for s in trained_on.splits["val"]}, fold.name  # never held out
-        assert not extra_names & {s.name for s in trained_on.splits["test"]}
-        assert extra_names <= {s.name for s in trained_on.training()}, fold.name  # always trained on
-
-
-def test_an_extra_photo_that_copies_an_oxford_photo_is_left_out(oxford: Path, tmp_path: Path) -> None:
-    extra = write_extra(tmp_path / "extra", {"dots": 3})
-    plain = load_dataset(oxford, 0.15, 0)
-    held_out = plain.splits["test"][0]  # a test photo under another name: trained on, it would leak test
-    copy = extra / "images" / CLASSES[held_out.label] / "copy.jpg"
-    copy.parent.mkdir(parents=True, exist_ok=True)
-    copy.write_bytes(held_out.path.read_bytes())
-    with (extra / "MANIFEST.tsv").open("a") as manifest:
-        manifest.write(f"images/{CLASSES[held_out.label]}/copy.jpg\t{CLASSES[held_out.label]}\tgenerated\t-\t-\tno\n")
-    data = load_dataset(oxford, 0.15, 0, (str(extra),))
-    assert data.extra_twins == [(f"extra:images/{CLASSES[held_out.label]}/copy.jpg", held_out.name)]
-    assert sorted(s.name for s in data.extra) == [f"extra:images/dots/x_{n}.jpg" for n in range(3)]
 
 
 def test_class_weights_make_every_class_count_alike() -> None:

@@ -1,7 +1,6 @@
-"""The ImageNet teacher on real Lite0 weights: the model starts as the ImageNet classifier, the teacher (a
-frozen copy of the pretrained tail) never trains, its cached features are the untouched network's, and a
-distilling recipe runs through cross-validation (with retention) and select to an ONNX model that passes the
-parity gate."""
+"""The ImageNet teacher on real Lite0 weights: the model starts as the ImageNet classifier, the frozen
+backbone's cached features are the untouched network's, and a distilling recipe runs through cross-validation
+(with retention) and select to an ONNX model that passes the parity gate."""
 
 from __future__ import annotations
 
@@ -23,13 +22,13 @@ from train.data.imagenet import IMAGENET_CLASSES
 from train.data.pets import load_dataset
 from train.learning.backbones import get_backbone
 from train.learning.config import Config
-from train.learning.features import CacheStats, activations, view_input
-from train.learning.model import build, frozen_copy, seed_everything
+from train.learning.features import CacheStats, features, view_input
+from train.learning.model import build, seed_everything
 
 pytestmark = pytest.mark.slow
 
 DOGS = [("Stripes", 1), ("beagle", 2), ("pug", 2)]  # two dog breeds ImageNet knows, and a made-up cat
-CONFIG = Config(backbone="efficientnet_lite0", image_size=96, finetune_blocks=2, imagenet_init=True)
+CONFIG = Config(backbone="efficientnet_lite0", image_size=96, imagenet_init=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +52,17 @@ def test_a_model_with_imagenet_rows_starts_as_the_imagenet_classifier() -> None:
     assert torch.allclose(logits[:, 1:], untouched(image)[:, imagenet], atol=1e-4)
 
 
-def test_the_teacher_never_trains() -> None:
-    net = build(CONFIG, [name for name, _ in DOGS]).net
-    teacher = frozen_copy(net.tail)
-    net.train(), teacher.train()
-    assert not teacher.training and not any(layer.training for layer in teacher.modules())
-    assert not any(p.requires_grad for p in teacher.parameters())
-    assert any(p.requires_grad for p in net.tail.parameters())
-
-
 def test_cached_teacher_features_give_the_untouched_networks_logits(dogs: Path, tmp_path: Path) -> None:
     data = load_dataset(dogs, 0.25, 0)
     samples = data.splits["train"][:5]
     net, spec, imagenet = build(CONFIG, data.classes)
-    stats, teacher = CacheStats(), frozen_copy(net.tail)
+    stats = CacheStats()
     for _ in range(2):  # computed, then read back from disk
-        cached = activations(
-            net.prefix, CONFIG.backbone, spec, samples, 2, data.digest, tmp_path, stats, False, teacher
-        )
+        cached = features(net.prefix, CONFIG.backbone, spec, samples, 2, data.digest, tmp_path, stats)
     assert stats.hits == 1 and stats.computed_images == len(samples)
     views = np.concatenate([view_input(load_for_model(s.path, spec), spec, 2, s.name) for s in samples])
     with torch.no_grad():
-        from_cache = imagenet(cached.teacher.flatten(1))
+        from_cache = imagenet(cached.flatten(1))
     assert torch.allclose(from_cache, untouched(torch.from_numpy(views)), atol=1e-4)
 
 
@@ -84,7 +72,7 @@ def test_the_recipe_runs_through_cv_with_retention_and_ships_with_parity(dogs: P
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     recipe = tmp_path / "teacher.toml"
     recipe.write_text(
-        'backbone = "efficientnet_lite0"\nimage_size = 96\nimagenet_init = true\nfinetune_blocks = 2\n'
+        'backbone = "efficientnet_lite0"\nimage_size = 96\nimagenet_init = true\n'
         'views = 1\nepochs = 1\npatience = 0\nfolds = 2\nbalance = "sqrt"\n'
         "distill_weight = 1.0\n"
     )
@@ -104,52 +92,6 @@ def test_the_recipe_runs_through_cv_with_retention_and_ships_with_parity(dogs: P
     retained = card.metrics["retention"]
     assert retained["photos"] == 5 and set(retained["per_breed"]) == {"beagle", "pug"}  # the cat is not asked
     mlflow.set_tracking_uri(None)
-
-
-def test_end_to_end_fine_tuning_distils_the_teacher(dogs: Path, tmp_path: Path) -> None:
-    from train.learning.finetune import fine_tune_run
-
-    data = load_dataset(dogs, 0.25, 0)
-    tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=1)
-    tiny |= dict(backbone="efficientnet_lite0", imagenet_init=True)
-
-    def run(weight: float):
-        config = Config(**tiny, distill_weight=weight, checkpoint_dir=str(tmp_path / str(weight)))
-        train, held_out = data.splits["train"], data.splits["val"]
-        return fine_tune_run(config, data.classes, data.species, train, held_out, resume=False, keep=True)
-
-    plain, taught = run(0.0), run(5.0)
-    assert taught.history[0]["train_loss"] > plain.history[0]["train_loss"]  # the teacher's term is in the loss
-
-
-def test_a_killed_distilling_run_resumes_with_the_pretrained_teacher(dogs: Path, tmp_path: Path, monkeypatch) -> None:
-    """The teacher is the tail as it was pretrained: a resumed run must not take it from the checkpoint's
-    trained tail (it did: the copy was made after the checkpoint's weights were loaded)."""
-    import train.learning.finetune
-    from train.learning.finetune import fine_tune_run
-
-    data = load_dataset(dogs, 0.25, 0)
-    tiny = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, workers=0, augment="basic", epochs=2)
-    tiny |= dict(backbone="efficientnet_lite0", imagenet_init=True, distill_weight=5.0, lr=3e-3, backbone_lr_scale=1.0)
-
-    def run(folder: str, resume: bool = False):
-        config = Config(**tiny, checkpoint_dir=str(tmp_path / folder))
-        train, held_out = data.splits["train"], data.splits["val"]
-        return fine_tune_run(config, data.classes, data.species, train, held_out, resume, keep=True)
-
-    whole, save = run("whole"), train.learning.finetune.save_checkpoint
-
-    def save_then_die(state: dict, path) -> None:
-        save(state, path)
-        raise KeyboardInterrupt("killed after epoch 1")
-
-    monkeypatch.setattr(train.learning.finetune, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run("killed")
-    monkeypatch.setattr(train.learning.finetune, "save_checkpoint", save)
-    resumed = run("killed", resume=True)
-    assert [row["epoch"] for row in resumed.history] == [1, 2]
-    assert resumed.history == whole.history  # epoch 2 distilled from the same teacher
 
 
 def test_a_frozen_backbone_distils_from_its_own_pooled_features(dogs: Path, tmp_path: Path, mlflow_store) -> None:
@@ -191,22 +133,21 @@ def test_retention_is_not_measured_on_photos_it_cannot_speak_for(tmp_path: Path)
 
 
 def test_the_cached_path_computes_what_the_served_network_does(dogs: Path, tmp_path: Path) -> None:
-    """Training runs the tail and head on the prefix's cached activations; serving runs the whole network.
-    With the tail moved from where it was pretrained, a skipped or doubled part would show."""
+    """Training runs the head on the frozen backbone's cached features; serving runs the whole network.
+    With the head moved from where it started, a skipped or doubled part would show."""
     from preprocess import model_batch
-    from train.experiments.fit import Inputs, evaluate_logits
+    from train.experiments.fit import evaluate_logits
 
     data = load_dataset(dogs, 0.25, 0)
     samples = data.splits["train"][:4]
     net, spec, _ = build(CONFIG, data.classes)
     with torch.no_grad():
-        net.tail[-1][0].weight.mul_(1.5)  # the head convolution: the fine-tuned tail has moved
         net.head[-1].weight.normal_(0.0, 0.05)
-    cached = activations(net.prefix, CONFIG.backbone, spec, samples, 0, data.digest, tmp_path, CacheStats(), False)
-    trained = evaluate_logits(net.tail, net.head, Inputs(cached.x))
+    cached = features(net.prefix, CONFIG.backbone, spec, samples, 0, data.digest, tmp_path, CacheStats())
+    trained = evaluate_logits(net.head, cached)
     with torch.no_grad():
         served = net.eval()(torch.from_numpy(model_batch([s.path for s in samples], spec)))
-    torch.testing.assert_close(trained, served, rtol=1e-3, atol=1e-2)  # the cache holds float16 activations
+    torch.testing.assert_close(trained, served, rtol=1e-3, atol=1e-2)
 
 
 def test_retention_of_a_model_folder_from_the_command_line(tmp_path: Path, capsys) -> None:

@@ -5,8 +5,10 @@ can write to, so it goes through here."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,3 +26,18 @@ def load_tensors(path: Path) -> Any:
         found = re.search(r"\bGLOBAL ([\w.]+)", str(error))  # "Unsupported global: GLOBAL x.Y was not allowed", ...
         what = found.group(1) if found else "an object the weights-only loader refuses"
         raise NotTensorsError(f"{path} holds {what}, not only tensors and plain values") from None
+
+
+def save_tensors(value: Any, path: Path) -> None:
+    """`torch.save` to a temporary file of this writer's own beside `path`, then an atomic rename: two writers
+    of one path (Ray trials on a shared cache or checkpoint folder) never write into the same file, a reader
+    never sees half a file, and the last rename wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(value, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,9 +1,7 @@
 """The Oxford-IIIT Pet dataset in torchvision's layout: official splits, a seeded validation split,
-and honest accounting of list entries whose image file is absent; plus extra image folders, for training
-only (`<root>/images/<label>/*.jpg` listed in `<root>/MANIFEST.tsv`, labelled with the Oxford class names).
-
-Extra images never enter a split: they sit in `PetData.extra`, and only `PetData.training()` adds them,
-so validation, cross-validation folds, calibration and test are Oxford images whatever is configured."""
+and honest accounting of list entries whose image file is absent; plus the reader of extra image folders
+(`<root>/images/<label>/*.jpg` listed in `<root>/MANIFEST.tsv`, labelled with the Oxford class names), which
+no run trains on: the Stanford Dogs folder measures retention (`train.shipping.retention`)."""
 
 from __future__ import annotations
 
@@ -43,17 +41,9 @@ class PetData:
     splits: dict[str, list[Sample]]  # "train", "val", "test"
     missing: dict[str, dict[str, int]] = field(default_factory=dict)  # split -> class -> absent files
     digest: str = ""
-    extra: list[Sample] = field(default_factory=list)  # extra folders' images: training only, never held out
-    extra_twins: list[tuple[str, str]] = field(default_factory=list)  # (extra, Oxford) near-duplicates, left out
-
-    def training(self) -> list[Sample]:
-        """What a run trains on: the train split, then the extra images."""
-        return self.splits["train"] + self.extra
 
     def counts(self) -> dict[str, int]:
-        return {split: len(samples) for split, samples in self.splits.items()} | (
-            {"extra": len(self.extra)} if self.extra else {}
-        )
+        return {split: len(samples) for split, samples in self.splits.items()}
 
     def missing_totals(self) -> dict[str, int]:
         return {split: sum(per_class.values()) for split, per_class in self.missing.items()}
@@ -173,12 +163,10 @@ def load_dataset(
     root: str | Path | None = None,
     val_fraction: float = 0.15,
     seed: int = 0,
-    extra: tuple[str, ...] = (),
     species: str = "",
 ) -> PetData:
-    """Oxford-IIIT Pet's splits (a seeded, stratified validation split of trainval) and, for training only,
-    the images of each `extra` folder; the digest covers both. With `species` ("cat" or "dog"), only that
-    species' breeds, numbered in dataset order (the dog expert's 25 classes)."""
+    """Oxford-IIIT Pet's splits (a seeded, stratified validation split of trainval). With `species` ("cat" or
+    "dog"), only that species' breeds, numbered in dataset order (the dog expert's 25 classes)."""
     root = data_dir(root).resolve()  # absolute sample paths: a Ray worker does not start in this folder
     ensure_dataset(root)
     trainval, test = _read_split(root, "trainval"), _read_split(root, "test")
@@ -203,21 +191,4 @@ def load_dataset(
     for split, total in data.missing_totals().items():
         if total:
             log.warning("%s: %d listed images are missing and were skipped", split, total)
-    folders = [load_extra(folder, classes) for folder in extra]
-    if folders:
-        data.extra, data.extra_twins = _without_oxford_twins([s for f in folders for s in f.samples], data)
-        data.missing["extra"] = {name: sum(f.missing[name] for f in folders) for name in classes}
-        data.digest = hashlib.sha256("\n".join([data.digest, *(f.digest for f in folders)]).encode()).hexdigest()
     return data
-
-
-def _without_oxford_twins(extra: list[Sample], data: PetData) -> tuple[list[Sample], list[tuple[str, str]]]:
-    """Extra photos that are near-duplicates of an Oxford photo are left out: trained on, one would put a
-    held-out fold's or a test photo into training. Returns the rest and the (extra, Oxford) pairs."""
-    from train.data.duplicates import twins  # imported here: train.data.duplicates imports Sample from this module
-
-    pairs = twins(extra, [s for samples in data.splits.values() for s in samples])
-    copies = {name for name, _ in pairs}
-    if copies:
-        log.warning("%d extra images are near-duplicates of Oxford photos and were left out", len(copies))
-    return [s for s in extra if s.name not in copies], pairs

@@ -15,8 +15,7 @@ import numpy as np
 from train.data import duplicates
 from train.data.pets import PetData, Sample, load_dataset
 from train.experiments.trials import IN_PROCESS, Engine, Trial, run_trials
-from train.learning import prior
-from train.learning.config import Config
+from train.learning.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +112,13 @@ def cross_validate(
         if failed:
             raise RuntimeError(f"No CV estimate without every fold; failed: {', '.join(failed)}.")
         held_out = [tracking.load_logits(r.run_id, tracking.HOLDOUT_LOGITS)[1] for r in results]
-        names, raw, labels = out_of_fold(folds[:-1], held_out)
-        logits, correction = fit_correction(config, folds[:-1], names, raw, labels, fold_data(data, folds[-1]))
+        names, logits, labels = out_of_fold(folds[:-1], held_out)
         summary = metrics.summarize(logits, labels, data.classes, data.species)
         found = cv_metrics([r.val_accuracy for r in results], summary, logits, labels)
-        found |= correction_metrics(correction)
         found |= oof_retention(config, folds[:-1], [r.run_id for r in results], data, logits)
         mlflow.log_metrics(found)
-        with tempfile.TemporaryDirectory() as folder:  # what `select` calibrates on: corrected as served
-            served = (
-                prior.corrected(raw, np.asarray(correction["log_prior"]), correction["strength"]) if correction else raw
-            )
-            oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, served, labels)
+        with tempfile.TemporaryDirectory() as folder:  # what `select` calibrates on
+            oof = tracking.save_logits(Path(folder) / Path(tracking.OOF_LOGITS).name, names, logits, labels)
             per_class = metrics.write_per_class_csv(summary, data.classes, Path(folder) / "per_class.csv")
             for path in (oof, per_class):  # per breed: how many held-out photos, and the share answered right
                 mlflow.log_artifact(str(path), Path(tracking.OOF_LOGITS).parent.as_posix())
@@ -137,8 +131,6 @@ def cross_validate(
             extra_metrics=found,
         )
         mlflow.set_tag("cv.final_run_id", final.run_id)
-        if correction:  # export folds it into the head's bias; select calibrates on the corrected logits
-            mlflow.MlflowClient().log_dict(final.run_id, correction, tracking.PRIOR_CORRECTION)
         mlflow.MlflowClient().set_tag(final.run_id, "cv.parent_run_id", parent.info.run_id)
     log.info(
         "cv accuracy %.4f ± %.4f; registered version %s", found["cv_accuracy"], found["cv_accuracy_std"], final.version
@@ -167,54 +159,16 @@ def oof_retention(
 
 
 def log_twins(data: PetData) -> None:
-    """Test photos with a near-duplicate in trainval (test accuracy on those is not a fresh measurement),
-    and the extra photos left out for having one among Oxford's: counted and listed in the CV parent run."""
+    """Test photos with a near-duplicate in trainval (test accuracy on those is not a fresh measurement):
+    counted and listed in the CV parent run."""
     import mlflow
 
     trainval = data.splits["train"] + data.splits["val"]
     pairs = {"test_in_trainval": duplicates.twins(data.splits["test"], trainval)}
-    if data.extra:
-        pairs["extra_in_oxford"] = data.extra_twins  # left out of training by load_dataset
     for kind, found in pairs.items():
         log.info("near-duplicates, %s: %d %s", kind, len(found), found[:10])
     mlflow.log_metrics({f"near_duplicates_{kind}": len(found) for kind, found in pairs.items()})
     mlflow.log_dict(pairs, "data/near_duplicates.json")
-
-
-def fit_correction(
-    config: Config, folds: list[Fold], names: list[str], logits: np.ndarray, labels: np.ndarray, final: PetData
-) -> tuple[np.ndarray, dict | None]:
-    """With `prior_correction`: the out-of-fold logits (rows `names`), each fold's corrected by the τ fitted
-    on the other folds' logits alone, so the CV figures measure the fit on logits it never saw; and the
-    final model's correction, its log training prior (Oxford and extra images) with τ fitted on all the
-    out-of-fold logits for the mean per-class accuracy, None where τ = 0 wins. Without it: the logits as
-    they are, and None."""
-    if not config.prior_correction:
-        return logits, None
-    log_prior = prior.log_prior([s.label for s in final.training()], len(final.classes))
-    fold_of = {s.name: i for i, fold in enumerate(folds, start=1) for s in fold.holdout}
-    honest, nested = prior.nested_corrected(logits, labels, np.array([fold_of[n] for n in names]), log_prior)
-    strength, scores = prior.fit_strength(logits, labels, log_prior)
-    log.info(
-        "prior correction: τ = %.3f (mean per-class OOF accuracy by τ: %s); nested, per fold: %s",
-        strength,
-        scores,
-        nested,
-    )
-    if not strength:
-        return honest, None
-    return honest, {"strength": strength, "log_prior": log_prior.tolist(), "scores": scores, "nested": nested}
-
-
-def correction_metrics(correction: dict | None) -> dict:
-    """The final model's τ and, named as in-sample, the mean per-class OOF accuracy at that τ: the optimistic
-    figure CV reported before the fit was nested (τ had seen those labels)."""
-    if not correction:
-        return {}
-    return {
-        "cv_prior_strength": correction["strength"],
-        "cv_mean_per_class_accuracy_in_sample_tau": correction["scores"][correction["strength"]],
-    }
 
 
 def fold_data(data: PetData, fold: Fold) -> PetData:
@@ -223,15 +177,15 @@ def fold_data(data: PetData, fold: Fold) -> PetData:
 
 def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     """Every fold and the final run trained and checkpointed, with no tracking: for a GPU box without the
-    MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints."""
+    MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints. End to end
+    only: a frozen backbone's runs take seconds once its features are cached, and write no checkpoint."""
     from train.learning.finetune import fine_tune_run
 
+    if not config.end_to_end:
+        raise ConfigError("cv --checkpoints-only is for end_to_end configs; a frozen backbone's cv runs as it is.")
     data = load_dataset(data_dir, *config.dataset_key())
-    for fold in plan(config, data):
-        train = fold_data(data, fold).training()  # what `cv --resume` trains on: the same checkpoint key
-        outcome = fine_tune_run(
-            config, data.classes, data.species, train, fold.holdout, resume=True, keep=not fold.holdout
-        )
+    for fold in plan(config, data):  # the same runs and checkpoint keys as `cv --resume`'s
+        outcome = fine_tune_run(config, data.classes, fold.train, fold.holdout, data.digest, True, not fold.holdout)
         if fold.holdout:
             accuracy = (outcome.holdout_logits.argmax(1) == np.array([s.label for s in fold.holdout])).mean()
             log.info("%s: held-out accuracy %.4f", fold.name, accuracy)

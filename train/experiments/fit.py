@@ -1,5 +1,5 @@
-"""One training run, logged to MLflow: either the fast path (cached frozen activations in, a trained tail
-and head out) or end-to-end fine-tuning from images (`train.learning.finetune`)."""
+"""One training run, logged to MLflow, in one of two modes: a frozen backbone (its pooled features cached
+per view, a head trained on them) or end-to-end fine-tuning from images (`train.learning.finetune`)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from train.experiments import tracking
 from train.learning import metrics
 from train.learning.config import Config
 from train.learning.distill import Distiller, make_distiller
-from train.learning.features import Cached, CacheStats, activations
-from train.learning.finetune import Outcome, checkpoint_path, fine_tune_run, load_checkpoint, save_checkpoint
-from train.learning.model import build, class_weights, frozen_copy, input_spec, seed_everything, train_mode
+from train.learning.features import CacheStats, features
+from train.learning.finetune import Outcome, fine_tune_run
+from train.learning.model import build, class_weights, input_spec, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -39,46 +39,29 @@ class RunResult:
     train_images_per_s: float
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """What the trainable part reads per sample: the cached activations at the cut, and beside them the
-    teacher's pooled features (a frozen backbone's are the pooled activations themselves), which the model
-    distils and measures retention against."""
-
-    x: torch.Tensor
-    teacher: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, index) -> Inputs:
-        return Inputs(self.x[index], None if self.teacher is None else self.teacher[index])
-
-
-def evaluate_logits(tail: nn.Module, head: nn.Module, inputs: Inputs, batch: int = 256):
-    tail.eval(), head.eval()
+def evaluate_logits(head: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    head.eval()
     with torch.no_grad():  # at least one batch, so nothing held out gives an empty (0, classes) result
-        chunks = range(0, max(len(inputs), 1), batch)
-        return torch.cat([head(tail(inputs.x[i : i + batch])) for i in chunks])
+        return torch.cat([head(x[i : i + batch]) for i in range(0, max(len(x), 1), batch)])
 
 
 def train_loop(
     config: Config,
-    tail: nn.Module,
     head: nn.Module,
-    views: Inputs,
+    views: torch.Tensor,
     y: torch.Tensor,
-    val: Inputs,
+    val: torch.Tensor,
     val_y: torch.Tensor,
     classes: int,
     distiller: Distiller | None = None,
 ) -> list[dict[str, float]]:
     """AdamW with a cosine schedule (class-weighted loss with `balance`, plus the teacher's distillation
-    with a `distiller`); each sample shows a random cached view per epoch; early stopping on validation
-    loss restores the best weights, unless `patience = 0`: then every epoch runs and the last weights stay
-    (cross-validation, where the held-out fold must not choose the epoch, and the final run has nothing
-    held out to stop on). `views` index as [view, sample]."""
-    params = [p for p in [*tail.parameters(), *head.parameters()] if p.requires_grad]
+    with a `distiller`: the cached features are the teacher's, so it reads the batch itself); each sample
+    shows a random cached view per epoch; early stopping on validation loss restores the best weights,
+    unless `patience = 0`: then every epoch runs and the last weights stay (cross-validation, where the
+    held-out fold must not choose the epoch, and the final run has nothing held out to stop on). `views`
+    index as [view, sample]."""
+    params = list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     weights = class_weights(y.tolist(), classes, config.balance)
     steps = config.epochs * math.ceil(len(y) / config.batch_size)
@@ -86,17 +69,17 @@ def train_loop(
     generator = torch.Generator().manual_seed(config.seed)
     history, best, best_loss, waited = [], None, math.inf, 0
     for epoch in range(1, config.epochs + 1):
-        train_mode(tail, head)
+        train_mode(head)
         order = torch.randperm(len(y), generator=generator)
-        chosen = torch.randint(len(views.x), (len(y),), generator=generator)
+        chosen = torch.randint(len(views), (len(y),), generator=generator)
         total_loss, total_correct = 0.0, 0
         for start in range(0, len(y), config.batch_size):
             index = order[start : start + config.batch_size]
             batch = views[chosen[index], index]
-            logits = head(tail(batch.x))
+            logits = head(batch)
             loss = F.cross_entropy(logits, y[index], weights, label_smoothing=config.label_smoothing)
             if distiller:
-                loss = loss + distiller.loss(logits, batch.teacher, y[index])
+                loss = loss + distiller.loss(logits, batch, y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -105,7 +88,7 @@ def train_loop(
             total_correct += (logits.argmax(1) == y[index]).sum().item()
         row = {"epoch": epoch, "train_loss": total_loss / len(y), "train_accuracy": total_correct / len(y)}
         if len(val_y):
-            val_logits = evaluate_logits(tail, head, val)
+            val_logits = evaluate_logits(head, val)
             row["val_loss"] = F.cross_entropy(val_logits, val_y).item()
             row["val_accuracy"] = (val_logits.argmax(1) == val_y).float().mean().item()
         history.append(row)
@@ -113,7 +96,7 @@ def train_loop(
         if not config.patience:
             continue
         if row["val_loss"] < best_loss - 1e-4:
-            best, best_loss, waited = copy.deepcopy((tail.state_dict(), head.state_dict())), row["val_loss"], 0
+            best, best_loss, waited = copy.deepcopy(head.state_dict()), row["val_loss"], 0
         else:
             waited += 1
             if waited >= config.patience:
@@ -123,54 +106,31 @@ def train_loop(
         return history
     if best is None:
         raise RuntimeError("The validation loss was NaN or infinite in every epoch: lower lr and try again.")
-    tail.load_state_dict(best[0]), head.load_state_dict(best[1])
+    head.load_state_dict(best)
     return history
 
 
-def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = False) -> tuple[Outcome, CacheStats]:
-    """The fast path: the frozen prefix runs once per view into the feature cache (beside its activations,
-    the pooled features of the teacher, a frozen copy of the pretrained tail, to distil and measure retention
-    against),
-    then the tail and head train on cached activations. The cache holds every training and held-out image
-    in one set, the same for each CV fold, the final run and a sweep's runs, so one extraction serves them
-    all. A finished run leaves a checkpoint, so `--resume` after a kill redoes only the runs that had not finished."""
+def train_cached(config: Config, spec: InputSpec, data: PetData) -> tuple[Outcome, CacheStats]:
+    """The frozen backbone runs once per view into the feature cache, then the head trains on the cached
+    pooled features, which are also the teacher's (ImageNet's classifier on them is the untouched network).
+    The cache holds every training and held-out image in one set, the same for each CV fold, the final run
+    and a sweep's runs, so one extraction serves them all. No checkpoint: with the features cached a run
+    takes seconds, so a killed CV or sweep simply runs it again."""
     (net, _, imagenet), stats = build(config, data.classes), CacheStats()
-    training, held_out = data.training(), data.splits["val"]
-    checkpoint = checkpoint_path(config, data.classes, training, held_out)
-    done = load_checkpoint(checkpoint, checkpoint.stem, resume)
-    if done:
-        net.load_state_dict(done["model"])
-        return Outcome(net.eval(), done["history"], done["holdout_logits"], 0.0, done["holdout_teacher"]), stats
+    training, held_out = data.splits["train"], data.splits["val"]
     images = sorted(training + held_out, key=lambda s: s.name)
     row = {s.name: i for i, s in enumerate(images)}
     if len(row) != len(images):
         raise RuntimeError("Two training or held-out images share a name; the feature cache needs them unique.")
-    teacher = frozen_copy(net.tail) if len(net.tail) else None
-
-    def cached(view: int) -> Cached:
-        pooled = len(net.tail) == 0
-        cache = Path(config.cache_dir)
-        return activations(
-            net.prefix,
-            config.backbone,
-            spec,
-            images,
-            view,
-            data.digest,
-            cache,
-            stats,
-            pooled,
-            teacher,
-        )
 
     def rows(samples: list) -> torch.Tensor:
         return torch.tensor([row[s.name] for s in samples], dtype=torch.long)
 
-    everything = [cached(view) for view in range(config.views)]
-    x = torch.stack([found.x[rows(training)] for found in everything])
-    taught = torch.stack([found.teacher[rows(training)] for found in everything]) if teacher else x
-    centre = everything[0]  # a frozen backbone's pooled activations are the teacher's features (`else`)
-    val = Inputs(centre.x, centre.teacher if teacher else centre.x)[rows(held_out)]
+    cache = Path(config.cache_dir)
+    views = [
+        features(net.prefix, config.backbone, spec, images, v, data.digest, cache, stats) for v in range(config.views)
+    ]
+    x, val = torch.stack([view[rows(training)] for view in views]), views[0][rows(held_out)]
     mlflow.log_metrics(
         {
             "feature_cache_hits": stats.hits,
@@ -183,14 +143,11 @@ def train_cached(config: Config, spec: InputSpec, data: PetData, resume: bool = 
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     distiller = make_distiller(config, imagenet, data.classes, data.species)
-    history = train_loop(config, net.tail, net.head, Inputs(x, taught), y, val, val_y, len(data.classes), distiller)
+    history = train_loop(config, net.head, x, y, val, val_y, len(data.classes), distiller)
     throughput = len(y) * len(history) / (time.perf_counter() - started)
-    holdout = evaluate_logits(net.tail, net.head, val).numpy()
     with torch.no_grad():
-        teacher_logits = imagenet(val.teacher.flatten(1)).numpy()
-    state = {"key": checkpoint.stem, "epoch": len(history), "model": net.state_dict(), "history": history}
-    state |= {"holdout_logits": holdout, "holdout_teacher": teacher_logits}
-    save_checkpoint(state, checkpoint)
+        teacher_logits = imagenet(val.flatten(1)).numpy()
+    holdout = evaluate_logits(net.head, val).numpy()
     return Outcome(net.eval(), history, holdout, throughput, teacher_logits), stats
 
 
@@ -216,11 +173,11 @@ def fit(
     with mlflow.start_run(nested=nested, run_name=run_name, parent_run_id=parent_run_id) as run:
         tracking.log_run_inputs(config.as_params(), spec, data, config_path)
         if config.end_to_end:
-            train, val = data.training(), data.splits["val"]
-            outcome = fine_tune_run(config, data.classes, data.species, train, val, resume, keep=register)
+            train, val = data.splits["train"], data.splits["val"]
+            outcome = fine_tune_run(config, data.classes, train, val, data.digest, resume, keep=register)
             stats = CacheStats()
         else:
-            outcome, stats = train_cached(config, spec, data, resume)
+            outcome, stats = train_cached(config, spec, data)
         for row in outcome.history:
             mlflow.log_metrics({f"epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         mlflow.log_metrics({"train_images_per_s": outcome.images_per_second} | (extra_metrics or {}))

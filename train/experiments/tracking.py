@@ -39,8 +39,7 @@ def log_run_inputs(params: dict, spec: InputSpec, data: PetData, config_path: st
 def log_dataset(data: PetData) -> None:
     """The images and their splits as the run's input. A parent logs it before its children start: the
     store creates a dataset on first sight, and concurrent children racing to create it would collide."""
-    splits = data.splits | ({"extra (training only)": data.extra} if data.extra else {})
-    rows = [(s.name, data.classes[s.label], split) for split, samples in splits.items() for s in samples]
+    rows = [(s.name, data.classes[s.label], split) for split, samples in data.splits.items() for s in samples]
     frame = pd.DataFrame(rows, columns=["image", "label", "split"])
     dataset = mlflow.data.from_pandas(frame, source=str(data.root), name="oxford-iiit-pet", digest=data.digest[:16])
     mlflow.log_input(dataset, context="training")
@@ -48,10 +47,7 @@ def log_dataset(data: PetData) -> None:
 
 HOLDOUT_LOGITS = "evaluation/holdout_logits.npz"  # each run's held-out logits: what `cv` gathers its folds from
 HOLDOUT_TEACHER = "evaluation/holdout_teacher_logits.npz"  # the teacher's ImageNet logits of them: retention
-PRIOR_CORRECTION = "cv/prior_correction.json"  # a CV final run's τ and log prior: folded into its head at export
-OOF_LOGITS = (
-    "cv/oof.npz"  # a CV parent's out-of-fold logits, corrected as the exported head serves: `select` calibrates on them
-)
+OOF_LOGITS = "cv/oof.npz"  # a CV parent's out-of-fold logits: what `select` calibrates on
 
 
 def save_logits(path: Path, names: list[str], logits: np.ndarray, labels: np.ndarray) -> Path:

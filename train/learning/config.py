@@ -23,8 +23,7 @@ class Config:
     head: str = "linear"  # "linear" or "mlp"
     hidden: int = 512  # mlp head width
     dropout: float = 0.2
-    finetune_blocks: int = 0  # trailing backbone layers to train on cached activations; 0 = frozen backbone
-    views: int = 2  # cached training views: centre, mirror, then random resized crops
+    views: int = 2  # frozen backbone: cached training views: centre, mirror, then random resized crops
     end_to_end: bool = False  # train the whole backbone (all but the stem) from images, online augmentation
     train_size: int = 0  # end to end: training crop; 0 = image_size (FixRes: train smaller than test)
     augment: str = "trivial"  # end to end: "basic" (resized crop, flip) or "trivial" (+ TrivialAugmentWide)
@@ -36,9 +35,7 @@ class Config:
     distill_temperature: float = 2.0  # softens both distributions in the distillation loss
     species: str = ""  # "": all 37 breeds; "dog": the dog expert's 25 (train/configs/dog_expert.toml)
     folds: int = 5  # python -m train cv: stratified folds over trainval
-    extra_data: tuple[str, ...] = ()  # extra image folders (train/data/pets.py): training only, never held out
     balance: str = "none"  # "none"; "loss": class weights ∝ 1 / training images (each breed alike); "sqrt": ∝ 1 / √
-    prior_correction: bool = False  # cv: fit logits − τ·log(prior) on out-of-fold logits, fold it into the bias
     device: str = "auto"  # "auto" (CUDA when present), "cuda" or "cpu"
     workers: int = 2  # end to end: data-loading processes
     trial_cpus: float = 1.0  # --engine ray: CPUs one run reserves on the cluster
@@ -61,7 +58,6 @@ class Config:
             "head": self.head in ("linear", "mlp"),
             "hidden": self.hidden >= 1,
             "dropout": 0.0 <= self.dropout < 1.0,
-            "finetune_blocks": 0 <= self.finetune_blocks <= 50,
             "views": 1 <= self.views <= 32,
             "epochs": 1 <= self.epochs <= 10_000,
             "batch_size": 1 <= self.batch_size <= 4096,
@@ -88,13 +84,18 @@ class Config:
         for key, ok in checks.items():
             if not ok:
                 raise ConfigError(f"Bad value for '{key}': {getattr(self, key)!r}.")
+        if self.end_to_end and self.distill_weight:
+            raise ConfigError(
+                "distill_weight > 0 needs the frozen backbone (the dog expert's recipe): distillation inside "
+                "end-to-end fine-tuning was retired after commit 6346004 (docs/training.md)."
+            )
 
     def as_params(self) -> dict[str, Any]:
         return asdict(self)
 
-    def dataset_key(self) -> tuple[float, int, tuple[str, ...], str]:
+    def dataset_key(self) -> tuple[float, int, str]:
         """What `train.data.pets.load_dataset` takes after the folder: runs with equal keys share one dataset."""
-        return self.val_fraction, self.seed, self.extra_data, self.species
+        return self.val_fraction, self.seed, self.species
 
     def training_params(self) -> dict[str, Any]:
         """The keys that change what a run learns: where it runs, logs or caches does not."""
@@ -125,17 +126,33 @@ def make_config(values: dict[str, Any]) -> Config:
         raise ConfigError(str(error)) from None
 
 
-# Keys of the recipes retired after commit 0242e1d (docs/training.md: the kept teacher, two backbones), at the
-# values every other run logged: a run's logged config still holds them.
-RETIRED = {"keep_teacher": False, "fine_tuned_onnx": "", "fine_tuned_sha256": ""}
+# Keys of retired recipes (docs/training.md), each with the value every other run logged and the commit after
+# which it went: a run's logged config still holds them. 0242e1d: the kept teacher, two backbones; 6346004:
+# partial fine-tuning on cached activations, extra training folders, the prior correction.
+RETIRED = {
+    "keep_teacher": (False, "0242e1d"),
+    "fine_tuned_onnx": ("", "0242e1d"),
+    "fine_tuned_sha256": ("", "0242e1d"),
+    "finetune_blocks": (0, "6346004"),
+    "extra_data": ((), "6346004"),
+    "prior_correction": (False, "6346004"),
+}
+
+
+def _is_off(value: Any, off: Any) -> bool:
+    """Whether a logged value is the retired key's off value as the run's JSON config holds it (a tuple comes
+    back as a list) or as an MLflow param (a string: "()", "0", "False")."""
+    forms = [off, str(off)] + ([list(off), str(list(off))] if isinstance(off, tuple) else [])
+    return any(type(value) is type(form) and value == form for form in forms)
 
 
 def logged_config(values: dict[str, Any]) -> Config:
     """A run's config as it logged it (`RUN_CONFIG`), without the retired keys; a run that used a retired
     recipe cannot be rebuilt by this code."""
-    used = sorted(key for key, off in RETIRED.items() if values.get(key, off) != off)
+    used = sorted(key for key, (off, _) in RETIRED.items() if key in values and not _is_off(values[key], off))
     if used:
-        raise ConfigError(f"it used {', '.join(used)}, retired after commit 0242e1d (docs/training.md).")
+        commits = sorted({RETIRED[key][1] for key in used})
+        raise ConfigError(f"it used {', '.join(used)}, retired after commit {', '.join(commits)} (docs/training.md).")
     return make_config({key: value for key, value in values.items() if key not in RETIRED})
 
 

@@ -1,7 +1,7 @@
-"""The feature cache: activations of the frozen part of a backbone, computed once per (backbone and its
-weights package, input spec and preprocessing code, cut point, dataset digest, view) and reused by every
-run that needs them; beside them, on request, the frozen teacher tail's pooled features of the same view
-(the teacher never trains, so what it makes of a view caches like the activations)."""
+"""The feature cache: the frozen backbone's pooled features, computed once per (backbone and its weights
+package, input spec and preprocessing code, dataset digest, view) and reused by every run that needs them.
+They are also the teacher's features: the backbone never trains, so ImageNet's classifier on them is the
+untouched network's opinion, what the dog expert distils and measures retention against."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import importlib.metadata
 import inspect
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,17 +23,13 @@ from tqdm import tqdm
 
 import preprocess
 from preprocess import InputSpec, load_for_model, model_input, to_tensor
+from train.data.files import save_tensors
 from train.data.pets import Sample
 
 log = logging.getLogger(__name__)
 
 EXTRACT_BATCH = 4  # with channels_last, 4.3x faster per image than 32 in NCHW (Lite2, 300 px, 2-core CPU)
 PREPROCESS_CODE = hashlib.sha256(Path(preprocess.__file__).read_bytes()).hexdigest()[:16]  # a change: new features
-
-
-class Cached(NamedTuple):
-    x: torch.Tensor  # the prefix's output per sample (pooled to 1×1 for a whole frozen backbone)
-    teacher: torch.Tensor | None  # the teacher tail's pooled features of x (N×C×1×1), when asked for
 
 
 @dataclass
@@ -61,20 +55,12 @@ def view_input(image: Image.Image, spec: InputSpec, view: int, name: str) -> np.
     return to_tensor(ImageOps.mirror(patch) if rng.random() < 0.5 else patch, spec)
 
 
-def _cache_key(
-    backbone: str,
-    spec: InputSpec,
-    cut: int,
-    view: int,
-    digest: str,
-    samples: list[Sample],
-    teacher: bool,
-) -> str:
-    """Everything the cached activations depend on: the network and its weights package, the pixels (the
-    preprocessing code and the input spec), the view, the images, and whether the teacher's are beside them."""
+def _cache_key(backbone: str, spec: InputSpec, cut: int, view: int, digest: str, samples: list[Sample]) -> str:
+    """Everything the cached features depend on: the network and its weights package, the pixels (the
+    preprocessing code and the input spec), the view and the images. `cut` (the frozen layers' count) stays in
+    the identity as it was when part of a backbone could train, so the caches written then still hit."""
     names = hashlib.sha256("\n".join(s.name for s in samples).encode()).hexdigest()
     identity = {"backbone": backbone, "spec": spec.to_dict(), "cut": cut, "view": view, "data": digest, "names": names}
-    identity |= {"teacher": True} if teacher else {}
     views_code = hashlib.sha256(inspect.getsource(view_input).encode()).hexdigest()[:16]
     identity |= {"weights": weights_version(backbone), "preprocess": PREPROCESS_CODE, "views_code": views_code}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -90,27 +76,22 @@ def weights_version(backbone: str) -> str:
 
 
 @torch.no_grad()
-def _extract(
-    prefix: nn.Module, spec: InputSpec, samples: list[Sample], view: int, pool: bool, teacher: nn.Module | None
-) -> Cached:
-    outputs, taught = [], []
-    prefix = prefix.to(memory_format=torch.channels_last)  # frozen parts only: no trainable tail shares them
-    teacher = teacher.to(memory_format=torch.channels_last) if teacher is not None else None
+def _extract(backbone: nn.Module, spec: InputSpec, samples: list[Sample], view: int) -> torch.Tensor:
+    outputs = []
+    backbone = backbone.to(memory_format=torch.channels_last)  # frozen: nothing trainable shares its weights
     with tqdm(total=len(samples), desc=f"features, view {view}", unit="image", disable=None) as progress:
         for start in range(0, len(samples), EXTRACT_BATCH):
             batch = samples[start : start + EXTRACT_BATCH]
             x = np.concatenate([view_input(load_for_model(s.path, spec), spec, view, s.name) for s in batch])
-            y = prefix(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-            outputs.append(y.mean((2, 3), keepdim=True) if pool else y.half())
-            if teacher is not None:
-                taught.append(teacher(y).mean((2, 3), keepdim=True).contiguous())
+            y = backbone(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+            outputs.append(y.mean((2, 3), keepdim=True))
             progress.update(len(batch))
     log.info("view %d: %d images", view, len(samples))
-    return Cached(torch.cat(outputs).contiguous(), torch.cat(taught) if taught else None)
+    return torch.cat(outputs).contiguous()
 
 
-def activations(
-    prefix: nn.Module,
+def features(
+    frozen: nn.Sequential,
     backbone: str,
     spec: InputSpec,
     samples: list[Sample],
@@ -118,28 +99,17 @@ def activations(
     digest: str,
     cache_dir: Path,
     stats: CacheStats,
-    pool: bool,
-    teacher: nn.Module | None = None,
-) -> Cached:
-    """The prefix's output for every sample (and the teacher's pooled features of it, given a teacher),
-    from the cache when this exact input was seen before.
-
-    With `pool` (the prefix is the whole backbone) maps are averaged to 1×1 before storing: the head's
-    average pool is then the identity, and a frozen run's cache is a few MB. Larger maps are stored
-    as float16 to halve memory and disk."""
-    key = _cache_key(backbone, spec, len(prefix), view, digest, samples, teacher is not None)
-    path = Path(cache_dir) / f"{key}.pt"
+) -> torch.Tensor:
+    """The frozen backbone's pooled features (N×C×1×1) of every sample, from the cache when this exact input
+    was seen before. Pooled before storing: the head's average pool is then the identity, and the cache of
+    a run is a few MB."""
+    path = Path(cache_dir) / f"{_cache_key(backbone, spec, len(frozen), view, digest, samples)}.pt"
     if path.is_file():
         stats.hits += 1
-        stored = torch.load(path, weights_only=True)
-        return Cached(stored["x"].float(), stored.get("teacher"))
+        return torch.load(path, weights_only=True)["x"].float()
     started = time.perf_counter()
-    found = _extract(prefix, spec, samples, view, pool, teacher)
+    found = _extract(frozen, spec, samples, view)
     stats.seconds += time.perf_counter() - started
     stats.computed_images += len(samples)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent trials on a shared cache: last rename wins
-    stored = {"x": found.x, "names": [s.name for s in samples]}
-    torch.save(stored | ({"teacher": found.teacher} if found.teacher is not None else {}), temporary)
-    temporary.rename(path)
-    return Cached(found.x.float(), found.teacher)
+    save_tensors({"x": found, "names": [s.name for s in samples]}, path)
+    return found

@@ -27,17 +27,21 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from preprocess import InputSpec, load_for_model, model_input
-from train.data.files import NotTensorsError, load_tensors
+from train.data.files import NotTensorsError, load_tensors, save_tensors
 from train.data.pets import Sample
 from train.learning.config import Config
-from train.learning.distill import Distiller, make_distiller
-from train.learning.model import PetNet, build, class_weights, frozen_copy, seed_everything, train_mode
+from train.learning.features import PREPROCESS_CODE, weights_version
+from train.learning.model import PetNet, build, class_weights, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint exists but was written by another configuration or data."""
+    """A checkpoint exists but was written by another configuration or data, or is not a whole checkpoint."""
+
+
+IN_PROGRESS = {"key", "epoch", "history", "model", "optimizer", "schedule", "ema"}  # what an epoch's checkpoint holds
+FINISHED = {"key", "epoch", "history", "done", "holdout_logits"}  # a finished run's, plus "model" where kept
 
 
 @dataclass
@@ -46,7 +50,7 @@ class Outcome:
     history: list[dict[str, float]]  # one row per epoch
     holdout_logits: np.ndarray  # fp32 logits of the held-out samples, from the serving tensor
     images_per_second: float  # training throughput of the epochs this process ran (0 when none)
-    holdout_teacher: np.ndarray | None = None  # the teacher's ImageNet logits of the held-out samples, if cached
+    holdout_teacher: np.ndarray | None = None  # the frozen backbone's ImageNet logits of them (cached path)
 
 
 def pick_device(name: str) -> torch.device:
@@ -97,13 +101,18 @@ class ServingTensor:
         return torch.from_numpy(model_input(image, self.spec)[0])
 
 
-def checkpoint_key(config: Config, classes: list[str], train: list[Sample], holdout: list[Sample]) -> str:
-    """Identity of a run: what it learns from and how; a checkpoint is resumed only under the same key."""
+def checkpoint_key(config: Config, classes: list[str], train: list[Sample], holdout: list[Sample], digest: str) -> str:
+    """Identity of a run: what it learns from (the images' names and the dataset digest over their bytes, the
+    preprocessing code and the pretrained weights' package, which make the pixels and the start) and how; a
+    checkpoint is resumed only under the same key, so never after the pixels change."""
     identity = {
         "config": config.training_params(),
         "classes": classes,
         "train": [s.name for s in train],
         "holdout": [s.name for s in holdout],
+        "data": digest,
+        "preprocess": PREPROCESS_CODE,
+        "weights": weights_version(config.backbone),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -128,11 +137,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     """Tensors and plain values only, so `load_checkpoint` can read it weights-only: numpy arrays go in as tensors,
     their names listed under "arrays" to come back as arrays."""
     arrays = [name for name, value in state.items() if isinstance(value, np.ndarray)]
-    state = state | {name: torch.from_numpy(state[name]) for name in arrays} | {"arrays": arrays}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
+    save_tensors(state | {name: torch.from_numpy(state[name]) for name in arrays} | {"arrays": arrays}, path)
 
 
 def load_checkpoint(path: Path, key: str, resume: bool) -> dict | None:
@@ -146,13 +151,18 @@ def load_checkpoint(path: Path, key: str, resume: bool) -> dict | None:
         raise CheckpointError(f"{error}; it is not loaded: delete it to train again.") from None
     if not isinstance(state, dict) or state.get("key") != key:  # a file of tensors, but not this run's checkpoint
         raise CheckpointError(f"{path} belongs to another configuration or data; delete it or drop --resume.")
+    absent = sorted((FINISHED if state.get("done") else IN_PROGRESS) - set(state))
+    if absent:  # this run's key, but cut short or tampered with
+        raise CheckpointError(f"{path} lacks {', '.join(absent)}: not a whole checkpoint; delete it to train again.")
     log.info("resuming %s from epoch %d", path.name, state["epoch"])
     arrays = state.pop("arrays", [])
     return state | {name: state[name].numpy() for name in arrays}
 
 
-def checkpoint_path(config: Config, classes: list[str], train: list[Sample], holdout: list[Sample]) -> Path:
-    return Path(config.checkpoint_dir) / f"{checkpoint_key(config, classes, train, holdout)}.pt"
+def checkpoint_path(
+    config: Config, classes: list[str], train: list[Sample], holdout: list[Sample], digest: str
+) -> Path:
+    return Path(config.checkpoint_dir) / f"{checkpoint_key(config, classes, train, holdout, digest)}.pt"
 
 
 def finetune(
@@ -162,15 +172,13 @@ def finetune(
     classes: list[str],
     train: list[Sample],
     holdout: list[Sample],
+    digest: str,
     resume: bool = False,
     keep: bool = True,
-    distiller: Distiller | None = None,
 ) -> Outcome:
     """Train `model` end to end on `train`; evaluate on `holdout` (may be empty) after every epoch.
-    Without `keep` (CV folds) the final checkpoint holds only the history and held-out logits. With a
-    `distiller`, the pretrained tail as it was before training (a frozen copy) gives the teacher's view of
-    each augmented batch."""
-    checkpoint = checkpoint_path(config, classes, train, holdout)
+    Without `keep` (CV folds) the final checkpoint holds only the history and held-out logits."""
+    checkpoint = checkpoint_path(config, classes, train, holdout, digest)
     key = checkpoint.stem
     state = load_checkpoint(checkpoint, key, resume)
     if state and state.get("done"):
@@ -180,8 +188,6 @@ def finetune(
             model.load_state_dict(state["model"])
         return Outcome(model.eval() if keep else None, state["history"], state["holdout_logits"], 0.0)
 
-    # The pretrained tail, copied before a resumed run loads its checkpoint's trained weights into the model.
-    teacher = frozen_copy(model.tail) if distiller else None
     device = pick_device(config.device)
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # faster convs on GPUs
     model.to(device, memory_format=layout)
@@ -206,7 +212,6 @@ def finetune(
             ema.load_state_dict(state["ema"])
         history = state["history"]
     kept = ema.module if ema else model
-    teacher, distiller = (teacher.to(device), distiller.to(device)) if distiller else (None, None)
 
     images = Images(train, train_transform(config.train_size or spec.crop, spec, config.augment), spec)
     weights = class_weights([s.label for s in train], len(classes), config.balance)
@@ -235,10 +240,6 @@ def finetune(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, weights, label_smoothing=config.label_smoothing)
-                if distiller:
-                    with torch.no_grad():
-                        taught = teacher(model.prefix(x)).mean((2, 3), keepdim=True).float()
-                    loss = loss + distiller.loss(logits.float(), taught, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -276,15 +277,14 @@ def finetune(
 def fine_tune_run(
     config: Config,
     classes: list[str],
-    species: list[str],
     train: list[Sample],
     holdout: list[Sample],
+    digest: str,
     resume: bool,
     keep: bool,
 ) -> Outcome:
     """A freshly seeded pretrained network, fine-tuned (or taken from its checkpoint): `fit` and
     `cv --checkpoints-only` start every run this way, so their checkpoints are interchangeable."""
     seed_everything(config.seed)
-    net, spec, imagenet = build(config, classes)
-    distiller = make_distiller(config, imagenet, classes, species)
-    return finetune(config, net, spec, classes, train, holdout, resume, keep, distiller)
+    net, spec, _ = build(config, classes)
+    return finetune(config, net, spec, classes, train, holdout, digest, resume, keep)

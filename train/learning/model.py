@@ -1,8 +1,8 @@
-"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head."""
+"""The classifier: a pretrained layer stack split into a frozen prefix and a trainable tail, then a head;
+frozen (the whole backbone is the prefix, the tail is empty) or end to end (only the stem is frozen)."""
 
 from __future__ import annotations
 
-import copy
 from typing import NamedTuple
 
 import numpy as np
@@ -42,14 +42,10 @@ class Frozen(nn.Sequential):
         return super().train(False)
 
 
-def frozen_copy(tail: nn.Sequential) -> Frozen:
-    """The teacher: the pretrained tail as it is now, copied and frozen, before any training moves it."""
-    return Frozen(*copy.deepcopy(list(tail)))
-
-
-def split_layers(layers: list[nn.Module], finetune_blocks: int) -> tuple[Frozen, nn.Sequential]:
-    """The last `finetune_blocks` layers train; the rest stay frozen and can be cached."""
-    cut = len(layers) - min(finetune_blocks, len(layers) - 1)
+def split_layers(layers: list[nn.Module], end_to_end: bool) -> tuple[Frozen, nn.Sequential]:
+    """End to end, every layer but the stem trains; otherwise none does, and the frozen backbone's features
+    can be cached."""
+    cut = 1 if end_to_end else len(layers)
     return Frozen(*layers[:cut]), nn.Sequential(*layers[cut:])
 
 
@@ -130,7 +126,7 @@ def build(config: Config, classes: list[str]) -> Built:
     """The pretrained backbone split where training starts, and a new head (rows from ImageNet on request)."""
     backbone, spec = get_backbone(config.backbone), input_spec(config)
     layers, imagenet = backbone.build(spec.crop)
-    prefix, tail = split_layers(layers, len(layers) if config.end_to_end else config.finetune_blocks)
+    prefix, tail = split_layers(layers, config.end_to_end)
     head = make_head(config, backbone.channels, len(classes))
     if config.imagenet_init:
         init_from_imagenet(head[-1], classes, imagenet)
