@@ -194,11 +194,11 @@ def run(args: argparse.Namespace) -> int | None:
 
         from inference import PetClassifier
         from train.data.pets import DataError, data_dir
-        from train.shipping.retention import FOLDER, folders_trained_on, measure
+        from train.shipping.retention import FOLDER, measure
 
         photos = Path(args.photos) if args.photos else data_dir(args.data_dir).parent / FOLDER
         classifier = PetClassifier.load(Path(args.model), variant="fp32")
-        found = measure(classifier, photos, folders_trained_on(classifier.card, photos))
+        found = measure(classifier, photos)
         if found is None:
             raise DataError(f"No retention measured on {photos}: see the warning above.")
         print(json.dumps(found, indent=2))

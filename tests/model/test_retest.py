@@ -72,6 +72,23 @@ def test_a_model_that_trained_on_extra_photos_gets_no_retention(tmp_path: Path) 
     assert train_main(["--data-dir", str(data), "retention", "--model", str(model)]) == 1
 
 
+def test_whether_a_model_trained_on_the_photos_is_one_rule_whatever_the_folder_is_called(tmp_path: Path) -> None:
+    """Select decided by the run's extra folder names, retest by the card: a copy of the Stanford photos under
+    another name was measured by one and not the other. `measure` now asks the card, for every caller."""
+    from dataclasses import replace
+
+    from inference import PetClassifier
+    from train.shipping import retention
+
+    shipped = PetClassifier.load(MODEL_DIR, variant="fp32")
+    counted = shipped.card.data | {"images": shipped.card.data["images"] | {"extra": 2682}}
+    trained = shipped.with_card(replace(shipped.card, data=counted))
+    copy = write_extra(tmp_path / "dogs-copy", {"beagle": 2})
+
+    assert retention.measure(trained, copy) is None
+    assert retention.measure(shipped, copy)["photos"] == 2
+
+
 def test_a_rejected_int8_loses_its_old_test_figures_and_retention_stays_where_not_measured(tmp_path: Path) -> None:
     breeds = [(name, 1 if name[0].isupper() else 2) for name in LABELS]
     data = write_tiny_dataset(tmp_path / "oxford-iiit-pet", per_class=3, classes=breeds)  # no Stanford folder

@@ -15,10 +15,11 @@ from train.learning import metrics
 BATCH = 32
 
 
-def prepared(spec: InputSpec, samples: list[Sample]) -> Iterator[np.ndarray]:
-    """`samples`' photos prepared as serving prepares them (`spec`), BATCH at a time."""
+def prepared(spec: InputSpec, samples: list[Sample], batch: int = BATCH) -> Iterator[np.ndarray]:
+    """`samples`' photos prepared as serving prepares them (`spec`), `batch` at a time: the one loop every
+    evaluation feeds its models with, so all of them read a photo as the Space does."""
     paths = [s.path for s in samples]
-    return (model_batch(paths[i : i + BATCH], spec) for i in range(0, len(paths), BATCH))
+    return (model_batch(paths[i : i + batch], spec) for i in range(0, len(paths), batch))
 
 
 def photo_logits(classifier: PetClassifier, samples: list[Sample]) -> np.ndarray:

@@ -127,11 +127,10 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
 
 def untouched_classifier(params: dict[str, str], spec: InputSpec) -> nn.Linear:
     """ImageNet's own classifier of the expert's backbone, which must be the untouched one (frozen whole):
-    exported beside the head, it gives ImageNet's 1000-way view of each photo the expert sees."""
-    if params["finetune_blocks"] != "0" or params.get("end_to_end") == "True":
-        raise ExpertError(
-            "The expert's backbone must be ImageNet's untouched one: finetune_blocks = 0, not end to end."
-        )
+    exported beside the head, it gives ImageNet's 1000-way view of each photo the expert sees. An end-to-end
+    run is the one other recipe left (`logged_config` refuses a run that fine-tuned some blocks)."""
+    if params.get("end_to_end") == "True":
+        raise ExpertError("The expert's backbone must be ImageNet's untouched one: a frozen run, not end to end.")
     return get_backbone(params["backbone"]).build(spec.crop).classifier.eval()
 
 
@@ -193,8 +192,7 @@ def tested(folder: Path, card: ModelCard, data_dir: str | Path | None, gates: Ga
         test = evaluate_classifier(served, data, "test", folder / f"confusion_matrix_test{suffix}.png")
         figures = summarize_test(test, served, gates.calibration) | {"variant": variant, "data_digest": data.digest}
         if variant == "fp32":
-            extra = retention.folders_trained_on(card, data.root.parent / retention.FOLDER)
-            kept = retention.for_card(served, data.root, extra)
+            kept = retention.for_card(served, data.root)
             card = replace(card, metrics=card.metrics | {"test": figures} | ({"retention": kept} if kept else {}))
         else:
             card = replace(card, int8=card.int8 | {"test": figures})

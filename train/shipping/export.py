@@ -27,8 +27,7 @@ from preprocess import InputSpec, model_batch
 from train.data.files import load_tensors
 from train.data.pets import Sample, load_dataset
 from train.experiments.provenance import git_commit
-from train.experiments.tracking import PRIOR_CORRECTION, REGISTERED_MODEL, RUN_CONFIG, WEIGHTS
-from train.learning import prior
+from train.experiments.tracking import REGISTERED_MODEL, RUN_CONFIG, WEIGHTS
 from train.learning.config import ConfigError, logged_config
 from train.learning.model import Explained, PetNet, build_net
 from train.shipping.gates import Gates, ParityGate, parity_failure
@@ -145,7 +144,6 @@ def export_model(
     chosen = model_version(version, alias)
     run = MlflowClient().get_run(chosen.run_id)
     model = registered_net(chosen)
-    fold_prior_correction(model, run.info.run_id)
     spec = InputSpec.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/input_spec.json"))
     classes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/labels/classes.json")
     onnx_path = out_dir / "model.onnx"
@@ -157,19 +155,6 @@ def export_model(
     return make_card(
         chosen, run, spec, classes["species"], onnx_path, {"images": len(samples), "max_abs_logit_delta": delta}
     )
-
-
-def fold_prior_correction(model: PetNet, run_id: str) -> None:
-    """Where cross-validation kept a prior correction for this run, it goes into the head's bias, so the
-    exported model (and the parity check against it) gives the corrected logits."""
-    artifacts = {
-        entry.path for entry in MlflowClient().list_artifacts(run_id, Path(PRIOR_CORRECTION).parent.as_posix())
-    }
-    if PRIOR_CORRECTION not in artifacts:
-        return
-    correction = mlflow.artifacts.load_dict(f"runs:/{run_id}/{PRIOR_CORRECTION}")
-    prior.fold_into_bias(model.head, np.asarray(correction["log_prior"]), correction["strength"])
-    log.info("prior correction τ = %.3f folded into the head's bias", correction["strength"])
 
 
 @contextmanager
@@ -219,7 +204,7 @@ def make_card(
         model=ModelInfo(
             backbone=params["backbone"],
             head=params["head"],
-            finetune_blocks=int(params["finetune_blocks"]),
+            finetune_blocks=0,  # `logged_config` refuses a run that fine-tuned blocks (retired after 6346004)
             end_to_end=params.get("end_to_end") == "True",
             sha256=sha256_file(onnx_path),
             bytes=onnx_path.stat().st_size,
@@ -243,9 +228,7 @@ def make_card(
             "digest": params["data.digest"],
             "val_fraction": float(params["val_fraction"]),
             "seed": int(params["seed"]),
-            "images": {
-                s: int(params[f"images.{s}"]) for s in ("train", "val", "test", "extra") if f"images.{s}" in params
-            },
+            "images": {s: int(params[f"images.{s}"]) for s in ("train", "val", "test") if f"images.{s}" in params},
             "missing": {s: int(params[f"missing.{s}"]) for s in ("trainval", "test")},
         },
         metrics=selection_metrics(found),

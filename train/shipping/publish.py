@@ -30,11 +30,6 @@ from train.shipping.space_config import problems
 REPO = Path(__file__).resolve().parents[2]
 PUBLISH_CONFIG = REPO / "train" / "configs" / "publish.toml"
 SPACE_README = REPO / "train" / "configs" / "space_readme.md"
-STANFORD_DOGS = (  # the Space page's sentence on extra training photos, when the model had them
-    "It also trained on {extra} extra dog photos from Stanford Dogs (A. Khosla, N. Jayadevaprakash, B. Yao,"
-    ' L. Fei-Fei, "Novel Dataset for Fine-Grained Image Categorization", FGVC 2011), whose images come from'
-    " ImageNet and may be used for non-commercial research and education only. "
-)
 SKIPPED = {"__pycache__", ".DS_Store"}
 
 
@@ -111,7 +106,6 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
     judged = {name: value for name, value in test["per_class"].items() if photos.get(name, 0) >= FEW_TEST_PHOTOS}
     weakest = sorted(judged.items(), key=lambda item: item[1])[:3]
     cv = card.metrics.get("cv")
-    extra = card.data.get("images", {}).get("extra", 0)
     return Template(SPACE_README.read_text()).substitute(
         threshold=f"{card.threshold:.0%}",
         dog_threshold=f" ({card.expert_variant('fp32')[3]:.0%} for a dog's breed)" if card.expert else "",
@@ -131,7 +125,6 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
         breeds=len(test["per_class"]),
         weakest=", ".join(f"{readable_name(name)} {value:.0%} ({photos[name]} photos)" for name, value in weakest),
         ece=f"{test['ece']:.1%}",
-        extra_data=STANFORD_DOGS.format(extra=extra) if extra else "",
         dog_limits=dog_limits(card),
         how_answered=how_answered(card),
         no_pet=no_pet_sentence(card),

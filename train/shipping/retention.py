@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from inference import ModelCard, PetClassifier
-from preprocess import InputSpec, PreprocessError, model_batch
+from preprocess import InputSpec, PreprocessError
 from train.data.imagenet import dog_rows
 from train.data.pets import DataError, Sample, load_extra
 from train.learning.backbones import get_backbone
 from train.learning.distill import retention
 from train.learning.features import EXTRACT_BATCH
-from train.shipping.evaluate import log_probabilities, photo_answers
+from train.shipping.evaluate import log_probabilities, photo_answers, prepared
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,30 @@ def teacher_logits(backbone: str, spec: InputSpec, samples: list[Sample]) -> np.
     """The untouched pretrained network's ImageNet logits, on the tensor serving makes of each photo."""
     layers, classifier = get_backbone(backbone).build(spec.crop)
     network = nn.Sequential(*layers).eval().to(memory_format=torch.channels_last)  # as the feature cache runs it
-    paths, step = [s.path for s in samples], EXTRACT_BATCH
-    batches = (torch.from_numpy(model_batch(paths[i : i + step], spec)) for i in range(0, len(paths), step))
+    batches = (torch.from_numpy(x) for x in prepared(spec, samples, EXTRACT_BATCH))
     return np.concatenate(
         [classifier(network(x.contiguous(memory_format=torch.channels_last)).mean((2, 3))).numpy() for x in batches]
     )
 
 
-def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...] = ()) -> dict | None:
+def trained_on_extra_photos(card: ModelCard) -> bool:
+    """Whether the model may have trained on the retention photos: the one rule select, retest, the expert
+    and `python -m train retention` follow. Training on extra folders was retired after commit 6346004 (a
+    run that did cannot be exported), so only an older card counts extra photos, without naming their
+    folder or its digest: the Stanford photos may be among them, and would measure memory, not what was
+    kept."""
+    return bool(card.data["images"].get("extra"))
+
+
+def measure(classifier: PetClassifier, folder: Path) -> dict | None:
     """Overall and per-breed retention on `folder`'s photos of breeds the teacher knows; None (said in the
-    log) where the folder is absent, holds no such photo, or is one of the extra folders the model trained
-    on (`trained_on`: its photos would measure memory, not what was kept). Listed photos whose file is
-    missing are counted, not fatal."""
+    log) where the folder is absent, holds no such photo, or the model may have trained on them
+    (`trained_on_extra_photos`). Listed photos whose file is missing are counted, not fatal."""
     if not (folder / "MANIFEST.tsv").is_file():
         log.warning("no retention photos at %s (no MANIFEST.tsv): no retention measured there", folder)
         return None
-    if any(Path(extra).name == folder.name for extra in trained_on):
-        log.warning("the model trained on %s: no retention measured on its photos", folder.name)
+    if trained_on_extra_photos(classifier.card):
+        log.warning("the model trained on extra photos, maybe %s's: no retention measured on them", folder.name)
         return None
     extra = load_extra(folder, classifier.labels)
     rows, imagenet_rows = dog_rows(classifier.labels, classifier.card.species)
@@ -78,17 +85,11 @@ def measure(classifier: PetClassifier, folder: Path, trained_on: tuple[str, ...]
     return overall | {"folder": folder.name, "missing": sum(extra.missing.values()), "per_breed": per_breed}
 
 
-def folders_trained_on(card: ModelCard, folder: Path) -> tuple[str, ...]:
-    """What a model folder's card says of its extra training photos, for `measure`: it counts them but does
-    not name their folder, so any extra photos are taken to be `folder`'s."""
-    return (folder.name,) if card.data["images"].get("extra") else ()
-
-
-def for_card(classifier: PetClassifier, data_root: Path, trained_on: tuple[str, ...]) -> dict | None:
+def for_card(classifier: PetClassifier, data_root: Path) -> dict | None:
     """Retention on the Stanford Dogs folder beside the Oxford data, for a card; None (with a warning) where
     there is none or a photo cannot be read: a figure that chooses nothing must not stop a selection."""
     try:
-        return measure(classifier, data_root.parent / FOLDER, trained_on)
+        return measure(classifier, data_root.parent / FOLDER)
     except DataError as error:
         log.warning("no retention on the card: %s", error)
         return None

@@ -61,9 +61,9 @@ def retest_in(folder: Path, data_dir: str | Path | None) -> ModelCard:
 def retention_again(fp32: PetClassifier, data_root: Path) -> dict | None:
     """Retention on the Stanford folder beside the data; where there is no such folder here, the card keeps
     the figure it had, unless the model may have trained on those photos."""
-    trained_on = retention.folders_trained_on(fp32.card, data_root.parent / retention.FOLDER)
-    found = retention.for_card(fp32, data_root, trained_on)
+    found = retention.for_card(fp32, data_root)
     absent = not (data_root.parent / retention.FOLDER / "MANIFEST.tsv").is_file()
+    trained_on = retention.trained_on_extra_photos(fp32.card)
     if found is None and absent and not trained_on and fp32.card.metrics.get("retention"):
         log.warning("retention not measured again: the card keeps the figure it had")
         return fp32.card.metrics["retention"]

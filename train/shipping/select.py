@@ -10,13 +10,12 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from mlflow import MlflowClient
 
 from inference import ExpertInfo, ModelCard, PetClassifier, not_sure, softmax
 from train.data.pets import PetData, Sample, load_dataset
-from train.experiments.tracking import OOF_LOGITS, REGISTERED_MODEL, RUN_CONFIG, load_logits
+from train.experiments.tracking import OOF_LOGITS, REGISTERED_MODEL, load_logits
 from train.learning.calibrate import calibration_report, ece, non_pet_images, not_sure_threshold, variant_logits
 from train.shipping import retention
 from train.shipping.evaluate import evaluate_classifier, photo_logits
@@ -113,8 +112,7 @@ def ship_champion(
         | {"test": summarize_test(test, fp32, gates.calibration) | {"variant": "fp32", "data_digest": data.digest}},
     )
     card = replace(card, not_sure=card.not_sure | {"non_pet": non_pet_rate(fp32.with_card(card))})
-    trained_on = mlflow.artifacts.load_dict(f"runs:/{card.mlflow['run_id']}/{RUN_CONFIG}").get("extra_data", [])
-    retained = retention.for_card(fp32, data.root, tuple(trained_on))
+    retained = retention.for_card(fp32, data.root)
     card = replace(card, metrics=card.metrics | ({"retention": retained} if retained else {}))
     card = with_int8(fp32.with_card(card), data, out_dir, gates, held_out)
     card.save(out_dir / "card.json")
