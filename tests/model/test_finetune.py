@@ -15,10 +15,9 @@ from mlflow import MlflowClient
 
 import train.learning.finetune
 from preprocess import model_batch
-from tests.data.test_extra import write_extra
 from train.__main__ import main as train_main
 from train.data.pets import load_dataset
-from train.experiments.tracking import OOF_LOGITS, PRIOR_CORRECTION, load_logits
+from train.experiments.tracking import OOF_LOGITS, load_logits
 from train.learning.config import Config
 from train.learning.finetune import fine_tune_run
 from train.learning.model import input_spec
@@ -30,9 +29,7 @@ TINY = dict(end_to_end=True, image_size=64, crop_ratio=1.0, batch_size=8, worker
 
 
 def run(config: Config, data, resume: bool = False):
-    return fine_tune_run(
-        config, data.classes, data.species, data.splits["train"], data.splits["val"], resume, keep=True
-    )
+    return fine_tune_run(config, data.classes, data.splits["train"], data.splits["val"], data.digest, resume, keep=True)
 
 
 def test_loss_falls_and_held_out_logits_are_what_serving_computes(tiny_data, tmp_path) -> None:
@@ -86,17 +83,34 @@ def test_another_configuration_never_resumes_from_this_ones_checkpoint(tiny_data
     assert other.images_per_second > 0 and len(list(tmp_path.glob("*.pt"))) == 2
 
 
+def test_a_run_is_never_resumed_after_its_pixels_change(tiny_data, monkeypatch) -> None:
+    """The checkpoint key holds the dataset digest (the images' bytes), the preprocessing code and the
+    pretrained weights' version, not only the images' names: `--resume` after any of them changed trains anew."""
+    data = load_dataset(tiny_data, 0.25, 0)
+    config, trained_on, holdout = Config(**TINY, epochs=1), data.splits["train"], data.splits["val"]
+
+    def path(digest: str = data.digest):
+        return train.learning.finetune.checkpoint_path(config, data.classes, trained_on, holdout, digest)
+
+    before = path()
+    assert path("other bytes, same names") != before
+    monkeypatch.setattr(train.learning.finetune, "PREPROCESS_CODE", "edited")
+    assert path() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(train.learning.finetune, "weights_version", lambda backbone: "0.2.0")
+    assert path() != before
+
+
 def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    extra = write_extra(tmp_path / "extra", {"dots": 8})  # training only, and an imbalance to correct
     config = tmp_path / "cv.toml"
     config.write_text(
         'backbone = "efficientnet_lite0"\nend_to_end = true\nimage_size = 64\ncrop_ratio = 1.0\nepochs = 2\n'
         f'folds = 2\nbatch_size = 8\nworkers = 0\nimagenet_init = true\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
-        f'extra_data = ["{extra}"]\nbalance = "loss"\nprior_correction = true\n'
+        'balance = "loss"\n'
     )
     data = ["--data-dir", str(tiny_data)]
     assert train_main([*data, "cv", "--config", str(config), "--checkpoints-only"]) == 0  # as on a GPU box
@@ -112,7 +126,7 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     assert "cv_mean_per_class_accuracy" in parent.data.metrics
     assert [a.path for a in client.list_artifacts(parent.info.run_id, "cv")] == ["cv/oof.npz", "cv/per_class.csv"]
     oof_names = load_logits(parent.info.run_id, OOF_LOGITS)[0]
-    assert len(oof_names) == 24 and not any(name.startswith("extra:") for name in oof_names)  # Oxford only
+    assert len(oof_names) == 24
     assert len(client.get_metric_history(children["fold-1"].info.run_id, "epoch_val_loss")) == 2
     final = children["all"]
     assert final.data.metrics["cv_accuracy"] == parent.data.metrics["cv_accuracy"]
@@ -124,8 +138,4 @@ def test_cv_logs_folds_and_select_calibrates_on_out_of_fold_logits(tiny_data, tm
     assert card["calibration"]["fitted_on"] == "out-of-fold" and card["metrics"]["cv"]["folds"] == 2
     assert card["int8"]["calibration"]["fitted_on"] == "out-of-fold"  # its own temperature, on the same photos
     assert card["metrics"]["cv"]["accuracy"] == pytest.approx(parent.data.metrics["cv_accuracy"])
-    folded = [a.path for a in client.list_artifacts(final.info.run_id, "cv")] == [PRIOR_CORRECTION]
-    assert folded == ("cv_prior_strength" in parent.data.metrics)  # kept only where τ > 0 won
-    if folded:
-        assert card["metrics"]["cv"]["prior_strength"] == parent.data.metrics["cv_prior_strength"] > 0
     mlflow.set_tracking_uri(None)

@@ -155,17 +155,6 @@ def test_same_seed_gives_the_same_metrics(trained, monkeypatch: pytest.MonkeyPat
     assert first.val_loss == second.val_loss and first.val_accuracy == second.val_accuracy
 
 
-def test_fine_tuning_the_last_blocks_exports_with_parity(trained, monkeypatch: pytest.MonkeyPatch) -> None:
-    from train.shipping.export import export
-
-    monkeypatch.chdir(trained["root"])
-    config = Config(finetune_blocks=2, views=3, epochs=3, val_fraction=0.25, cache_dir=str(trained["cache"]))
-    result = fit(config, trained["data"])
-    card = export(version=result.version, out_dir=trained["root"] / "finetuned", data_dir=trained["data"])
-    assert card.model.finetune_blocks == 2
-    assert card.model.parity["max_abs_logit_delta"] <= 1e-3
-
-
 def test_bad_config_key_fails_with_its_name(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("learning_rate = 0.1\n")
@@ -250,27 +239,6 @@ def test_the_parity_gate_refuses_non_finite_outputs(trained, tmp_path: Path) -> 
         check_parity(model, tmp_path / "nan.onnx", spec, samples, Gates.load().parity)
 
 
-def test_the_folded_onnx_model_gives_the_corrected_probabilities(trained, tmp_path: Path) -> None:
-    """Export with the correction in the head's bias: ONNX Runtime's logits are torch's minus τ·log prior."""
-    import onnxruntime as ort
-    import torch
-
-    from preprocess import model_batch
-    from train.learning.prior import corrected, fold_into_bias, log_prior
-    from train.shipping.export import model_version, registered_net, to_onnx
-
-    model = registered_net(model_version(alias="champion"))
-    spec = PetClassifier.load(trained["model"]).spec
-    batch = model_batch([s.path for s in load_dataset(trained["data"], 0.25, 0).splits["val"][:4]], spec)
-    with torch.no_grad():
-        plain = model(torch.from_numpy(batch)).numpy()
-    prior = log_prior([0] * 20 + [1] * 3 + [2] * 7, 3)
-    fold_into_bias(model.head[-1], prior, 0.8)
-    to_onnx(model, spec, tmp_path / "folded.onnx")
-    got = ort.InferenceSession(str(tmp_path / "folded.onnx")).run(["logits"], {"image": batch})[0]
-    assert np.abs(got - corrected(plain, prior, 0.8)).max() < 1e-3
-
-
 def test_cv_on_cached_features_extracts_once_and_keeps_every_epoch(tiny_data, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -285,6 +253,7 @@ def test_cv_on_cached_features_extracts_once_and_keeps_every_epoch(tiny_data, tm
     history = MlflowClient().get_metric_history(runs["fold-1"].info.run_id, "epoch_val_loss")
     assert len(history) == 5  # no early stopping: the held-out fold does not choose the epoch
     assert runs["all"].data.tags["cv.parent_run_id"] and "cv_accuracy" in runs["all"].data.metrics
+    assert not (tmp_path / "cache" / "checkpoints").exists()  # seconds a run: nothing to resume, no 20-40 MB left
     mlflow.set_tracking_uri(None)
 
 
@@ -293,3 +262,14 @@ def test_cv_on_cached_features_refuses_early_stopping(tiny_data, tmp_path, capsy
     config.write_text('backbone = "efficientnet_lite0"\nfolds = 2\npatience = 3\n')
     assert train_main(["--data-dir", str(tiny_data), "cv", "--config", str(config)]) != 0
     assert "needs patience = 0" in capsys.readouterr().err
+
+
+def test_checkpoints_only_refuses_a_frozen_backbone_in_one_line(tiny_data, tmp_path, capsys) -> None:
+    """`cv --checkpoints-only` is for end-to-end runs on a GPU box; on a frozen backbone it wrote checkpoints
+    that the next `cv --resume` crashed on with a KeyError."""
+    config = tmp_path / "cv.toml"
+    config.write_text(f'backbone = "efficientnet_lite0"\nfolds = 2\npatience = 0\ncheckpoint_dir = "{tmp_path}"\n')
+    assert train_main(["--data-dir", str(tiny_data), "cv", "--config", str(config), "--checkpoints-only"]) == 2
+    refusal = capsys.readouterr().err.strip()
+    assert "cv --checkpoints-only is for end_to_end configs" in refusal and "\n" not in refusal
+    assert not list(tmp_path.glob("*.pt"))

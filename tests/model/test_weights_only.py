@@ -149,7 +149,13 @@ def test_a_checkpoint_is_tensors_and_plain_values(tmp_path: Path) -> None:
     """Held-out logits go in as a tensor (a numpy array is an object to the weights-only loader) and come
     back as the array they were; the key check still guards the resume."""
     logits = np.arange(6, dtype=np.float32).reshape(2, 3)
-    state = {"key": "k", "epoch": 2, "history": [{"epoch": 1, "train_loss": 0.5}], "holdout_logits": logits}
+    state = {
+        "key": "k",
+        "epoch": 2,
+        "done": True,
+        "history": [{"epoch": 1, "train_loss": 0.5}],
+        "holdout_logits": logits,
+    }
     save_checkpoint(state | {"model": {"weight": torch.ones(2)}}, tmp_path / "k.pt")
 
     raw = torch.load(tmp_path / "k.pt", weights_only=True)
@@ -163,6 +169,39 @@ def test_a_checkpoint_is_tensors_and_plain_values(tmp_path: Path) -> None:
     torch.save([torch.ones(2)], tmp_path / "tensors.pt")  # tensors only, but no checkpoint: one line, no traceback
     with pytest.raises(CheckpointError, match="tensors.pt belongs to another configuration"):
         load_checkpoint(tmp_path / "tensors.pt", "k", resume=True)
+
+
+@pytest.mark.parametrize("done", [True, False])
+def test_a_checkpoint_missing_a_key_is_refused_in_one_line(tmp_path: Path, done: bool) -> None:
+    """This run's key but no history (tampered with, or written by other code): a CheckpointError, not a
+    KeyError traceback from deep inside the resume."""
+    state = {"key": "k", "epoch": 1, "done": True, "holdout_logits": np.zeros((2, 3), np.float32)}
+    if not done:
+        state = {"key": "k", "epoch": 1, "model": {}, "optimizer": {}, "schedule": {}, "ema": None}
+    save_checkpoint(state, tmp_path / "k.pt")
+    with pytest.raises(CheckpointError, match=r"k.pt lacks history: not a whole checkpoint") as refused:
+        load_checkpoint(tmp_path / "k.pt", "k", resume=True)
+    assert "\n" not in str(refused.value)
+
+
+def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    """Checkpoints and feature-cache files go through one helper: each writer its own temporary file beside
+    the target, then an atomic rename (a fixed `.tmp` name let two Ray trials write into one file)."""
+    from train.data import files
+
+    temporaries, save = [], torch.save
+    monkeypatch.setattr(files.torch, "save", lambda value, path: temporaries.append(Path(path)) or save(value, path))
+    state = {"key": "k", "epoch": 1, "done": True, "history": [], "holdout_logits": np.zeros((2, 3), np.float32)}
+    save_checkpoint(state, tmp_path / "k.pt")
+    files.save_tensors({"x": torch.ones(2)}, tmp_path / "k.pt")
+    assert len(set(temporaries)) == 2 and all(t.parent == tmp_path and t.name != "k.tmp" for t in temporaries)
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]  # renamed into place, nothing left behind
+    monkeypatch.setattr(files.torch, "save", lambda value, path: 1 / 0)  # a writer that dies mid-write
+    with pytest.raises(ZeroDivisionError):
+        files.save_tensors({"x": torch.zeros(2)}, tmp_path / "k.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["k.pt"] and torch.equal(
+        torch.load(tmp_path / "k.pt", weights_only=True)["x"], torch.ones(2)
+    )
 
 
 @pytest.mark.slow
