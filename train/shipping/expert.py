@@ -120,7 +120,7 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
         calibration=calibration,
         not_sure=threshold,
     )
-    dogs = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"], (), "dog")
+    dogs = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"], "dog")
     entry = replace(entry, int8=expert_int8(folder, card, entry, dogs, held_out, gates))
     return tested(folder, replace(card, expert=entry), data_dir, gates)
 

@@ -92,7 +92,7 @@ def rebuilt_net(run_id: str, name: str) -> PetNet:
 def parity_samples(run_params: dict, data_dir: str | Path | None, count: int) -> list[Sample]:
     """Validation images of the run's own split, topped up with training images to `count`."""
     data = load_dataset(
-        data_dir, float(run_params["val_fraction"]), int(run_params["seed"]), (), run_params.get("species", "")
+        data_dir, float(run_params["val_fraction"]), int(run_params["seed"]), run_params.get("species", "")
     )
     return (data.splits["val"] + data.splits["train"])[:count]
 
