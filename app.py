@@ -44,6 +44,8 @@ from inference import (
     no_pet_sentence,
     overlay,
     readable_name,
+    retention_sentence,
+    stanford_retention,
 )
 
 log = logging.getLogger("app")
@@ -351,8 +353,7 @@ def teacher_text(card: ModelCard) -> str:
         where = f"{cv['retention_photos']:.0f} held-out Oxford dog photos (cross-validation)"
         parts.append(retention_sentence(where, cv["retention_student"], network, cv["retention_teacher"]))
     if retained and retained["photos"]:
-        where = f"{retained['photos']:.0f} {retained['folder']} photos (ImageNet's own)"
-        parts.append(retention_sentence(where, retained["student"], network, retained["teacher"]))
+        parts.append(stanford_retention(retained, network))
     return " ".join(parts)
 
 
@@ -361,10 +362,6 @@ def distilled_text(teacher: dict) -> str:
         return "not distilled"
     weight, temperature = teacher["distill_weight"], teacher["distill_temperature"]
     return f"its dog rows distilled on dog photos (weight {weight:g}, T = {temperature:g})"
-
-
-def retention_sentence(where: str, model: float, network: str, teacher: float) -> str:
-    return f"Top-1 among the dog breeds ImageNet knows, on {where}: this model {model:.1%}, {network} {teacher:.1%}."
 
 
 def missing_sentence(card: ModelCard) -> str:

@@ -276,6 +276,22 @@ def no_pet_sentence(card: ModelCard) -> str:
     )
 
 
+def retention_sentence(where: str, model: float, network: str, teacher: float, after: str = "") -> str:
+    """How much of what the ImageNet network knew of its dog breeds the model still knows, on the photos
+    `where` names: top-1 among those breeds, the model's against `network`'s."""
+    figures = f"this model {model:.1%}, {network} {teacher:.1%}"
+    return f"Top-1 among the dog breeds ImageNet knows, on {where}: {figures}{after}."
+
+
+def stanford_retention(retained: dict, network: str) -> str:
+    """The card's retention on the Stanford Dogs photos (ImageNet's own) and its three weakest breeds there,
+    as the Model tab and the Space page both say it."""
+    weakest = sorted(retained["per_breed"].items(), key=lambda item: item[1]["student"])[:3]
+    names = ", ".join(f"{readable_name(name)} {found['student']:.0%}" for name, found in weakest)
+    where = f"{retained['photos']:.0f} {retained['folder']} photos (ImageNet's own)"
+    return retention_sentence(where, retained["student"], network, retained["teacher"], f"; weakest there: {names}")
+
+
 def readable_name(label: str) -> str:
     """Dataset stem to display name: "great_pyrenees" -> "Great Pyrenees", "Maine_Coon" -> "Maine Coon"."""
     return " ".join(word[:1].upper() + word[1:] for word in label.split("_"))

@@ -223,10 +223,13 @@ def test_the_model_tab_says_what_the_model_keeps_of_its_teacher() -> None:
     import dataclasses
 
     import app
+    from inference import stanford_retention
 
     card = app.classifier.card
     teacher = {"kept": True, "distill_weight": 1.0, "distill_temperature": 2.0}  # a card from before 0242e1d
+    per_breed = {"beagle": {"student": 0.97}, "chihuahua": {"student": 0.81}, "pug": {"student": 0.99}}
     retained = {"student": 0.912, "teacher": 0.934, "photos": 2682.0, "folder": "stanford-dogs-extra"}
+    retained |= {"per_breed": per_breed}
     cv = card.metrics.get("cv", {}) | {"retention_student": 0.85, "retention_teacher": 0.8, "retention_photos": 240.0}
     card = dataclasses.replace(
         card,
@@ -237,6 +240,7 @@ def test_the_model_tab_says_what_the_model_keeps_of_its_teacher() -> None:
     assert "its dog rows distilled on dog photos (weight 1, T = 2)" in text and "kept beside" not in text
     assert "240 held-out Oxford dog photos (cross-validation): this model 85.0%, the teacher 80.0%" in text
     assert "2682 stanford-dogs-extra photos (ImageNet's own): this model 91.2%, the teacher 93.4%" in text
+    assert stanford_retention(retained, "the teacher") in text  # the Space page's sentence
     untaught = dataclasses.replace(card, model=dataclasses.replace(card.model, teacher=None))
     text = app.card_markdown(untaught)
     assert "teacher" not in text.lower()

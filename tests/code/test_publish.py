@@ -269,7 +269,7 @@ def test_dry_run_materialises_exactly_the_upload(space_copy: Path, tmp_path_fact
 def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> None:
     from dataclasses import replace
 
-    from inference import ModelCard
+    from inference import ModelCard, stanford_retention
     from train.shipping.publish import space_readme
 
     card = ModelCard.load(REPO / "model" / "card.json")
@@ -277,14 +277,15 @@ def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> No
     untaught = replace(
         card, model=replace(card.model, teacher=None), expert=None, metrics=card.metrics | {"retention": None}
     )
-    assert "(Stanford Dogs)" not in space_readme(untaught, labels, None)
+    assert "(ImageNet's own)" not in space_readme(untaught, labels, None)
     per_breed = {"beagle": {"student": 0.97}, "chihuahua": {"student": 0.81}, "pug": {"student": 0.99}}
     retained = {"student": 0.934, "teacher": 0.951, "photos": 2682.0, "per_breed": per_breed}
+    retained |= {"folder": "stanford-dogs-extra"}
     measured = replace(untaught, metrics=card.metrics | {"retention": retained})
     page = space_readme(measured, labels, None)
     assert "learnt 22 of them from about 1,300 photos each" in page
-    assert "on 2682 ImageNet photos of 3 of those breeds (Stanford Dogs)" in page
-    assert "it names the right one of the 22 93.4% of the time, the ImageNet network 95.1%" in page
+    assert "on 2682 stanford-dogs-extra photos (ImageNet's own): this model 93.4%, the ImageNet network 95.1%" in page
     shipped = space_readme(card, labels, None)  # with the dog expert: it says how a photo is answered
     assert "goes on to the dog expert" in shipped and "Dogs are named by the dog expert" in shipped
     assert "weakest there: Chihuahua 81%, Beagle 97%, Pug 99%." in page
+    assert stanford_retention(retained, "the ImageNet network") in page  # the Model tab's sentence

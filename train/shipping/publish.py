@@ -21,6 +21,7 @@ from inference import (
     how_answered,
     no_pet_sentence,
     readable_name,
+    stanford_retention,
 )
 from train.experiments.provenance import git_commit
 from train.learning.config import ConfigError, read_toml
@@ -145,16 +146,7 @@ def dog_limits(card: ModelCard) -> str:
             "It learnt the dog breeds from those few photos on top of an ImageNet network, which had learnt "
             "22 of them from about 1,300 photos each"
         )
-    if not retained:
-        return said + ". "
-    weakest = sorted(retained["per_breed"].items(), key=lambda item: item[1]["student"])[:3]
-    return (
-        f"{said}: on {retained['photos']:.0f} ImageNet photos of {len(retained['per_breed'])} of those breeds "
-        f"(Stanford Dogs) it names the right one of the 22 {retained['student']:.1%} of the time, the ImageNet "
-        f"network {retained['teacher']:.1%}; weakest there: "
-        + ", ".join(f"{readable_name(name)} {found['student']:.0%}" for name, found in weakest)
-        + ". "
-    )
+    return f"{said}. {stanford_retention(retained, 'the ImageNet network')} " if retained else f"{said}. "
 
 
 def build_space(root: Path, files: list[Path], card: ModelCard, space_id: str | None, out: Path) -> list[Path]:
