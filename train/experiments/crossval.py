@@ -142,8 +142,8 @@ def oof_retention(
     config: Config, folds: list[Fold], run_ids: list[str], data: PetData, logits: np.ndarray
 ) -> dict[str, float]:
     """Out-of-fold retention: top-1 among the ImageNet dog breeds, the model against the teacher on the
-    same held-out photos. The cached path logs the teacher's logits of every held-out photo (its features
-    cache with the activations); the end-to-end path does not."""
+    same held-out photos. A frozen backbone's run logs the teacher's logits of every held-out photo (its
+    cached features are the teacher's); an end-to-end run does not."""
     from train.data.imagenet import dog_rows
     from train.experiments import tracking
     from train.learning.distill import retention

@@ -164,7 +164,8 @@ def fit(
 ) -> RunResult:
     """Train on data.splits["train"], evaluate on data.splits["val"] (which CV folds set to the held-out fold
     and the final CV run leaves empty), log everything and register the model. The run is a child of the
-    active run, or of `parent_run_id` (a Ray trial, in a process where the parent is not active)."""
+    active run, or of `parent_run_id` (a Ray trial, in a process where the parent is not active). `resume`
+    continues an end-to-end run from its checkpoint; a frozen backbone's run keeps none (`train_cached`)."""
     seed_everything(config.seed)
     data = data or load_dataset(data_dir, *config.dataset_key())
     spec = input_spec(config)
