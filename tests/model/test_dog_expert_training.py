@@ -9,12 +9,13 @@ import json
 
 import mlflow
 import numpy as np
+import onnx
 import pytest
 import torch
 from mlflow import MlflowClient
 
 from inference import ModelCard, PetClassifier, sha256_file
-from tests.conftest import write_tiny_dataset
+from tests.conftest import REPO, write_tiny_dataset
 from train.__main__ import main as train_main
 from train.data.pets import load_dataset
 from train.experiments.tracking import EXPERT_MODEL, REGISTERED_MODEL, WEIGHTS
@@ -87,6 +88,15 @@ def test_the_card_describes_both_models(shipped) -> None:
     assert expert.int8["accepted"] == (shipped["model"] / "expert.int8.onnx").exists()
     routing = card.metrics["test"]["routing"]
     assert 0 <= routing["species_accuracy"] <= 1 and card.metrics["test"]["data_digest"]
+
+
+def test_the_onnx_files_hold_the_graph_and_weights_and_no_notes_of_where_they_were_built(shipped) -> None:
+    """The exporter notes each node's source file and line: dropped, so a file's bytes do not change with
+    the checkout's path or the training code's layout, and no build machine's paths ship."""
+    for name in ("model.onnx", "expert.onnx"):
+        path = shipped["model"] / name
+        assert not any(node.metadata_props for node in onnx.load(path).graph.node), name
+        assert str(REPO).encode() not in path.read_bytes(), name
 
 
 def test_training_time_evaluation_is_what_the_pair_serves(shipped) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from mlflow import MlflowClient
@@ -112,6 +113,17 @@ def to_onnx(model: PetNet, spec: InputSpec, path: Path, imagenet: nn.Linear | No
         dynamic_shapes=({0: batch},),
         external_data=False,
     )
+    without_source_notes(path)
+
+
+def without_source_notes(path: Path) -> None:
+    """Drop what the exporter notes on each node for debugging (the source file and line it came from, the
+    module path, the rewrite rule): the model's bytes then follow its graph and weights alone, not where the
+    checkout lives or how the training code is laid out, and no build machine's paths ship to the Space."""
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    onnx.save(model, str(path))
 
 
 def check_parity(
