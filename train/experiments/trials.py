@@ -18,6 +18,7 @@ import mlflow
 
 from train.data.pets import PetData, load_dataset
 from train.experiments import tracking
+from train.experiments.fit import fit
 from train.learning.config import Config, load_sweep
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ IN_PROCESS = Engine()
 
 
 def run_trial(trial: Trial, config_path: str | None, parent_run_id: str) -> TrialResult:
-    from train.experiments.fit import fit
-
     result = fit(
         trial.config,
         config_path=config_path,
