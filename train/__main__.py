@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.choices["cv"].add_argument(
         "--checkpoints-only",
         action="store_true",
-        help="train and checkpoint every fold without MLflow (a GPU box); then run cv --resume to log them",
+        help="train and checkpoint every fold, logging nothing (a GPU box); then cv --resume logs them",
     )
     select = command("select", "ship the best cross-validated breed model into a model folder, tested once")
     select.add_argument("--model-dir", default="model")

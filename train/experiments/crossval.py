@@ -10,12 +10,20 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import mlflow
 import numpy as np
 
 from train.data import duplicates
+from train.data.imagenet import dog_rows
 from train.data.pets import PetData, Sample, load_dataset
+from train.experiments import tracking
+from train.experiments.fit import fit
 from train.experiments.trials import IN_PROCESS, Engine, Trial, run_trials
+from train.learning import metrics
+from train.learning.calibrate import nll
 from train.learning.config import Config, ConfigError
+from train.learning.distill import retention
+from train.learning.finetune import fine_tune_run
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +80,6 @@ def out_of_fold(folds: list[Fold], logits: list[np.ndarray]) -> tuple[list[str],
 
 
 def cv_metrics(fold_accuracies: list[float], summary: dict, logits: np.ndarray, labels: np.ndarray) -> dict:
-    from train.learning.calibrate import nll
-
     return {
         "cv_accuracy": summary["accuracy"],
         "cv_accuracy_std": float(np.std(fold_accuracies, ddof=1)),
@@ -89,12 +95,6 @@ def cross_validate(
 ) -> dict:
     """Folds as child runs of one parent (trials of `engine`); then the final model on all of trainval,
     registered with the CV metrics. Returns the CV metrics."""
-    import mlflow
-
-    from train.experiments import tracking
-    from train.experiments.fit import fit
-    from train.learning import metrics
-
     if not config.end_to_end and config.patience:
         raise RuntimeError(
             "cv on the cached path needs patience = 0 (a fixed number of epochs): early stopping would let the "
@@ -144,10 +144,6 @@ def oof_retention(
     """Out-of-fold retention: top-1 among the ImageNet dog breeds, the model against the teacher on the
     same held-out photos. A frozen backbone's run logs the teacher's logits of every held-out photo (its
     cached features are the teacher's); an end-to-end run does not."""
-    from train.data.imagenet import dog_rows
-    from train.experiments import tracking
-    from train.learning.distill import retention
-
     if config.end_to_end:
         return {}
     taught = [tracking.load_logits(run_id, tracking.HOLDOUT_TEACHER)[1] for run_id in run_ids]
@@ -161,8 +157,6 @@ def oof_retention(
 def log_twins(data: PetData) -> None:
     """Test photos with a near-duplicate in trainval (test accuracy on those is not a fresh measurement):
     counted and listed in the CV parent run."""
-    import mlflow
-
     trainval = data.splits["train"] + data.splits["val"]
     pairs = {"test_in_trainval": duplicates.twins(data.splits["test"], trainval)}
     for kind, found in pairs.items():
@@ -176,11 +170,9 @@ def fold_data(data: PetData, fold: Fold) -> PetData:
 
 
 def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
-    """Every fold and the final run trained and checkpointed, with no tracking: for a GPU box without the
-    MLflow stack. `cv --resume` on any machine then logs and registers from the checkpoints. End to end
+    """Every fold and the final run trained and checkpointed, with no tracking: for a GPU box that cannot reach the
+    tracking store. `cv --resume` on any machine then logs and registers from the checkpoints. End to end
     only: a frozen backbone's runs take seconds once its features are cached, and write no checkpoint."""
-    from train.learning.finetune import fine_tune_run
-
     if not config.end_to_end:
         raise ConfigError("cv --checkpoints-only is for end_to_end configs; a frozen backbone's cv runs as it is.")
     data = load_dataset(data_dir, *config.dataset_key())

@@ -2,7 +2,7 @@
 cosine decay, optional weight EMA, CUDA with bf16 autocast where present, a checkpoint every epoch.
 
 No MLflow here. A run's history lives in its checkpoint and `fit` / `cv` log it, so a run killed
-anywhere resumes from its last epoch, and training can happen on a GPU box without the tracking stack
+anywhere resumes from its last epoch, and training can happen on a GPU box without the tracking store
 and be logged later from the checkpoint folder (docs/training.md, "Fine-tuning end to end").
 """
 
