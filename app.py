@@ -415,7 +415,7 @@ def variant_note() -> str:
 
 def card_markdown(card: ModelCard) -> str:
     spec, model, test = card.preprocess, card.model, card.metrics.get("test")
-    training = "fine-tuned end to end" if model.end_to_end else f"fine-tuned layers {model.finetune_blocks}"
+    training = "fine-tuned end to end" if model.end_to_end else "frozen backbone, trained head"
     return "\n".join(
         [
             f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "

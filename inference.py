@@ -57,7 +57,7 @@ CARD_SCHEMA = 2  # the layout of card.json; a reader refuses any other
 class ModelInfo:
     backbone: str
     head: str
-    finetune_blocks: int
+    finetune_blocks: int  # 0: the partial fine-tune it counted retired after commit 6346004 (schema 2 keeps it)
     end_to_end: bool
     sha256: str  # of model.onnx (fp32)
     bytes: int
