@@ -196,6 +196,9 @@ def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path: Path, mo
     files.save_tensors({"x": torch.ones(2)}, tmp_path / "k.pt")
     assert len(set(temporaries)) == 2 and all(t.parent == tmp_path and t.name != "k.tmp" for t in temporaries)
     assert [p.name for p in tmp_path.iterdir()] == ["k.pt"]  # renamed into place, nothing left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "k.pt").stat().st_mode & 0o777 == 0o666 & ~umask  # others on a shared folder read it
     monkeypatch.setattr(files.torch, "save", lambda value, path: 1 / 0)  # a writer that dies mid-write
     with pytest.raises(ZeroDivisionError):
         files.save_tensors({"x": torch.zeros(2)}, tmp_path / "k.pt")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +29,15 @@ def load_tensors(path: Path) -> Any:
 
 
 def save_tensors(value: Any, path: Path) -> None:
-    """`torch.save` to a temporary file of this writer's own beside `path`, then an atomic rename: two writers
-    of one path (Ray trials on a shared cache or checkpoint folder) never write into the same file, a reader
-    never sees half a file, and the last rename wins."""
+    """`torch.save` to a temporary file of this writer's own beside `path` (process id and a random part in
+    its name, made with the umask's permissions like any file, so others on a shared folder can read it),
+    then an atomic rename: two writers of one path (Ray trials on a shared cache or checkpoint folder) never
+    write into the same file, a reader never sees half a file, and the last rename wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         torch.save(value, temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
