@@ -288,7 +288,7 @@ def stanford_retention(retained: dict, network: str) -> str:
     as the Model tab and the Space page both say it."""
     weakest = sorted(retained["per_breed"].items(), key=lambda item: item[1]["student"])[:3]
     names = ", ".join(f"{readable_name(name)} {found['student']:.0%}" for name, found in weakest)
-    where = f"{retained['photos']:.0f} {retained['folder']} photos (ImageNet's own)"
+    where = f"{retained['photos']:.0f} Stanford Dogs photos of {len(retained['per_breed'])} breeds (ImageNet's own)"
     return retention_sentence(where, retained["student"], network, retained["teacher"], f"; weakest there: {names}")
 
 

@@ -239,7 +239,8 @@ def test_the_model_tab_says_what_the_model_keeps_of_its_teacher() -> None:
     text = app.card_markdown(card)
     assert "its dog rows distilled on dog photos (weight 1, T = 2)" in text and "kept beside" not in text
     assert "240 held-out Oxford dog photos (cross-validation): this model 85.0%, the teacher 80.0%" in text
-    assert "2682 stanford-dogs-extra photos (ImageNet's own): this model 91.2%, the teacher 93.4%" in text
+    assert "2682 Stanford Dogs photos of 3 breeds (ImageNet's own): this model 91.2%, the teacher 93.4%" in text
+    assert "weakest there: Chihuahua 81%, Beagle 97%, Pug 99%" in text
     assert stanford_retention(retained, "the teacher") in text  # the Space page's sentence
     untaught = dataclasses.replace(card, model=dataclasses.replace(card.model, teacher=None))
     text = app.card_markdown(untaught)

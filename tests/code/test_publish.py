@@ -242,7 +242,8 @@ def test_the_space_readme_is_written_for_visitors_from_the_card(space_tree: Path
     assert "python -m train" not in readme  # no training instructions for visitors
 
 
-def test_the_space_page_gives_photo_counts_and_names_no_extra_training_data() -> None:
+def test_the_space_page_gives_photo_counts_and_names_extra_data_only_when_used() -> None:
+    from dataclasses import replace
 
     from inference import ModelCard
     from train.shipping.publish import space_readme
@@ -255,6 +256,9 @@ def test_the_space_page_gives_photo_counts_and_names_no_extra_training_data() ->
     assert f"cats {test['per_species']['cat']:.1%} of {cats} photos" in page
     assert "American Pit Bull Terrier" not in page.split("The weakest")[1].split(";")[0]  # 1 photo: not judged
     assert "extra dog photos from Stanford Dogs" not in page and "non-commercial" not in page
+    with_extra = replace(card, data=card.data | {"images": card.data["images"] | {"extra": 2677}})
+    page = space_readme(with_extra, labels, None)  # a card from before extra training folders retired
+    assert "2677 extra dog photos from Stanford Dogs" in page and "non-commercial research and education" in page
 
 
 def test_dry_run_materialises_exactly_the_upload(space_copy: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -284,7 +288,8 @@ def test_the_space_page_says_what_the_model_keeps_of_imagenet_about_dogs() -> No
     measured = replace(untaught, metrics=card.metrics | {"retention": retained})
     page = space_readme(measured, labels, None)
     assert "learnt 22 of them from about 1,300 photos each" in page
-    assert "on 2682 stanford-dogs-extra photos (ImageNet's own): this model 93.4%, the ImageNet network 95.1%" in page
+    said = "on 2682 Stanford Dogs photos of 3 breeds (ImageNet's own): this model 93.4%, the ImageNet network 95.1%"
+    assert said in page
     shipped = space_readme(card, labels, None)  # with the dog expert: it says how a photo is answered
     assert "goes on to the dog expert" in shipped and "Dogs are named by the dog expert" in shipped
     assert "weakest there: Chihuahua 81%, Beagle 97%, Pug 99%." in page

@@ -129,7 +129,15 @@ def space_readme(card: ModelCard, labels: list[str], space_id: str | None) -> st
         dog_limits=dog_limits(card),
         how_answered=how_answered(card),
         no_pet=no_pet_sentence(card),
+        extra_data=STANFORD_DOGS.format(extra=extra) if (extra := card.data["images"].get("extra")) else "",
     )
+
+
+STANFORD_DOGS = (  # a card from before extra training folders retired (6346004) that counts them: their terms
+    "It also trained on {extra} extra dog photos from Stanford Dogs (A. Khosla, N. Jayadevaprakash, B. Yao,"
+    ' L. Fei-Fei, "Novel Dataset for Fine-Grained Image Categorization", FGVC 2011), whose images come from'
+    " ImageNet and may be used for non-commercial research and education only. "
+)
 
 
 def dog_limits(card: ModelCard) -> str:
