@@ -416,6 +416,8 @@ def variant_note() -> str:
 def card_markdown(card: ModelCard) -> str:
     spec, model, test = card.preprocess, card.model, card.metrics.get("test")
     training = "fine-tuned end to end" if model.end_to_end else "frozen backbone, trained head"
+    if model.finetune_blocks:  # a card from before the partial fine-tune retired (6346004)
+        training = f"its last {model.finetune_blocks} layers fine-tuned"
     return "\n".join(
         [
             f"- **Backbone** `{model.backbone}` · head `{model.head}` · {training} · serving the "

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True)
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
         if name != "sweep":
-            sub.add_argument("--resume", action="store_true", help="continue from the last saved epoch")
+            sub.add_argument("--resume", action="store_true", help="end to end: each run from its last saved epoch")
         if name != "fit":
             sub.add_argument("--engine", choices=("in-process", "ray"), default="in-process")
             sub.add_argument("--address", help="ray: a running cluster (host:6379); default: start a local one")

@@ -143,7 +143,10 @@ def save_checkpoint(state: dict, path: Path) -> None:
 def load_checkpoint(path: Path, key: str, resume: bool) -> dict | None:
     """A checkpoint folder may be shared storage others write to (a cluster's): it is read as data, and one
     holding any other object is refused, never unpickled."""
-    if not resume or not path.is_file():
+    if not resume:
+        return None
+    if not path.is_file():  # the key holds the config, data, pixels and weights: any change starts anew
+        log.info("no checkpoint %s for this run (its key): training it from the start", path.name)
         return None
     try:
         state = load_tensors(path)
