@@ -1,5 +1,5 @@
 """Near-duplicate photos, found by a perceptual hash: grouped into one cross-validation fold, and reported
-where a test photo has a twin in trainval (or an extra photo has one among Oxford's).
+where a test photo has a twin in trainval.
 
 Oxford-IIIT Pet holds the same photograph twice under different names (re-crops, re-encodings): a pair
 split across folds lets a fold be tested on a photo it trained on, and flatters the CV estimate.

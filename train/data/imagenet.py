@@ -45,16 +45,12 @@ IMAGENET_CLASSES: dict[str, tuple[str, int]] = {
 def init_from_imagenet(classifier: nn.Linear, classes: list[str], imagenet: nn.Linear) -> list[str]:
     """Copy the ImageNet classifier's row of each breed that has one into the new head; returns those
     breeds. The other rows keep their random start, scaled to the copied rows' norm so no class starts
-    with an advantage from its initialisation alone.
-
-    A head over k stacked copies of the backbone's features (the fine-tuned tail and the teacher's, which
-    start equal) gets each row split in k equal parts, so it starts as the ImageNet classifier itself."""
+    with an advantage from its initialisation alone."""
     rows = {i: IMAGENET_CLASSES[name][1] for i, name in enumerate(classes) if name in IMAGENET_CLASSES}
     if not rows:
         return []
     targets, sources = list(rows), list(rows.values())
-    copies = classifier.in_features // imagenet.in_features
-    classifier.weight[targets] = imagenet.weight[sources].repeat(1, copies) / copies
+    classifier.weight[targets] = imagenet.weight[sources]
     classifier.bias[targets] = imagenet.bias[sources]
     others = [i for i in range(len(classes)) if i not in rows]
     if others:

@@ -129,7 +129,6 @@ def _stratified_split(samples: list[Sample], fraction: float, seed: int) -> tupl
 class ExtraImages:
     samples: list[Sample]
     missing: dict[str, int]  # class -> listed files that are absent
-    digest: str  # the manifest and every present file's bytes
 
 
 def load_extra(root: str | Path, classes: list[str]) -> ExtraImages:
@@ -142,7 +141,6 @@ def load_extra(root: str | Path, classes: list[str]) -> ExtraImages:
         rows = list(csv.DictReader(handle, delimiter="\t"))
     if rows and not {"relative_path", "label"} <= set(rows[0]):
         raise DataError(f"{manifest} needs the columns relative_path and label. Expected {EXTRA_LAYOUT}.")
-    digest = hashlib.sha256(manifest.read_bytes())
     samples, absent = [], Counter()
     for number, row in enumerate(rows, start=2):
         label = row["label"]
@@ -152,11 +150,10 @@ def load_extra(root: str | Path, classes: list[str]) -> ExtraImages:
         if not path.is_file():
             absent[label] += 1
             continue
-        digest.update(row["relative_path"].encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
         samples.append(Sample(f"extra:{row['relative_path']}", path, classes.index(label)))
     if absent:
         log.warning("%s: %d listed images are missing and were skipped", root.name, sum(absent.values()))
-    return ExtraImages(samples, {name: absent.get(name, 0) for name in classes}, digest.hexdigest())
+    return ExtraImages(samples, {name: absent.get(name, 0) for name in classes})
 
 
 def load_dataset(

@@ -174,7 +174,7 @@ def train_checkpoints(config: Config, data_dir: str | Path | None) -> None:
     tracking store. `cv --resume` on any machine then logs and registers from the checkpoints. End to end
     only: a frozen backbone's runs take seconds once its features are cached, and write no checkpoint."""
     if not config.end_to_end:
-        raise ConfigError("cv --checkpoints-only is for end_to_end configs; a frozen backbone's cv runs as it is.")
+        raise ConfigError("cv --checkpoints-only is for end_to_end configs; run a frozen backbone's cv without it.")
     data = load_dataset(data_dir, *config.dataset_key())
     for fold in plan(config, data):  # the same runs and checkpoint keys as `cv --resume`'s
         outcome = fine_tune_run(config, data.classes, fold.train, fold.holdout, data.digest, True, not fold.holdout)

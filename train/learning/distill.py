@@ -3,7 +3,7 @@ the teacher knew (accuracy restricted to the breeds the teacher has a row for, s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ class Distiller:
     is_dog: torch.Tensor  # per class
     weight: float
     temperature: float
-
-    def to(self, device: torch.device) -> Distiller:
-        return replace(self, imagenet=self.imagenet.to(device), is_dog=self.is_dog.to(device))
 
     def loss(self, logits: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         dogs = self.is_dog[y]

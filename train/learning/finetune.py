@@ -31,7 +31,7 @@ from train.data.files import NotTensorsError, load_tensors, save_tensors
 from train.data.pets import Sample
 from train.learning.config import Config
 from train.learning.features import PREPROCESS_CODE, weights_version
-from train.learning.model import PetNet, build, class_weights, seed_everything, train_mode
+from train.learning.model import PetNet, build_net, class_weights, seed_everything, train_mode
 
 log = logging.getLogger(__name__)
 
@@ -289,5 +289,5 @@ def fine_tune_run(
     """A freshly seeded pretrained network, fine-tuned (or taken from its checkpoint): `fit` and
     `cv --checkpoints-only` start every run this way, so their checkpoints are interchangeable."""
     seed_everything(config.seed)
-    net, spec, _ = build(config, classes)
+    net, spec = build_net(config, classes)
     return finetune(config, net, spec, classes, train, holdout, digest, resume, keep)
