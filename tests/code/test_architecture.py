@@ -134,6 +134,16 @@ def test_each_stage_of_train_imports_only_from_the_stages_below_it() -> None:
     assert not upward_imports(REPO)
 
 
+def test_train_imports_its_own_modules_by_full_name() -> None:
+    """A relative import (`from ..shipping import x`) would slip past the stage rule, which reads full names."""
+    relative = [
+        path.relative_to(REPO).as_posix()
+        for path in (REPO / "train").rglob("*.py")
+        if any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(ast.parse(path.read_text())))
+    ]
+    assert not relative
+
+
 def test_train_has_no_import_circle() -> None:
     assert not circles(REPO)
 
