@@ -23,7 +23,7 @@ import onnxruntime as ort
 from mlflow import MlflowClient
 from torch import nn
 
-from inference import IMAGENET_NAMES, ExpertInfo, ModelCard, PetClassifier, sha256_file, softmax
+from inference import IMAGENET_NAMES, ExpertInfo, ModelCard, PetClassifier, sha256_file
 from preprocess import InputSpec
 from train.data.pets import PetData, Sample, load_dataset
 from train.experiments.tracking import EXPERT_MODEL, OOF_LOGITS, load_logits
@@ -40,15 +40,14 @@ from train.shipping.export import (
     to_onnx,
     updating,
 )
-from train.shipping.gates import Gates, int8_accepted, int8_rule
+from train.shipping.gates import Gates
 from train.shipping.quantize import quantize
 from train.shipping.select import (
     CalibrationSet,
     best_version,
     calibrate,
     calibration_parent,
-    fidelity,
-    int8_calibration,
+    int8_verdict,
     summarize_test,
 )
 
@@ -157,20 +156,14 @@ def expert_int8(
     reference, quantized = (
         onnx_logits(folder / name, trainval, card.preprocess) for name in (EXPERT_FILE, EXPERT_INT8_FILE)
     )
-    fp32_temperature = entry.calibration["temperature"]
-    calibration, threshold = int8_calibration(
-        held_out, trainval, reference, quantized, fp32_temperature, gates.calibration
+    found |= int8_verdict(held_out, trainval, reference, quantized, entry.calibration["temperature"], gates)
+    accepted, measured = found["accepted"], found["fidelity"]
+    log.info(
+        "expert int8: top-1 agreement %.4f, probability delta %.4f -> %s",
+        measured["top1_agreement"],
+        measured["probability_delta"],
+        accepted,
     )
-    agreement, delta = fidelity(softmax(reference, fp32_temperature), softmax(quantized, calibration["temperature"]))
-    accepted = int8_accepted(agreement, delta, gates.int8)
-    found |= {
-        "calibration": calibration,
-        "not_sure": threshold,
-        "fidelity": {"images": len(trainval), "top1_agreement": agreement, "probability_delta": delta},
-        "accepted": accepted,
-        "gate": int8_rule(gates.int8),
-    }
-    log.info("expert int8: top-1 agreement %.4f, probability delta %.4f -> %s", agreement, delta, accepted)
     if not accepted:
         (folder / EXPERT_INT8_FILE).unlink()
         found.pop("sha256")

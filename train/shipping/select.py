@@ -156,21 +156,11 @@ def with_int8(
     entry = quantize(out_dir / "model.onnx", out_dir / INT8_FILE, card, samples)
     int8 = PetClassifier(replace(card, int8=entry), out_dir / INT8_FILE, fp32.labels, variant="int8")
     reference, quantized = photo_logits(fp32, trainval), photo_logits(int8, trainval)
-    if held_out is not None:
-        calibration, threshold = int8_calibration(
-            held_out, trainval, reference, quantized, fp32.temperature, gates.calibration
-        )
-        entry |= {"calibration": calibration, "not_sure": threshold}
-        int8 = int8.with_card(replace(card, int8=entry))
-    agreement, delta = fidelity(softmax(reference, fp32.temperature), softmax(quantized, int8.temperature))
-    accepted = int8_accepted(agreement, delta, gates.int8)
+    entry |= int8_verdict(held_out, trainval, reference, quantized, fp32.temperature, gates)
+    int8 = int8.with_card(replace(card, int8=entry))
     test = int8_test(int8, fp32.temperature, data, out_dir, gates.calibration)
-    entry |= {
-        "fidelity": {"images": len(trainval), "top1_agreement": agreement, "probability_delta": delta},
-        "test": test,
-        "accepted": accepted,
-        "gate": int8_rule(gates.int8),
-    }
+    entry |= {"test": test}
+    accepted, fidelity_found = entry["accepted"], entry["fidelity"]
     if not accepted:
         (out_dir / INT8_FILE).unlink()
         (out_dir / INT8_CONFUSION).unlink()
@@ -178,8 +168,8 @@ def with_int8(
     log.info(
         "int8: top-1 agreement %.4f, probability delta %.4f -> %s; temperature %.3f (fp32 %.3f), test ECE %.4f "
         "(%.4f at fp32's)",
-        agreement,
-        delta,
+        fidelity_found["top1_agreement"],
+        fidelity_found["probability_delta"],
         "kept" if accepted else "discarded",
         int8.temperature,
         fp32.temperature,
@@ -187,6 +177,32 @@ def with_int8(
         test["ece_at_fp32_temperature"],
     )
     return replace(card, int8=entry)
+
+
+def int8_verdict(
+    held_out: CalibrationSet | None,
+    trainval: list[Sample],
+    reference: np.ndarray,
+    quantized: np.ndarray,
+    fp32_temperature: float,
+    gates: Gates,
+) -> dict:
+    """What the breed model's and the expert's int8 entries share: int8's own temperature and threshold,
+    fitted where fp32 has calibration logits (`held_out`), and the int8 gate's verdict on how closely it
+    answers as fp32 does on `trainval` (`reference` and `quantized`: the two models' logits), each variant
+    at its own temperature."""
+    fits, temperature = {}, fp32_temperature
+    if held_out is not None:
+        calibration, threshold = int8_calibration(
+            held_out, trainval, reference, quantized, fp32_temperature, gates.calibration
+        )
+        fits, temperature = {"calibration": calibration, "not_sure": threshold}, calibration["temperature"]
+    agreement, delta = fidelity(softmax(reference, fp32_temperature), softmax(quantized, temperature))
+    return fits | {
+        "fidelity": {"images": len(trainval), "top1_agreement": agreement, "probability_delta": delta},
+        "accepted": int8_accepted(agreement, delta, gates.int8),
+        "gate": int8_rule(gates.int8),
+    }
 
 
 def int8_test(
