@@ -75,17 +75,17 @@ def not_pet_photos(folder: Path) -> tuple[list[Photo], int]:
 
 
 def signals(classifier: PetClassifier, photos: list[Photo] | list[Sample]) -> Signals:
-    """The served answer and the ImageNet network's view of every photo (asked of all of them here, so
-    both ways of asking can be measured; `asked_rows` says where serving asks)."""
+    """Where serving would ask the ImageNet network (the breed model's routing and "not sure", as `answer`
+    computes them) and that network's view of every photo (asked of all of them here, so both ways of
+    asking can be measured): each model runs once a photo."""
     expert = classifier.expert
     masses, asked, seen = [], [], []
     try:
         for x in prepared(classifier.spec, photos):
-            answer = classifier.answer(x)
+            breeds = softmax(classifier.logits(x), classifier.temperature)
             imagenet = softmax(expert.session.run([expert.imagenet_output], {expert.input_name: x})[0])
             masses.append(pet_mass(imagenet, IMAGENET_PETS))
-            breeds = softmax(answer.logits, classifier.temperature)
-            asked.append(asked_rows(breeds, answer.routed, classifier.threshold))
+            asked.append(asked_rows(breeds, classifier.routes(breeds), classifier.threshold))
             seen.append(imagenet.argmax(1))
     except PreprocessError as error:
         raise DataError(f"A photo cannot be read: {error}") from None
