@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from gradio import queueing, route_utils, routes
+import gradio
+from gradio import blocks, processing_utils, queueing, route_utils, routes
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.datastructures import Headers
@@ -478,6 +479,7 @@ def request_limits(max_body: int, max_files: int, trusted: int, environ: Mapping
     relies on are checked first, and the app does not start without them."""
     UPLOAD_PARSING.apply()
     UPLOAD_PROGRESS.apply()
+    NO_URL_FETCH.apply()
     cache_mb = setting(environ, "PETS_UPLOAD_CACHE_MB", 2000)
     return Middleware(
         RequestLimits,
@@ -663,6 +665,42 @@ def _upload_parsing_problem() -> str | None:
 
 
 UPLOAD_PARSING = Patch("upload parts checked as Gradio reads them", _upload_parsing_problem, lambda: None, guard=True)
+
+
+# --------------------------------------------------------------------------- files given by URL
+
+URL_REFUSED = (
+    "This Space does not fetch files from URLs: send the photo itself (an upload, or gradio_client's "
+    "handle_file with a local path)."
+)
+
+
+async def refuse_url_download(url: str, cache_dir: str) -> str:
+    """In place of Gradio's fetch of a file a call names by an http(s) URL: Gradio downloads it whole, with
+    no bound on its size and outside every visitor's budget (the call itself is a few bytes), so one call
+    could fill the memory or the disk. The app takes files only as uploads, which the limits count."""
+    log.warning("refused a request: a file given by URL (%.80s)", url)
+    raise gradio.Error(URL_REFUSED, print_exception=False)
+
+
+def _url_fetch_problem() -> str | None:
+    """Every fetch of a file given by URL goes through `processing_utils.async_ssrf_protected_download`,
+    looked up by name when called: the block cache's and the synchronous fetch's."""
+    if processing_utils.async_ssrf_protected_download is refuse_url_download:
+        return None  # installed by an earlier launch in this process
+    return (
+        lacks(processing_utils, "async_ssrf_protected_download", "ssrf_protected_download")
+        or not_coroutines(processing_utils, "async_ssrf_protected_download")
+        or source_lacks(blocks.Block.async_move_resource_to_block_cache, "async_ssrf_protected_download(")
+        or source_lacks(processing_utils.ssrf_protected_download, "async_ssrf_protected_download")
+    )
+
+
+def _install_url_refusal() -> None:
+    processing_utils.async_ssrf_protected_download = refuse_url_download
+
+
+NO_URL_FETCH = Patch("no file fetched from a URL", _url_fetch_problem, _install_url_refusal, guard=True)
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import limits
-from bench.abuse import client_from, disk_bytes, files_under, upload_flood, upload_forms, upload_outcome
+from bench.abuse import call, client_from, disk_bytes, files_under, upload_flood, upload_forms, upload_outcome
 from bench.common import running_app
 
 BUDGET_MB, BUDGET_FILES, CACHE_MB = 20, 100, 40
@@ -78,6 +78,21 @@ def test_a_visitor_over_its_budget_is_told_when_to_retry_while_another_is_served
     assert refused.status_code == 429, refused.text
     wait = int(re.search(r"Try again in (\d+) s\.", refused.json()["error"]).group(1))
     assert 500 <= wait <= 600 and refused.headers["retry-after"] == str(wait)
+
+
+@pytest.mark.parametrize("api", ["predict", "predict_batch"])
+def test_a_file_given_by_url_is_refused_and_never_fetched(app, folders, api: str) -> None:
+    """Gradio fetches a file a call names by URL, whole, outside every budget (the call is a few bytes):
+    refused with what to send instead, one log line, nothing made in Gradio's folder."""
+    url, log, _ = app
+    given = {"path": "https://huggingface.co/datasets/x/resolve/main/huge.jpg", "meta": {"_type": "gradio.FileData"}}
+    before, folders_before, written = files_under(folders[0]), set(folders[0].rglob("*")), log.read_text()
+    with client_from("127.0.0.9") as http:
+        kind, text = call(http, url, api, [given if api == "predict" else [given]])
+    assert kind == "error" and "does not fetch files from URLs" in text, (kind, text)
+    assert files_under(folders[0]) == before and set(folders[0].rglob("*")) == folders_before
+    said = log.read_text()[len(written) :]
+    assert said.count("refused a request: a file given by URL") == 1 and "Traceback" not in said, said
 
 
 def test_the_file_cache_is_held_to_its_bound_oldest_first(app, folders) -> None:
