@@ -117,6 +117,15 @@ def test_publish_needs_a_space_and_a_token(space_copy: Path, monkeypatch: pytest
         publish("someone/pets", dry_run=False, root=space_copy)
 
 
+def test_a_dog_expert_without_its_no_cat_or_dog_answer_is_not_published(space_copy: Path) -> None:
+    """select and expert drop the "no cat or dog" entry (its threshold is fitted to the pair they replace):
+    the Space must not lose the answer because no-pet was not run again."""
+    card = json.loads((space_copy / "model" / "card.json").read_text())
+    (space_copy / "model" / "card.json").write_text(json.dumps({k: v for k, v in card.items() if k != "no_pet"}))
+    with pytest.raises(GateError, match="no 'no cat or dog' answer: run python -m train no-pet"):
+        validate(space_copy / "model", Gates.load().publish, None)
+
+
 def test_publish_imports_no_torch() -> None:
     code = "import sys, train.__main__, train.shipping.publish; print('torch' in sys.modules)"
     assert (

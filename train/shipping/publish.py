@@ -59,13 +59,16 @@ def space_files(root: Path, entries: tuple[str, ...]) -> list[Path]:
 
 def validate(model_dir: Path, gate: PublishGate, served_card: dict | None) -> ModelCard:
     """The promotion gate: the folder loads as serving loads it (card schema, sha256 of every shipped model,
-    labels against outputs), then the test accuracy passes `gate`. Raises GateError naming what failed."""
+    labels against outputs), a dog expert ships with its "no cat or dog" answer, then the test accuracy passes
+    `gate`. Raises GateError naming what failed."""
     try:
         card = ModelCard.load(model_dir / "card.json")
         for variant in card.variants():
             PetClassifier.load(model_dir, variant=variant)  # refuses what serving would refuse
     except ModelError as error:
         raise GateError(f"{error} Re-run `python -m train select`.") from None
+    if card.expert and card.no_pet is None:  # select and expert drop it: its threshold is fitted to the pair
+        raise GateError("The model folder has a dog expert but no 'no cat or dog' answer: run python -m train no-pet.")
     served = served_card["metrics"]["test"] if served_card else None
     failure = publish_failure(card.metrics.get("test"), served, gate)
     if failure:
