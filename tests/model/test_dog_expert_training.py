@@ -111,6 +111,18 @@ def test_training_time_evaluation_is_what_the_pair_serves(shipped) -> None:
     np.testing.assert_allclose(tested["probabilities"].sum(1), 1.0, rtol=1e-5)
 
 
+def test_shipping_the_expert_again_keeps_the_breed_models_own_figures(shipped) -> None:
+    """The second `expert` starts from a card whose test figures are the first pair's: the breed model's
+    own, kept in the expert entry, must stay its own, not become that pair's."""
+    model, data = shipped["model"], shipped["data"]
+    first = ModelCard.load(model / "card.json")
+    assert train_main(["--data-dir", str(data), "expert", "--model-dir", str(model)]) == 0
+    again = ModelCard.load(model / "card.json")
+    alone = first.expert.metrics["test_breed_model_alone"]
+    assert again.expert.metrics["test_breed_model_alone"] == alone != {k: first.metrics["test"][k] for k in alone}
+    assert again.metrics["test"]["accuracy"] == first.metrics["test"]["accuracy"]  # the same pair, the same photos
+
+
 def test_a_later_select_keeps_the_expert(shipped) -> None:
     model, data = shipped["model"], shipped["data"]
     before = ModelCard.load(model / "card.json").expert

@@ -75,11 +75,24 @@ def ship_expert(
     with updating(model_dir, shutil.ignore_patterns("expert*", IMAGENET_NAMES, "*.tmp")) as staging:
         if breed.no_pet:
             log.warning("the 'no cat or dog' answer was fitted beside the replaced expert: run python -m train no-pet")
-        card = with_expert(staging, replace(breed, expert=None, no_pet=None), data_dir, version)
+        card = with_expert(staging, breed_model_alone(breed), data_dir, version)
         card.save(staging / "card.json")
     client.set_registered_model_alias(EXPERT_MODEL, "champion", version)
     log.info("champion: %s version %s, shipped in %s", EXPERT_MODEL, version, model_dir)
     return card
+
+
+ALONE = ("accuracy", "mean_per_class_accuracy", "per_species", "ece")  # the breed model's test figures kept
+
+
+def breed_model_alone(card: ModelCard) -> ModelCard:
+    """The card as the breed model alone left it: no expert, no "no cat or dog" (fitted to the pair), no
+    retention (the pair's, measured again where the Stanford photos are), and where an expert ships already,
+    the breed model's own test figures its entry kept in place of the pair's."""
+    metrics = {key: value for key, value in card.metrics.items() if key != "retention"}
+    if card.expert:
+        metrics["test"] = metrics["test"] | card.expert.metrics["test_breed_model_alone"]
+    return replace(card, expert=None, no_pet=None, metrics=metrics)
 
 
 def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, version: str) -> ModelCard:
@@ -176,7 +189,7 @@ def tested(folder: Path, card: ModelCard, data_dir: str | Path | None, gates: Ga
     accuracy and the retention on the Stanford photos."""
     labels = json.loads((folder / "labels.json").read_text())
     data = load_dataset(data_dir, card.data["val_fraction"], card.data["seed"])
-    before = {key: card.metrics["test"][key] for key in ("accuracy", "mean_per_class_accuracy", "per_species", "ece")}
+    before = {key: card.metrics["test"][key] for key in ALONE}
     metrics = card.expert.metrics | {"test_breed_model_alone": before}
     card = replace(card, expert=replace(card.expert, metrics=metrics))
     for variant in card.variants():
