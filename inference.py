@@ -597,12 +597,11 @@ class PetClassifier:
         names = [self.card.model.output_name] + ([self.card.model.cam_output] if maps else [])
         logits, *breed_maps = self._run(names, batch)
         probabilities = softmax(logits, self.temperature)
-        confidence, threshold = probabilities.max(1), np.full(len(batch), self.threshold)
         routed = self.routes(probabilities)
         asked = self.asks(probabilities, routed)
         count = len(batch)
         no_pet, seen, seen_probability = np.zeros(count, bool), np.full(count, -1), np.zeros(count, np.float32)
-        expert_maps = None
+        expert_maps, experts = None, np.zeros((0, 0))
         if asked.any():
             expert = self.expert
             wanted = [expert.output_name] + ([expert.cam_output] if maps else [])
@@ -610,16 +609,29 @@ class PetClassifier:
             found = dict(zip(wanted, expert.run(wanted, batch[asked]), strict=True))
             experts = softmax(found[expert.output_name][routed[asked]], expert.temperature)
             probabilities[routed] = combine(probabilities[routed], experts, expert.columns)
-            named = np.isin(probabilities[routed].argmax(1), expert.columns)  # a dog breed won: the expert's
-            confidence[np.flatnonzero(routed)[named]] = experts.max(1)[named]  # p(breed | dog), as it was fitted
-            threshold[np.flatnonzero(routed)[named]] = expert.threshold
             expert_maps = found.get(expert.cam_output)
             if self.card.no_pet:
                 imagenet = softmax(found[expert.imagenet_output])
                 no_pet[asked] = pet_mass(imagenet, self.card.no_pet["imagenet_pets"]) < self.no_pet_threshold
                 seen[asked], seen_probability[asked] = imagenet.argmax(1), imagenet.max(1)
+        confidence, threshold = self.held_to(probabilities, routed, experts)
         heat = self._heat(probabilities, breed_maps[0], asked, routed, expert_maps) if maps else None
         return Answer(probabilities, routed, logits, confidence, threshold, no_pet, seen, seen_probability, heat)
+
+    def held_to(
+        self, probabilities: np.ndarray, routed: np.ndarray, experts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What "not sure" reads of each photo and the threshold it is held to: the top-1 probability shown,
+        against the breed model's threshold, except where the expert named the top-1 breed: its
+        p(breed | dog) (`experts`, the routed rows' calibrated expert probabilities), as its threshold was
+        fitted, against its own."""
+        confidence, threshold = probabilities.max(1), np.full(len(probabilities), self.threshold)
+        if self.expert is None or not routed.any():
+            return confidence, threshold
+        rows = np.flatnonzero(routed)
+        named = np.isin(probabilities[rows].argmax(1), self.expert.columns)  # a dog breed won: the expert's
+        confidence[rows[named]], threshold[rows[named]] = experts.max(1)[named], self.expert.threshold
+        return confidence, threshold
 
     def _heat(
         self, probabilities: np.ndarray, breed_maps: np.ndarray, asked: np.ndarray, routed: np.ndarray, expert_maps

@@ -92,6 +92,22 @@ def test_the_answer_is_p_species_times_p_breed_given_species(classifier: PetClas
     np.testing.assert_allclose(combine(breeds, experts, dogs).sum(1), 1.0, rtol=1e-5)
 
 
+def test_not_sure_reads_the_probability_shown_unless_the_expert_named_the_breed(classifier: PetClassifier) -> None:
+    """Two photos routed to the expert: one a cat breed still wins after combining (at 40 %, what the page
+    shows: held to the breed model's threshold), one the expert named (its p(breed | dog), as its threshold
+    was fitted)."""
+    columns = classifier.expert.columns
+    cat = next(i for i in range(len(classifier.labels)) if i not in columns)
+    shown = np.zeros((2, len(classifier.labels)))
+    shown[0, cat], shown[0, columns[:3]] = 0.40, 0.20
+    shown[1, columns[0]], shown[1, cat] = 0.90, 0.10
+    experts = np.full((2, len(columns)), 0.05 / (len(columns) - 1))
+    experts[0, 0], experts[1, 0] = 0.95, 0.95
+    confidence, threshold = classifier.held_to(shown, np.array([True, True]), experts)
+    assert confidence.tolist() == pytest.approx([0.40, 0.95])
+    assert threshold.tolist() == [classifier.threshold, classifier.expert.threshold]
+
+
 def test_the_heatmap_of_a_dog_comes_from_the_expert(classifier: PetClassifier) -> None:
     photo = load_image(DOGS[0])
     x = model_input(photo, classifier.spec)
