@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -410,13 +411,15 @@ class UploadCache:
         self.folder, self.max_bytes = folder, max_bytes
         self.kept: set[Path] = set()  # files never evicted: those there when the app first answered
         self.walked_at, self.estimate, self.walking = time.monotonic(), 0, False
+        self.counting = threading.Lock()  # the estimate moves on the event loop and in the walking thread
 
     def keep_what_is_there(self) -> None:
         self.kept = {path for path, _ in file_stats(self.folder)}
 
     def added(self, size: int) -> bool:
         """Count `size` more bytes in; whether the cache is due a walk (and now taken to be walking)."""
-        self.estimate += size
+        with self.counting:
+            self.estimate += size
         due = self.estimate > self.max_bytes or time.monotonic() - self.walked_at > self.WALK_EVERY_S
         if not self.max_bytes or self.walking or not due:
             return False
@@ -430,7 +433,8 @@ class UploadCache:
             while True:
                 counted = self.estimate  # what came in before this walk, which the walk sees
                 total = self.walk()
-                self.estimate += total - counted  # what came in during the walk stays counted
+                with self.counting:
+                    self.estimate += total - counted  # what came in during the walk stays counted
                 self.walked_at = time.monotonic()
                 if self.estimate <= self.max_bytes or self.estimate == total:
                     return
@@ -447,6 +451,8 @@ class UploadCache:
             if path not in self.kept:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
+                    if path.parent != self.folder:
+                        path.parent.rmdir()  # Gradio's folder of one upload, where it is now empty
                 total, evicted = total - size, evicted + 1
         if evicted:
             log.warning("the file cache was over %.0f MB: its %d oldest files went", self.max_bytes / 1e6, evicted)

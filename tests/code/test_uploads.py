@@ -109,6 +109,7 @@ def test_the_file_cache_is_held_to_its_bound_oldest_first(app, folders) -> None:
     kept = [path.exists() for path in stored]
     assert disk_bytes(folders[0]) <= CACHE_MB * 1_000_000 and kept[-1] and not kept[0], kept
     assert kept == sorted(kept)  # all that went came before all that stayed
+    assert not any(path.parent.exists() for path, there in zip(stored, kept, strict=True) if not there)  # no husks
     assert at_start and all(path.exists() for path in at_start)
 
 
