@@ -105,6 +105,7 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
             f"{EXPERT_MODEL} version {version} reads {spec.to_dict()}, the breed model {card.preprocess.to_dict()}: "
             "one tensor must feed both (train it with the breed model's image_size and crop_ratio)."
         )
+    metrics = expert_metrics(run)  # a run that was not cross-validated is refused before any export
     net, imagenet = registered_net(chosen), untouched_classifier(run.data.params, spec)
     to_onnx(net, spec, folder / EXPERT_FILE, imagenet)
     samples = parity_samples(run.data.params, data_dir, gates.parity.images)
@@ -125,7 +126,7 @@ def with_expert(folder: Path, card: ModelCard, data_dir: str | Path | None, vers
         imagenet_output=IMAGENET,
         parity={"images": len(samples), "max_abs_logit_delta": delta},
         mlflow={"run_id": chosen.run_id, "registered_model": EXPERT_MODEL, "version": int(version)},
-        metrics=expert_metrics(run),
+        metrics=metrics,
         recipe={
             key: run.data.params[key] for key in ("distill_weight", "distill_temperature", "balance", "views", "head")
         },
